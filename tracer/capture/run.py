@@ -1,0 +1,186 @@
+"""Greedy decoding over a loaded model, traced or not; the same code path either way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tracer.capture.recorder import Recorder
+from tracer.errors import BadInput
+from tracer.nn.loading import LoadedModel
+from tracer.trace import Step, Trace
+from tracer.trace.step import parse_name
+
+DEFAULT_TOP_K = 5
+DEFAULT_MAX_NEW_TOKENS = 40
+
+_AXES = {
+    "tokens": ("pos",),
+    "q": ("pos", "head", "d_head"), "k": ("pos", "head", "d_head"), "v": ("pos", "head", "d_head"),
+    "rot_q": ("pos", "head", "d_head"), "rot_k": ("pos", "head", "d_head"), "z": ("pos", "head", "d_head"),
+    "attn_raw": ("head", "query", "key"), "attn_scaled": ("head", "query", "key"),
+    "attn_scores": ("head", "query", "key"), "pattern": ("head", "query", "key"),
+    "mask": ("query", "key"),
+    "pre": ("pos", "d_ff"), "post": ("pos", "d_ff"), "pre_linear": ("pos", "d_ff"),
+}
+
+
+def axes_for(kind: str, ndim: int) -> tuple[str, ...]:
+    if kind in _AXES:
+        return _AXES[kind]
+    if kind in ("logits", "probs"):
+        return ("vocab",) if ndim == 1 else ("pos", "vocab")
+    return ("pos", "d_model")
+
+
+def labels_for(name: str, axes, own: list[str], source: list[str] | None) -> dict[str, list[str]]:
+    """Token strings for the token axes; cross-attention keys and values are source tokens."""
+    parts = parse_name(name)
+    cross = parts["component"] == "cross_attn"
+    labels = {}
+    for axis in axes:
+        if axis == "query":
+            labels[axis] = own
+        elif axis == "key":
+            labels[axis] = source if cross else own
+        elif axis == "pos":
+            labels[axis] = source if cross and parts["kind"] in ("k", "v") else own
+    return labels
+
+
+@dataclass
+class GenerationResult:
+    """What the model produced; `trace` is set when the run was traced."""
+
+    input_ids: list[int]
+    input_tokens: list[str]
+    output_ids: list[int]
+    output_tokens: list[str]
+    output_text: str
+    predictions: list[dict] = field(default_factory=list)
+    trace: Trace | None = None
+
+
+def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k) -> tuple[list[int], list[str], int, int]:
+    if not isinstance(text, str) or not text.strip():
+        raise BadInput("the text is empty; give a sentence to trace, e.g. \"ich bin piyush\"")
+    ids, tokens = loaded.tokenizer.encode(text)
+    if not ids:
+        raise BadInput("the text has no tokens this model knows")
+    cfg = loaded.cfg
+    if top_k is None:
+        top_k = DEFAULT_TOP_K
+    if top_k < 1:
+        raise BadInput(f"--top-k must be at least 1, not {top_k}")
+    if top_k > cfg.vocab_size:
+        raise BadInput(f"--top-k {top_k} is more than the vocabulary's {cfg.vocab_size} tokens")
+    prefix = len(ids) + (1 if loaded.tokenizer.bos_id is not None and cfg.arch == "decoder" else 0)
+    if prefix > cfg.max_positions:
+        raise BadInput(f"the text is {len(ids)} tokens; the model has only {cfg.max_positions} positions")
+    room = {"encoder-decoder": cfg.max_positions - 1, "decoder": cfg.max_positions - prefix, "encoder": 0}[cfg.arch]
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
+    elif cfg.arch != "encoder":
+        if max_new_tokens < 1:
+            raise BadInput(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+        if max_new_tokens > room:
+            raise BadInput(f"--max-new-tokens {max_new_tokens} is more than the {room} positions left in this model")
+    if cfg.arch == "decoder" and room < 1:
+        raise BadInput(f"the text fills all {cfg.max_positions} positions; nothing is left to generate")
+    return ids, tokens, max_new_tokens, top_k
+
+
+def top_k_of(probs: np.ndarray, k: int, token) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"token": token(int(i)), "id": int(i), "prob": float(probs[i])} for i in order]
+
+
+@torch.no_grad()
+def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False) -> GenerationResult:
+    """Greedy decoding; with `traced`, every tap of every forward pass is recorded."""
+    ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k)
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    recorder = Recorder(model) if traced else None
+    steps: list[Step] = []
+
+    def forward(fn, own: list[str], source: list[str] | None = None, t: int | None = None):
+        """Run fn once, recording its taps as steps tagged with decoding step t."""
+        if recorder is None:
+            return fn()
+        with recorder.attached():
+            out = fn()
+        for name, array in recorder.pass_values():
+            axes = axes_for(parse_name(name)["kind"], array.ndim)
+            step_id = name if t is None else f"{name}@{t}"
+            steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
+        return out
+
+    def tensor(seq: list[int]) -> torch.Tensor:
+        return torch.tensor([seq], dtype=torch.long, device=device)
+
+    arch = loaded.cfg.arch
+    predictions: list[dict] = []
+    generated: list[int] = []
+    if arch == "encoder":
+        logits = forward(lambda: model(tensor(ids)), tokens)
+        probs = logits[0].float().softmax(-1).cpu().numpy()
+        masked = [i for i, token_id in enumerate(ids) if token_id == tok.mask_id] or list(range(len(ids)))
+        filled = list(ids)
+        for pos in masked:
+            top = top_k_of(probs[pos], top_k, tok.token)
+            chosen = {"token": top[0]["token"], "id": top[0]["id"]}
+            predictions.append({"pos": pos, "token": tokens[pos], "top_k": top, "chosen": chosen})
+            filled[pos] = chosen["id"]
+        if steps:
+            last_probs(steps).extra["predictions"] = predictions
+        generated = filled
+    else:
+        if arch == "encoder-decoder":
+            memory = forward(lambda: model.encode(tensor(ids)), tokens)
+            prefix = [tok.bos_id if tok.bos_id is not None else 0]
+            step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
+        else:
+            prefix = ([tok.bos_id] if tok.bos_id is not None else []) + list(ids)
+            step_fn = lambda seq: model(tensor(seq))  # noqa: E731
+        for t in range(1, max_new_tokens + 1):
+            seq = prefix + generated
+            logits = forward(lambda: step_fn(seq), [tok.token(i) for i in seq], tokens, t)
+            probs = logits[0].float().softmax(-1).cpu().numpy()
+            top = top_k_of(probs, top_k, tok.token)
+            chosen = {"token": top[0]["token"], "id": top[0]["id"]}
+            predictions.append({"step": t, "top_k": top, "chosen": chosen})
+            if steps:
+                last_probs(steps).extra.update(top_k=top, chosen=chosen)
+            if chosen["id"] == tok.eos_id:
+                break
+            generated.append(chosen["id"])
+    output_tokens = [tok.token(i) for i in generated]
+    result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
+    if traced:
+        result.trace = Trace(
+            steps,
+            model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
+                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+            device=device_label(device),
+            input={"text": text, "tokens": tokens, "ids": ids},
+            output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
+        )
+    return result
+
+
+def last_probs(steps: list[Step]) -> Step:
+    """The probs step of the pass just recorded (the head's last tap)."""
+    return next(step for step in reversed(steps) if step.kind == "probs")
+
+
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None) -> Trace:
+    """Run greedy decoding on `text` and return its full Trace."""
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True).trace
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

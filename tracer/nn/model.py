@@ -1,0 +1,290 @@
+"""The transformer, written to be read: every intermediate passes through a named HookPoint.
+
+One set of modules builds all three architectures:
+- encoder-decoder (the paper, "Attention Is All You Need"): `encoder.L.*` and `decoder.L.*`;
+- decoder-only (GPT) and encoder-only (BERT): TransformerLens's `blocks.L.*` names.
+Attention is computed explicitly (no fused kernel) because the scores are what we show.
+Every tap sees a batch axis first; tracing runs with batch 1 and drops it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tracer.errors import BadInput
+from tracer.nn.config import ModelConfig
+from tracer.nn.hooks import HookPoint
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as in the paper."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]             # (P, 1)
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)                                        # (P, d)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
+    return table
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE): rotates pairs of q/k features by a position-dependent angle."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        half = cfg.d_head // 2
+        inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(half, dtype=torch.float32) / half))
+        angles = torch.arange(cfg.max_positions, dtype=torch.float32)[:, None] * inv_freq[None]  # (P, dh/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                            # x: (B, T, H, dh)
+        T = x.shape[1]
+        cos = self.cos[:T][None, :, None, :].to(x.dtype)                           # (1, T, 1, dh/2)
+        sin = self.sin[:T][None, :, None, :].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm; `hook_normalized` is its output (after the learned scale and shift)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+        self.bias = nn.Parameter(torch.zeros(cfg.d_model))
+        self.eps = cfg.layer_norm_eps
+        self.hook_normalized = HookPoint()  # [pos, d_model]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
+
+
+class Attention(nn.Module):
+    """Multi-head attention: softmax(Q·Kᵀ/√d_k + mask)·V, one explicit step at a time."""
+
+    def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None):
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        self.W_Q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_K = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_V = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
+        self.rotary = rotary
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_q = HookPoint()             # [pos, head, d_head]
+        self.hook_k = HookPoint()             # [pos, head, d_head]
+        self.hook_v = HookPoint()             # [pos, head, d_head]
+        if rotary is not None:
+            self.hook_rot_q = HookPoint()     # [pos, head, d_head] after rotation
+            self.hook_rot_k = HookPoint()
+        self.hook_attn_raw = HookPoint()      # [head, query, key]  Q·Kᵀ
+        self.hook_attn_scaled = HookPoint()   # [head, query, key]  ÷ √d_head
+        self.hook_mask = HookPoint()          # [query, key] bool, true = may attend
+        self.hook_attn_scores = HookPoint()   # [head, query, key]  masked, pre-softmax
+        self.hook_pattern = HookPoint()       # [head, query, key]  softmax over keys
+        self.hook_z = HookPoint()             # [pos, head, d_head] weights·V
+        self.hook_concat = HookPoint()        # [pos, d_model]      heads side by side
+
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, Tq, D = x_q.shape
+        Tk = x_kv.shape[1]
+        H, dh = self.n_heads, self.d_head
+        q = self.hook_q(self.W_Q(x_q).view(B, Tq, H, dh))                           # (B, Tq, H, dh)
+        k = self.hook_k(self.W_K(x_kv).view(B, Tk, H, dh))                          # (B, Tk, H, dh)
+        v = self.hook_v(self.W_V(x_kv).view(B, Tk, H, dh))                          # (B, Tk, H, dh)
+        if self.rotary is not None:
+            q = self.hook_rot_q(self.rotary(q))
+            k = self.hook_rot_k(self.rotary(k))
+        raw = self.hook_attn_raw(q.transpose(1, 2) @ k.permute(0, 2, 3, 1))        # (B, H, Tq, Tk)
+        scaled = self.hook_attn_scaled(raw / math.sqrt(dh))                         # (B, H, Tq, Tk)
+        mask = self.hook_mask(mask)                                                 # (B, Tq, Tk)
+        scores = self.hook_attn_scores(scaled.masked_fill(~mask[:, None], float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))                         # (B, H, Tq, Tk)
+        z = self.hook_z((self.dropout(pattern) @ v.transpose(1, 2)).transpose(1, 2))  # (B, Tq, H, dh)
+        concat = self.hook_concat(z.reshape(B, Tq, D))                              # (B, Tq, D)
+        return self.W_O(concat)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: linear, activation, linear (SwiGLU: gated)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.activation = cfg.activation
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        if self.activation == "swiglu":
+            self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff)
+            self.hook_pre_linear = HookPoint()  # [pos, d_ff] the ungated branch
+        self.W_out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.hook_pre = HookPoint()             # [pos, d_ff] before the activation
+        self.hook_post = HookPoint()            # [pos, d_ff] after it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "swiglu":
+            pre = self.hook_pre(self.W_gate(x))                                     # (B, T, d_ff)
+            post = self.hook_post(F.silu(pre) * self.hook_pre_linear(self.W_in(x)))
+        else:
+            pre = self.hook_pre(self.W_in(x))                                       # (B, T, d_ff)
+            post = self.hook_post(F.relu(pre) if self.activation == "relu" else F.gelu(pre))
+        return self.W_out(post)
+
+
+class Block(nn.Module):
+    """One layer: self-attention, (cross-attention,) FFN, each with a residual add and a norm.
+
+    Post-norm (paper, BERT): x = LN(x + f(x)).  Pre-norm (GPT): x = x + f(LN(x)).
+    Norms are numbered in the order they are used: ln1 self-attention, ln2 the next
+    sub-layer (cross-attention in a decoder, else the FFN), ln3 a decoder's FFN.
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool, rotary: Rotary | None):
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_resid_pre = HookPoint()        # [pos, d_model]
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg, rotary)
+        self.hook_attn_out = HookPoint()         # [pos, d_model]
+        self.hook_resid_mid = HookPoint()        # [pos, d_model]
+        self.ln2 = LayerNorm(cfg)
+        self.cross = cross
+        if cross:
+            self.cross_attn = Attention(cfg)
+            self.hook_cross_attn_out = HookPoint()    # [pos, d_model]
+            self.hook_resid_mid_cross = HookPoint()   # [pos, d_model]
+            self.ln3 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_mlp_out = HookPoint()          # [pos, d_model]
+        self.hook_resid_post = HookPoint()       # [pos, d_model]
+
+    def sublayer(self, x, norm: LayerNorm, f, hook_out: HookPoint, hook_sum: HookPoint):
+        """Residual connection around f, with the norm before (pre) or after (post) it."""
+        out = hook_out(f(norm(x) if self.pre_norm else x))
+        total = hook_sum(x + self.dropout(out))
+        return total if self.pre_norm else norm(total)
+
+    def forward(self, x, mask, memory=None, cross_mask=None):
+        x = self.hook_resid_pre(x)
+        x = self.sublayer(x, self.ln1, lambda h: self.attn(h, h, mask), self.hook_attn_out, self.hook_resid_mid)
+        ffn_norm = self.ln2
+        if self.cross:
+            x = self.sublayer(
+                x, self.ln2, lambda h: self.cross_attn(h, memory, cross_mask),
+                self.hook_cross_attn_out, self.hook_resid_mid_cross,
+            )
+            ffn_norm = self.ln3
+        return self.sublayer(x, ffn_norm, self.mlp, self.hook_mlp_out, self.hook_resid_post)
+
+
+class Stack(nn.Module):
+    """Token embedding, positions, N blocks, a final norm (pre-norm only) and an optional output head.
+
+    `numbered=True` names blocks `0, 1, …` directly under the stack (`encoder.0.attn`);
+    otherwise under `blocks` (`blocks.0.attn`, TransformerLens's names).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, head: bool, numbered: bool):
+        super().__init__()
+        self.cfg, self.causal, self.head = cfg, causal, head
+        self.W_E = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.hook_tokens = HookPoint()           # [pos] token ids
+        self.hook_embed = HookPoint()            # [pos, d_model]
+        rotary = None
+        if cfg.positional == "learned":
+            self.W_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        elif cfg.positional == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        else:
+            rotary = Rotary(cfg)
+        if cfg.positional != "rotary":
+            self.hook_pos_embed = HookPoint()    # [pos, d_model]
+        self.dropout = nn.Dropout(cfg.dropout)
+        blocks = [Block(cfg, cross, rotary) for _ in range(n_layers)]
+        if numbered:
+            for index, block in enumerate(blocks):
+                self.add_module(str(index), block)
+            self.layers = blocks                 # a plain list: the blocks are registered above
+        else:
+            self.blocks = nn.ModuleList(blocks)
+            self.layers = list(self.blocks)
+        if cfg.norm == "pre":
+            self.ln_final = LayerNorm(cfg)
+        if head:
+            if not cfg.tie_embeddings:
+                self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.hook_logits = HookPoint()       # [vocab] next token ([pos, vocab] encoder-only)
+            self.hook_probs = HookPoint()        # softmax of the logits
+
+    def positions(self, T: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.cfg.positional == "learned":
+            return self.W_pos.weight[:T]
+        if self.cfg.positional == "sinusoidal":
+            return self.pos_table[:T].to(like.dtype)
+        return None
+
+    def forward(self, ids, memory=None, padding=None, memory_padding=None, all_positions=False):
+        """ids (B, T) -> logits (B, vocab) for the next token, (B, T, vocab) if encoder-only or
+        all_positions; a stack without a head returns its hidden states (B, T, d)."""
+        B, T = ids.shape
+        if T > self.cfg.max_positions:
+            raise BadInput(f"{T} tokens is longer than the model's {self.cfg.max_positions} positions")
+        ids = self.hook_tokens(ids)
+        x = self.hook_embed(self.W_E(ids) * self.embed_scale)                      # (B, T, d)
+        pos = self.positions(T, x)
+        if pos is not None:
+            x = x + self.hook_pos_embed(pos.expand(B, T, -1))
+        x = self.dropout(x)
+        valid = torch.ones(B, T, dtype=torch.bool, device=ids.device) if padding is None else padding
+        mask = valid[:, None, :].expand(B, T, T)                                    # (B, T, T)
+        if self.causal:
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        cross_mask = None
+        if memory is not None:
+            S = memory.shape[1]
+            memory_valid = torch.ones(B, S, dtype=torch.bool, device=ids.device) if memory_padding is None else memory_padding
+            cross_mask = memory_valid[:, None, :].expand(B, T, S)                   # (B, T, S)
+        for block in self.layers:
+            x = block(x, mask, memory, cross_mask)
+        if self.cfg.norm == "pre":
+            x = self.ln_final(x)
+        if not self.head:
+            return x
+        if self.causal and not all_positions:
+            x = x[:, -1]                                                            # (B, d) last position
+        weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
+        logits = self.hook_logits(x @ weight.T)
+        self.hook_probs(logits.softmax(dim=-1))
+        return logits
+
+
+class EncoderDecoder(nn.Module):
+    """The paper's model: the encoder reads the source once; the decoder, at each step,
+    reads everything generated so far and attends to the encoder's output."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Stack(cfg, n_layers=cfg.n_layers, causal=False, cross=False, head=False, numbered=True)
+        self.decoder = Stack(cfg, n_layers=cfg.n_decoder_layers, causal=True, cross=True, head=True, numbered=True)
+
+    def encode(self, src, padding=None):
+        return self.encoder(src, padding=padding)                                    # (B, S, d)
+
+    def decode(self, tgt, memory, padding=None, memory_padding=None, all_positions=False):
+        return self.decoder(tgt, memory, padding, memory_padding, all_positions)
+
+    def forward(self, src, tgt, src_padding=None, tgt_padding=None):
+        """Teacher-forced logits for every target position (training)."""
+        memory = self.encode(src, src_padding)
+        return self.decode(tgt, memory, tgt_padding, src_padding, all_positions=True)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "encoder-decoder":
+        return EncoderDecoder(cfg)
+    return Stack(cfg, n_layers=cfg.n_layers, causal=cfg.arch == "decoder", cross=False, head=True, numbered=False)

@@ -1,0 +1,66 @@
+"""Write a Trace as DESIGN.md's JSON: arrays through orjson's numpy encoder, never tolist()."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import orjson
+
+from tracer.trace.atomic import atomic_write
+from tracer.trace.trace import Trace
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def round_significant(array: np.ndarray, digits: int) -> np.ndarray:
+    """Round floats to `digits` significant digits (non-finite values pass through)."""
+    wide = array.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(wide)))
+        scale = np.where(np.isfinite(magnitude), 10.0 ** (digits - 1 - magnitude), 1.0)
+        rounded = np.round(wide * scale) / scale
+    return np.where(np.isfinite(wide) & (wide != 0), rounded, wide)
+
+
+def nonfinite_fields(array: np.ndarray) -> dict:
+    """How to restore the values JSON writes as null: `null_as`, plus positions when they differ."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return {}
+    flat = array.reshape(-1)
+    where = np.flatnonzero(~np.isfinite(flat))
+    if where.size == 0:
+        return {}
+    kinds = {"-inf": np.isneginf(flat[where]), "inf": np.isposinf(flat[where]), "nan": np.isnan(flat[where])}
+    present = [name for name, hits in kinds.items() if hits.any()]
+    if len(present) == 1:
+        return {"null_as": present[0]}
+    return {"null_as": "nan", "nonfinite_at": {name: where[kinds[name]] for name in ("-inf", "inf") if kinds[name].any()}}
+
+
+def step_json(step, precision: int | None = None) -> bytes:
+    array = step.data
+    if precision is not None and np.issubdtype(array.dtype, np.floating):
+        array = round_significant(array, precision)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)  # orjson encodes float16 arrays only via float32
+    array = np.ascontiguousarray(array)  # orjson reads C-contiguous buffers only
+    body = step.meta()
+    body.update(nonfinite_fields(step.data))
+    body["data"] = array
+    return orjson.dumps(body, option=_OPTIONS)
+
+
+def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None) -> None:
+    """Stream the trace to `path` one step at a time, atomically."""
+    if precision is not None and not 1 <= precision <= 9:
+        raise ValueError("precision must be between 1 and 9 significant digits")
+    header = orjson.dumps(trace.header(), option=_OPTIONS)
+    with atomic_write(path) as out:
+        out.write(header[:-1] + b',"steps":[')
+        for position, step in enumerate(trace.steps):
+            if position:
+                out.write(b",")
+            out.write(step_json(step, precision))
+            step.release()
+        out.write(b"]}")

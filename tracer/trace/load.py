@@ -1,0 +1,152 @@
+"""Read a trace back: from a JSON export (and, through tracer.trace.session, a session folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from tracer.errors import DamagedFile
+from tracer.trace.step import Step, split_id
+from tracer.trace.trace import FORMAT, FORMAT_VERSION, Trace
+
+DTYPES = {"float16", "float32", "float64", "int32", "int64", "bool"}
+# Reading a JSON export holds it all in memory; refuse sizes that cannot be a sane trace.
+MAX_JSON_BYTES = 2 * 1024**3
+_NULL_VALUES = {"nan": np.nan, "-inf": -np.inf, "inf": np.inf}
+_STEP_META = {"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats", "data", "null_as", "nonfinite_at"}
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """A Trace from a session folder or a JSON export; anything unreadable is a DamagedFile."""
+    path = Path(path)
+    if path.is_dir():
+        from tracer.trace.session import load_session_trace
+
+        return load_session_trace(path)
+    if not path.exists():
+        raise DamagedFile(f"{path}: no such file or session")
+    return read_json(path)
+
+
+def read_json(path: str | os.PathLike) -> Trace:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise DamagedFile(f"{path}: {size / 1024**3:.1f} GB is too large for a trace export")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DamagedFile(f"{path}: not valid JSON ({exc})") from None
+    return trace_from_document(document, source=str(path))
+
+
+def trace_from_document(document, source: str = "trace") -> Trace:
+    """Validate a parsed JSON export and build the Trace; every problem names itself."""
+    def fail(message: str):
+        raise DamagedFile(f"{source}: {message}")
+
+    if not isinstance(document, dict):
+        fail("not a tracer trace (the top level is not an object)")
+    if document.get("format") != FORMAT:
+        fail(f"not a tracer trace (format is {document.get('format')!r}, expected {FORMAT!r})")
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        fail(f"unsupported trace version {version!r} (this tracer reads version {FORMAT_VERSION})")
+    for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
+        if not isinstance(document.get(key), kind):
+            fail(f"'{key}' is missing or is not a {kind.__name__}")
+    steps = []
+    for position, item in enumerate(document["steps"]):
+        steps.append(step_from_json(item, position, fail))
+    try:
+        return Trace(
+            steps,
+            model=document["model"],
+            device=str(document.get("device", "unknown")),
+            input=document["input"],
+            output=document["output"],
+            created=str(document.get("created") or "") or None,
+            tracer_version=str(document.get("tracer_version", "unknown")),
+        )
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def validate_meta(item, position: int, fail) -> tuple[str, tuple[int, ...], str, tuple[str, ...]]:
+    """Check a step's metadata (shared by JSON exports and session manifests)."""
+    if not isinstance(item, dict):
+        fail(f"step {position} is not an object")
+    step_id = item.get("id")
+    if not isinstance(step_id, str) or not step_id:
+        fail(f"step {position} has no id")
+    name, _ = _safe_split(step_id, fail)
+    if item.get("index", position) != position:
+        fail(f"step {step_id!r} is out of order (index {item.get('index')!r} at position {position})")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        fail(f"step {step_id!r} has an invalid shape {shape!r}")
+    dtype = item.get("dtype")
+    if dtype not in DTYPES:
+        fail(f"step {step_id!r} has an unsupported dtype {dtype!r}")
+    axes = item.get("axes")
+    if not isinstance(axes, list) or len(axes) != len(shape) or not all(isinstance(a, str) for a in axes):
+        fail(f"step {step_id!r}: axes {axes!r} do not match shape {shape!r}")
+    labels = item.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in labels.values()
+    ):
+        fail(f"step {step_id!r} has invalid labels")
+    return step_id, tuple(shape), dtype, tuple(axes)
+
+
+def _safe_split(step_id: str, fail):
+    try:
+        return split_id(step_id)
+    except ValueError:
+        fail(f"step id {step_id!r} has an invalid decoding step")
+
+
+def step_from_json(item, position: int, fail) -> Step:
+    step_id, shape, dtype, axes = validate_meta(item, position, fail)
+    array = array_from_json(item.get("data"), shape, dtype, item, lambda m: fail(f"step {step_id!r}: {m}"))
+    extra = {key: value for key, value in item.items() if key not in _STEP_META}
+    return Step(
+        id=step_id, shape=shape, dtype=dtype, axes=axes,
+        labels=item.get("labels", {}), extra=extra, _array=array,
+    )
+
+
+def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
+    """Nested lists -> array of `shape`; nulls restored as the step's `null_as` value."""
+    is_float = dtype.startswith("float")
+    null_value = _NULL_VALUES.get(item.get("null_as", "nan"), np.nan)
+    try:
+        if is_float:
+            array = np.array(data, dtype=object)
+            if array.shape != shape:
+                fail(f"data has shape {list(array.shape)}, metadata says {list(shape)}")
+            flat = array.reshape(-1)
+            nulls = np.equal(flat, None)
+            flat[nulls] = null_value
+            if not all(type(v) in (int, float) for v in flat[~nulls]):
+                fail("data holds values that are not numbers")
+            out = flat.astype(dtype).reshape(shape)
+            for name, where in (item.get("nonfinite_at") or {}).items():
+                out.reshape(-1)[np.asarray(where, dtype=np.int64)] = _NULL_VALUES[name]
+            return out
+        array = np.array(data)
+        if array.shape != shape:
+            fail(f"data has shape {list(array.shape)}, metadata says {list(shape)}")
+        expected = bool if dtype == "bool" else int
+        if array.size and not all(type(v) is expected for v in array.reshape(-1).tolist()):
+            fail(f"data holds values that are not {dtype}")
+        return array.astype(dtype).reshape(shape)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        fail(f"data does not fit its shape and dtype ({exc})")

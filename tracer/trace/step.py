@@ -1,0 +1,160 @@
+"""One recorded tensor of a trace, with everything needed to explain it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+# "decoder.1.cross_attn.hook_pattern" -> stack, layer, component, hook
+_NAME = re.compile(
+    r"^(?:(?P<stack>encoder|decoder)\.)?(?:(?:blocks\.)?(?P<layer>\d+)\.)?"
+    r"(?:(?P<component>[a-z_0-9]+)\.)?hook_(?P<kind>[a-z_0-9]+)$"
+)
+
+
+@lru_cache(maxsize=8192)
+def parse_name(name: str) -> dict:
+    """Split a hook name into stack, layer, component and kind (None where absent)."""
+    match = _NAME.match(name)
+    if match is None:
+        return {"stack": None, "layer": None, "component": None, "kind": name.rsplit(".", 1)[-1]}
+    layer = match["layer"]
+    return {
+        "stack": match["stack"],
+        "layer": int(layer) if layer is not None else None,
+        "component": match["component"],
+        "kind": match["kind"],
+    }
+
+
+def split_id(step_id: str) -> tuple[str, int | None]:
+    """`decoder.0.hook_z@3` -> ("decoder.0.hook_z", 3); ids without `@t` have no decoding step."""
+    name, sep, t = step_id.partition("@")
+    return name, (int(t) if sep else None)
+
+
+def compute_stats(array: np.ndarray) -> dict:
+    """min/max/mean/std over the finite values, and how many values are not finite."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        finite_mask = np.isfinite(array)
+        nonfinite = int(array.size - np.count_nonzero(finite_mask))
+        finite = array[finite_mask] if nonfinite else array
+    else:
+        nonfinite, finite = 0, array
+    if finite.size == 0:
+        return {"min": None, "max": None, "mean": None, "std": None, "nonfinite": nonfinite}
+    wide = finite.astype(np.float64)
+    return {
+        "min": float(wide.min()),
+        "max": float(wide.max()),
+        "mean": float(wide.mean()),
+        "std": float(wide.std()),
+        "nonfinite": nonfinite,
+    }
+
+
+@dataclass(eq=False)
+class Step:
+    """A recorded tensor: its id, axes, token labels and stats; data and stats load on demand.
+
+    `extra` holds what only some kinds carry: `top_k` and `chosen` on a `probs` step,
+    `predictions` on an encoder-only model's `probs` step.
+    """
+
+    id: str
+    shape: tuple[int, ...]
+    dtype: str
+    axes: tuple[str, ...]
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    _stats: dict | None = None
+    extra: dict = field(default_factory=dict)
+    index: int = 0
+    _array: np.ndarray | None = field(default=None, repr=False)
+    _loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_array(cls, step_id: str, array: np.ndarray, axes, labels=None, extra=None) -> "Step":
+        """A step recorded in memory."""
+        array = np.asarray(array)
+        if len(axes) != array.ndim:
+            raise ValueError(f"{step_id}: {len(axes)} axes for a {array.ndim}-d tensor")
+        return cls(
+            id=step_id,
+            shape=tuple(array.shape),
+            dtype=str(array.dtype),
+            axes=tuple(axes),
+            labels=dict(labels or {}),
+            extra=dict(extra or {}),
+            _array=array,
+        )
+
+    @property
+    def name(self) -> str:
+        return split_id(self.id)[0]
+
+    @property
+    def decode_step(self) -> int | None:
+        return split_id(self.id)[1]
+
+    @property
+    def kind(self) -> str:
+        return parse_name(self.name)["kind"]
+
+    @property
+    def stack(self) -> str | None:
+        return parse_name(self.name)["stack"]
+
+    @property
+    def layer(self) -> int | None:
+        return parse_name(self.name)["layer"]
+
+    @property
+    def component(self) -> str | None:
+        """The sub-module the tap sits in: `attn`, `cross_attn`, `mlp`, `ln1`, … or None."""
+        return parse_name(self.name)["component"]
+
+    @property
+    def stats(self) -> dict:
+        """min/max/mean/std/nonfinite, computed on first use (capture stays cheap)."""
+        if self._stats is None:
+            self._stats = compute_stats(self.data)
+        return self._stats
+
+    @property
+    def data(self) -> np.ndarray:
+        """The tensor, read from storage the first time it is asked for."""
+        if self._array is None:
+            if self._loader is None:
+                raise ValueError(f"{self.id}: no data recorded")
+            self._array = self._loader()
+        return self._array
+
+    def release(self) -> None:
+        """Drop the loaded tensor if it can be loaded again (keeps memory flat when replaying)."""
+        if self._loader is not None:
+            self._array = None
+
+    def meta(self) -> dict:
+        """The step's metadata in DESIGN.md's JSON layout, without the data."""
+        out = {
+            "index": self.index,
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "stack": self.stack,
+            "layer": self.layer,
+            "decode_step": self.decode_step,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "axes": list(self.axes),
+            "labels": self.labels,
+            "stats": self.stats,
+        }
+        out.update(self.extra)
+        return out
