@@ -72,7 +72,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     else:
         from tracer.tui import open_traces
 
-        open_traces([trace], loaded=loaded)
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k))
 
 
 def write_export(trace, path, precision) -> None:

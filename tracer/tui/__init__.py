@@ -1,8 +1,13 @@
 """The Textual UI (never imports torch)."""
 
 
-def open_traces(traces, loaded=None, state=None):
-    """Open the step-through UI on these traces."""
+def open_traces(traces, retrace=None, state=None, session_name=None, play=False):
+    """Open the step-through UI on these traces.
+
+    retrace: optional callable text -> Trace, for tracing a new sentence without leaving
+    (the CLI passes one that runs the model; the UI itself never imports torch).
+    state: a tracer.trace.state.UIState to restore (replay). play: start autoplay.
+    """
     from tracer.tui.app import TracerApp
 
-    TracerApp(traces, loaded=loaded, state=state).run()
+    TracerApp(traces, retrace=retrace, state=state, session_name=session_name, play=play).run()
