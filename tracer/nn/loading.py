@@ -41,8 +41,10 @@ def available_models() -> list[Path]:
     return list(found.values())
 
 
-def resolve_model(name_or_path: str | None) -> Path:
+def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     """A model name (`de-en-tiny`) or a folder path -> the model folder, or a clear BadInput."""
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
         if not any(p.name == DEFAULT_MODEL for p in available_models()):

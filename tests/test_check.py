@@ -1,0 +1,95 @@
+"""`tracer check` holds on every architecture and option, and names the step a tamperer changed."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tracer.capture import trace_text
+from tracer.cli import cli
+from tracer.nn.loading import load_model
+from tracer.trace.check import check_trace
+from tracer.trace.export import write_json
+
+OPTIONS = list(itertools.product(["encoder-decoder", "decoder", "encoder"], ["sinusoidal", "learned", "rotary"],
+                                 ["post", "pre"], ["relu", "gelu", "swiglu"]))
+
+
+@pytest.mark.parametrize("arch,positional,norm,activation", OPTIONS)
+def test_check_passes_for_every_architecture_and_option(make_model, arch, positional, norm, activation):
+    folder = make_model(arch=arch, positional=positional, norm=norm, activation=activation, n_layers=2, n_decoder_layers=1)
+    trace = trace_text(load_model(folder), "die katze trank die milch", max_new_tokens=3)
+    report = check_trace(trace)
+    assert report.failures == []
+    # every layer's attention, every residual add and every prediction was actually checked
+    layers = 2 + (1 if arch == "encoder-decoder" else 0)
+    assert report.checked >= layers * len(trace.decode_steps or [None]) * 8
+
+
+def test_cli_check_passes_on_an_export(seq2seq_trace, tmp_path):
+    write_json(seq2seq_trace, tmp_path / "t.json")
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+
+
+TAMPER = [
+    ("encoder.0.attn.hook_attn_raw", "encoder.0.attn.hook_attn_raw"),        # Q·Kᵀ
+    ("encoder.1.attn.hook_attn_scaled", "encoder.1.attn.hook_attn_scaled"),  # ÷√d
+    ("decoder.0.attn.hook_pattern@2", "decoder.0.attn.hook_pattern@2"),      # softmax / row sums
+    ("decoder.1.cross_attn.hook_z@3", "decoder.1.cross_attn.hook_z@3"),      # pattern·V
+    ("encoder.0.attn.hook_concat", "encoder.0.attn.hook_concat"),            # heads side by side
+    ("encoder.1.hook_resid_mid", "encoder.1.hook_resid_mid"),                # residual add
+    ("decoder.0.hook_resid_mid_cross@1", "decoder.0.hook_resid_mid_cross@1"),
+    ("decoder.hook_probs@2", "decoder.hook_probs@2"),                        # softmax of logits
+]
+
+
+@pytest.mark.parametrize("altered,named", TAMPER)
+def test_check_fails_and_names_the_altered_step(seq2seq_model, tmp_path, altered, named):
+    trace = trace_text(load_model(seq2seq_model), "ich bin piyush", max_new_tokens=3)
+    data = trace.step(altered).data
+    data = data.copy()
+    data.reshape(-1)[data.size // 2] += 0.25
+    trace.step(altered)._array = data
+    path = tmp_path / "bad.json"
+    write_json(trace, path)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"FAIL {named}:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_catches_a_masked_position_that_leaks(seq2seq_trace):
+    trace = seq2seq_trace
+    step = trace.step("decoder.0.attn.hook_attn_scores@3")
+    original = step.data
+    leaked = original.copy()
+    leaked[0, 0, 2] = 0.5   # the first query may not see the third key
+    step._array = leaked
+    try:
+        ids = {f.step_id for f in check_trace(trace).failures}
+    finally:
+        step._array = original
+    assert "decoder.0.attn.hook_attn_scores@3" in ids
+
+
+def test_check_catches_a_chosen_token_that_is_not_the_argmax(seq2seq_trace):
+    step = seq2seq_trace.step("decoder.hook_probs@1")
+    chosen = step.extra["chosen"]
+    step.extra["chosen"] = {"token": "x", "id": step.extra["top_k"][1]["id"]}
+    try:
+        failures = check_trace(seq2seq_trace).failures
+    finally:
+        step.extra["chosen"] = chosen
+    assert any(f.step_id == "decoder.hook_probs@1" and "argmax" in f.message for f in failures)
+    assert check_trace(seq2seq_trace).ok
+
+
+def test_check_masks_are_causal_in_the_decoder(seq2seq_trace):
+    mask = seq2seq_trace["decoder.1.attn.hook_mask@3"]
+    assert np.array_equal(mask, np.tril(np.ones((3, 3), dtype=bool)))
+    assert seq2seq_trace["encoder.1.attn.hook_mask"].all()

@@ -1,0 +1,88 @@
+"""JSON export details: non-finite values, precision, and reading an export back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tracer.errors import DamagedFile
+from tracer.trace import Step, Trace
+from tracer.trace.export import write_json
+from tracer.trace.load import read_json
+
+
+def tiny_trace(*arrays_and_kinds):
+    steps = [Step.from_array(f"encoder.0.attn.hook_{kind}", a, axes) for a, kind, axes in arrays_and_kinds]
+    return Trace(steps, model={"name": "m", "arch": "encoder"}, device="cpu", input={"text": "x"}, output={"text": "y"})
+
+
+def test_nonfinite_values_are_null_and_come_back(tmp_path):
+    mixed = np.array([[1.5, -np.inf], [np.nan, np.inf]], dtype=np.float32)
+    masked = np.array([[0.25, -np.inf], [0.5, -np.inf]], dtype=np.float32)
+    trace = tiny_trace((mixed, "attn_raw", ("query", "key")), (masked, "attn_scores", ("query", "key")))
+    write_json(trace, tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["steps"][0]["data"] == [[1.5, None], [None, None]]
+    assert doc["steps"][0]["stats"]["nonfinite"] == 3
+    assert doc["steps"][1]["null_as"] == "-inf"
+    back = read_json(tmp_path / "t.json")
+    np.testing.assert_array_equal(back["encoder.0.attn.hook_attn_raw"], mixed)
+    np.testing.assert_array_equal(back["encoder.0.attn.hook_attn_scores"], masked)
+
+
+def test_full_float32_precision_round_trips_bit_identical(seq2seq_trace, tmp_path):
+    write_json(seq2seq_trace, tmp_path / "t.json")
+    back = read_json(tmp_path / "t.json")
+    assert back.ids == seq2seq_trace.ids
+    for step in seq2seq_trace.steps:
+        again = back.step(step.id)
+        assert again.dtype == step.dtype and again.labels == step.labels and again.extra == step.extra
+        np.testing.assert_array_equal(again.data, step.data)
+
+
+def test_precision_rounds_to_significant_digits(tmp_path):
+    values = np.array([123456.7, 0.000123456, -3.14159265, 0.0], dtype=np.float32)
+    write_json(tiny_trace((values, "attn_raw", ("key",))), tmp_path / "t.json", precision=3)
+    assert json.loads((tmp_path / "t.json").read_text())["steps"][0]["data"] == [123000.0, 0.000123, -3.14, 0.0]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(format="something-else"), "not a tracer trace"),
+    (lambda d: d.update(version=99), "unsupported trace version 99"),
+    (lambda d: d["steps"].reverse(), "out of order"),
+    (lambda d: d["steps"][0].update(shape=[7]), "metadata says [7]"),
+    (lambda d: d["steps"][1].update(data="abc"), "data"),
+    (lambda d: d["steps"][1]["data"][0].__setitem__(0, "x"), "not numbers"),
+    (lambda d: d["steps"][1].update(dtype="object"), "unsupported dtype"),
+])
+def test_damaged_exports_are_refused_with_a_reason(seq2seq_trace, tmp_path, mutate, message):
+    write_json(seq2seq_trace, tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    mutate(doc)
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(DamagedFile, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_json(tmp_path / "bad.json")
+
+
+def test_truncated_json_is_refused(seq2seq_trace, tmp_path):
+    write_json(seq2seq_trace, tmp_path / "t.json")
+    raw = (tmp_path / "t.json").read_bytes()
+    (tmp_path / "cut.json").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DamagedFile, match="not valid JSON"):
+        read_json(tmp_path / "cut.json")
+
+
+def test_failed_export_leaves_the_previous_file(seq2seq_trace, tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    path.write_text("previous")
+
+    def boom(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tracer.trace.export.step_json", boom)
+    with pytest.raises(OSError):
+        write_json(seq2seq_trace, path)
+    assert path.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
