@@ -7,13 +7,22 @@ import torch
 
 from tracer.nn.hooks import hooks_attached
 
+HALF_TYPES = (torch.bfloat16, torch.float16)
+
 
 class Recorder:
     """Attach to every HookPoint; `pass_values()` returns (name, numpy array) per tap, batch axis dropped.
 
-    On CUDA a value is cloned on the device as it passes (no host sync per tap); the copies go to
-    pinned host memory with non-blocking copies and one synchronisation per forward pass.
-    On the CPU the model never writes into a tensor after a tap sees it, so a reference is enough.
+    During the forward pass a tap only keeps a reference to the value it sees: no copy, no
+    kernel, no host synchronisation. That is safe because the model never writes into a tensor
+    after a tap has seen it (no in-place ops; tests/test_cuda.py and the CPU parity checks
+    would catch one), and a tensor we still reference is never handed out again by the
+    allocator. At the end of the pass, on CUDA, the values are packed per dtype into one device
+    buffer each (one `cat` kernel), copied into pinned host memory with non-blocking copies,
+    and the stream is synchronised once; each dtype's values are then copied out of the pinned
+    buffer into ordinary memory in one memcpy, so pinned memory never outlives the pass.
+
+    bf16/fp16 values are stored as float32 (numpy has no bfloat16).
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -21,23 +30,51 @@ class Recorder:
         self.values: list[tuple[str, torch.Tensor]] = []
 
     def record(self, name: str, value: torch.Tensor) -> None:
-        value = value.detach()[0]
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()  # numpy has no bf16; store float32 for every half type
-        elif value.is_cuda:
-            value = value.clone()
-        self.values.append((name, value))
+        self.values.append((name, value.detach()[0]))
 
     def attached(self):
         return hooks_attached(self.model, self.record)
 
     def pass_values(self) -> list[tuple[str, np.ndarray]]:
-        """The values recorded since the last call, on the host."""
+        """The values recorded since the last call, on the host, in recording order."""
         values, self.values = self.values, []
-        if not values or not values[0][1].is_cuda:
-            return [(name, value.numpy()) for name, value in values]
-        host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for _, v in values]
-        for buffer, (_, value) in zip(host, values):
-            buffer.copy_(value, non_blocking=True)
-        torch.cuda.current_stream(values[0][1].device).synchronize()
-        return [(name, buffer.numpy()) for buffer, (name, _) in zip(host, values)]
+        if not values:
+            return []
+        if values[0][1].device.type != "cuda":
+            return [(name, host_array(value)) for name, value in values]
+        return batched_to_host(values)
+
+
+def host_array(value: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy, half types upcast to float32 (shares memory where it can)."""
+    if value.dtype in HALF_TYPES:
+        value = value.float()
+    return value.numpy()
+
+
+def batched_to_host(values: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.ndarray]]:
+    """Device tensors -> numpy with one packed copy per dtype and a single synchronisation."""
+    device = values[0][1].device
+    groups: dict[torch.dtype, list[int]] = {}
+    for index, (_, value) in enumerate(values):
+        groups.setdefault(value.dtype, []).append(index)
+    staged = []  # (indices, pinned host buffer)
+    for dtype, indices in groups.items():
+        packed = torch.cat([values[i][1].reshape(-1) for i in indices]) if len(indices) > 1 \
+            else values[indices[0]][1].reshape(-1)
+        if dtype in HALF_TYPES:
+            packed = packed.float()
+        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        pinned.copy_(packed, non_blocking=True)
+        staged.append((indices, pinned))
+    torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this pass
+    out: list[np.ndarray | None] = [None] * len(values)
+    for indices, pinned in staged:
+        flat = pinned.numpy().copy()  # out of pinned memory in one memcpy
+        offset = 0
+        for i in indices:
+            shape = tuple(values[i][1].shape)
+            size = values[i][1].numel()
+            out[i] = flat[offset:offset + size].reshape(shape)
+            offset += size
+    return [(name, array) for (name, _), array in zip(values, out)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,13 +110,29 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         """Run fn once, recording its taps as steps tagged with decoding step t."""
         if recorder is None:
             return fn()
-        with recorder.attached():
-            out = fn()
-        for name, array in recorder.pass_values():
-            axes = axes_for(parse_name(name)["kind"], array.ndim)
-            step_id = name if t is None else f"{name}@{t}"
-            steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
+        out, recorded = record_pass(recorder, fn, own, source, t)
+        steps.extend(recorded)
         return out
+
+    with recorder.attached() if recorder is not None else contextlib.nullcontext():
+        return _decode(loaded, text, ids, tokens, max_new_tokens, top_k, forward, steps, traced)
+
+
+def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None):
+    """Run fn once (inside `recorder.attached()`); return its output and the pass's steps.
+
+    The values come to the host in one batch after the pass (see Recorder.pass_values)."""
+    out = fn()
+    steps = []
+    for name, array in recorder.pass_values():
+        axes = axes_for(parse_name(name)["kind"], array.ndim)
+        step_id = name if t is None else f"{name}@{t}"
+        steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
+    return out, steps
+
+
+def _decode(loaded: LoadedModel, text, ids, tokens, max_new_tokens, top_k, forward, steps, traced) -> GenerationResult:
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
 
     def tensor(seq: list[int]) -> torch.Tensor:
         return torch.tensor([seq], dtype=torch.long, device=device)

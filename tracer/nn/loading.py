@@ -92,7 +92,17 @@ class LoadedModel:
     device: torch.device
 
 
-def load_model(name_or_path: str | None, device: str | torch.device = "cpu") -> LoadedModel:
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def load_model(name_or_path: str | None, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load a model folder onto `device`; `dtype` (e.g. "bfloat16") casts the weights, else they stay as stored."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPES:
+            raise BadInput(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype.lower()]
     folder = resolve_model(name_or_path)
     cfg = read_config(folder)
     tokenizer = TextTokenizer.from_file(folder / "tokenizer.json", cfg)
@@ -107,7 +117,7 @@ def load_model(name_or_path: str | None, device: str | torch.device = "cpu") -> 
         first = [line.strip() for line in str(exc).splitlines() if line.strip()][1:2] or [str(exc)[:160]]
         raise BadInput(f"weights in {folder} do not fit its config.json ({first[0][:200]})") from None
     device = torch.device(device)
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     return LoadedModel(cfg, model, tokenizer, folder, device)
 
 
