@@ -72,7 +72,8 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     else:
         from tracer.tui import open_traces
 
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k))
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
+                    session_name=save_name)
 
 
 def write_export(trace, path, precision) -> None:
@@ -104,18 +105,11 @@ def check(source):
         sys.exit(1)
 
 
-def resolve_source(source: str):
+def resolve_source(source: str, sessions_dir=None):
     """A session name (in the sessions folder), a session folder, or a JSON file."""
-    from pathlib import Path
+    from tracer.trace.session import SessionStore
 
-    path = Path(source)
-    if path.exists():
-        return path
-    try:
-        from tracer.trace.session import SessionStore
-    except ImportError:
-        return path
-    return SessionStore(None).path_of(source)
+    return SessionStore(sessions_dir).resolve(source)
 
 
 @cli.command()
@@ -136,6 +130,155 @@ def models():
         except (OSError, ValueError):
             detail = "unreadable config.json"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder to write the model to (default: the bundled models/MODEL).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training steps (default: the recipe's); a few make a quick smoke run.")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed for the corpus, initialisation and batches.")
+@click.option("--eval-size", type=click.IntRange(min=1), default=None,
+              help="Score only this many test sentences at the end (default: the whole test split).")
+def train(model_name, out, steps, seed, eval_size):
+    """Rebuild a bundled model from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
+
+    \b
+    Example:
+      tracer train de-en-tiny --out /tmp/de-en
+    """
+    from tracer.train.trainer import train as train_model
+
+    result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
+    shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and k != "train_seconds"}
+    figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
+    click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
+    click.echo(f"wrote {result.folder} (MODEL.md has the details)")
+
+
+SESSIONS_DIR_OPTION = dict(
+    default=None, type=click.Path(file_okay=False),
+    help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).",
+)
+
+
+@cli.command()
+@click.argument("source", metavar="SESSION|PATH|FILE.json")
+@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI.")
+@click.option("--play", is_flag=True, help="Step through automatically (space pauses, +/- change speed).")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+def replay(source, no_tui, play, sessions_dir):
+    """Open a saved session (or a JSON export) where it was left; no model, no torch.
+
+    \b
+    Example:
+      tracer replay piyush
+      tracer replay piyush.json --no-tui
+    """
+    from tracer.trace.session import open_source
+
+    session = open_source(source, sessions_dir)
+    if no_tui:
+        from tracer.summary import print_summary
+
+        for number, trace in enumerate(session.traces):
+            if number:
+                click.echo()
+            print_summary(trace)
+        return
+    from tracer.tui import open_traces
+
+    open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None, play=play)
+
+
+@cli.command()
+@click.argument("source", metavar="SESSION|PATH|FILE.json")
+@click.option("--output", "-o", "output", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
+@click.option("--precision", type=click.IntRange(1, 9), default=None,
+              help="Significant digits for floats (default: full float32).")
+@click.option("--trace", "trace_number", type=click.IntRange(1), default=None,
+              help="Which of the session's traces to export (1 = the first; default: the first).")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+def export(source, output, precision, trace_number, sessions_dir):
+    """Write a session's trace as DESIGN.md's JSON (replayable with `tracer replay FILE.json`)."""
+    from tracer.errors import BadInput
+    from tracer.trace.session import open_source
+
+    session = open_source(source, sessions_dir)
+    count = len(session.traces)
+    if trace_number is not None and trace_number > count:
+        raise BadInput(f"--trace {trace_number}: the session has {count} trace(s)")
+    write_export(session.traces[(trace_number or 1) - 1], output, precision)
+    if trace_number is None and count > 1:
+        click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.group(cls=TracerGroup, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array for scripts.")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+@click.pass_context
+def sessions(ctx, as_json, sessions_dir):
+    """List saved sessions: name, created, model, input, output, steps, size on disk."""
+    ctx.obj = {"sessions_dir": sessions_dir}
+    if ctx.invoked_subcommand is not None:
+        return
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(sessions_dir)
+    rows = store.list()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(f"No sessions in {store.root}. Save one with `tracer run TEXT --save NAME`.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sessions in {store.root}", title_justify="left")
+    for column, justify in (("name", "left"), ("created", "left"), ("model", "left"), ("input", "left"),
+                            ("output", "left"), ("steps", "right"), ("size", "right")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for row in rows:
+        if row.error:
+            table.add_row(row.name, "", "", f"damaged: {row.error}", "", "", human_size(row.size))
+            continue
+        steps = str(row.steps) + (f" ({row.traces} traces)" if row.traces and row.traces > 1 else "")
+        table.add_row(*(str(v) if v is not None else "" for v in (row.name, row.created, row.model, row.input, row.output)),
+                      steps, human_size(row.size))
+    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+
+
+@sessions.command("rm")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+@click.pass_context
+def sessions_rm(ctx, name, yes, sessions_dir):
+    """Delete the session NAME."""
+    from tracer.errors import BadInput
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(sessions_dir or (ctx.obj or {}).get("sessions_dir"))
+    path = store.path_of(name)
+    if not path.is_dir():
+        raise BadInput(f"no session named {name!r} in {store.root}")
+    if not yes:
+        info = store.info(path)
+        click.confirm(f"Remove session {name!r} ({human_size(info.size)})?", abort=True)
+    store.remove(name)
+    click.echo(f"removed {name}", err=True)
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def main():

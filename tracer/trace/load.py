@@ -52,16 +52,20 @@ def trace_from_document(document, source: str = "trace") -> Trace:
     def fail(message: str):
         raise DamagedFile(f"{source}: {message}")
 
-    if not isinstance(document, dict):
-        fail("not a tracer trace (the top level is not an object)")
-    if document.get("format") != FORMAT:
-        fail(f"not a tracer trace (format is {document.get('format')!r}, expected {FORMAT!r})")
-    version = document.get("version")
-    if version != FORMAT_VERSION:
-        fail(f"unsupported trace version {version!r} (this tracer reads version {FORMAT_VERSION})")
-    for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
-        if not isinstance(document.get(key), kind):
-            fail(f"'{key}' is missing or is not a {kind.__name__}")
+    validate_header(document, fail)
+    for key in ("input", "output"):
+        part = document[key]
+        if not isinstance(part.get("text", ""), str):
+            fail(f"'{key}.text' must be a string")
+        if not isinstance(part.get("tokens", []), list) or not all(isinstance(t, str) for t in part.get("tokens", [])):
+            fail(f"'{key}.tokens' must be a list of strings")
+        if not isinstance(part.get("ids", []), list) or not all(type(i) is int for i in part.get("ids", [])):
+            fail(f"'{key}.ids' must be a list of integers")
+    model = document["model"]
+    if not isinstance(model.get("name", ""), str) or not isinstance(model.get("arch", ""), str):
+        fail("'model.name' and 'model.arch' must be strings")
+    if not isinstance(model.get("config", {}), dict):
+        fail("'model.config' must be an object")
     steps = []
     for position, item in enumerate(document["steps"]):
         steps.append(step_from_json(item, position, fail))
@@ -79,6 +83,20 @@ def trace_from_document(document, source: str = "trace") -> Trace:
         fail(str(exc))
 
 
+def validate_header(document, fail) -> None:
+    """Check a trace's header fields (shared by JSON exports and session metadata)."""
+    if not isinstance(document, dict):
+        fail("not a tracer trace (the top level is not an object)")
+    if document.get("format") != FORMAT:
+        fail(f"not a tracer trace (format is {document.get('format')!r}, expected {FORMAT!r})")
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        fail(f"unsupported trace version {version!r} (this tracer reads version {FORMAT_VERSION})")
+    for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
+        if not isinstance(document.get(key), kind):
+            fail(f"'{key}' is missing or is not a {kind.__name__}")
+
+
 def validate_meta(item, position: int, fail) -> tuple[str, tuple[int, ...], str, tuple[str, ...]]:
     """Check a step's metadata (shared by JSON exports and session manifests)."""
     if not isinstance(item, dict):
@@ -93,7 +111,7 @@ def validate_meta(item, position: int, fail) -> tuple[str, tuple[int, ...], str,
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         fail(f"step {step_id!r} has an invalid shape {shape!r}")
     dtype = item.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         fail(f"step {step_id!r} has an unsupported dtype {dtype!r}")
     axes = item.get("axes")
     if not isinstance(axes, list) or len(axes) != len(shape) or not all(isinstance(a, str) for a in axes):
@@ -113,10 +131,39 @@ def _safe_split(step_id: str, fail):
         fail(f"step id {step_id!r} has an invalid decoding step")
 
 
+def _is_number(value) -> bool:
+    return type(value) in (int, float)
+
+
+def _valid_choice(entry, with_prob: bool) -> bool:
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("token"), str) and type(entry.get("id")) is int
+        and (not with_prob or _is_number(entry.get("prob")))
+    )
+
+
+def validate_extra(extra: dict, step_fail) -> dict:
+    """The extras other code reads (top_k, chosen, predictions) must have their documented shape."""
+    top_k_ok = lambda v: isinstance(v, list) and all(_valid_choice(e, True) for e in v)  # noqa: E731
+    if "top_k" in extra and not top_k_ok(extra["top_k"]):
+        step_fail("top_k must be a list of {token, id, prob}")
+    if "chosen" in extra and not _valid_choice(extra["chosen"], False):
+        step_fail("chosen must be {token, id}")
+    if "predictions" in extra:
+        predictions = extra["predictions"]
+        if not isinstance(predictions, list) or not all(
+            isinstance(p, dict) and type(p.get("pos")) is int and top_k_ok(p.get("top_k"))
+            and _valid_choice(p.get("chosen"), False) for p in predictions
+        ):
+            step_fail("predictions must be a list of {pos, token, top_k, chosen}")
+    return extra
+
+
 def step_from_json(item, position: int, fail) -> Step:
     step_id, shape, dtype, axes = validate_meta(item, position, fail)
-    array = array_from_json(item.get("data"), shape, dtype, item, lambda m: fail(f"step {step_id!r}: {m}"))
-    extra = {key: value for key, value in item.items() if key not in _STEP_META}
+    step_fail = lambda m: fail(f"step {step_id!r}: {m}")  # noqa: E731
+    array = array_from_json(item.get("data"), shape, dtype, item, step_fail)
+    extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail)
     return Step(
         id=step_id, shape=shape, dtype=dtype, axes=axes,
         labels=item.get("labels", {}), extra=extra, _array=array,
@@ -126,7 +173,16 @@ def step_from_json(item, position: int, fail) -> Step:
 def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
     """Nested lists -> array of `shape`; nulls restored as the step's `null_as` value."""
     is_float = dtype.startswith("float")
-    null_value = _NULL_VALUES.get(item.get("null_as", "nan"), np.nan)
+    null_as = item.get("null_as", "nan")
+    nonfinite_at = item.get("nonfinite_at") or {}
+    if not isinstance(null_as, str) or null_as not in _NULL_VALUES:
+        fail(f"null_as must be one of {', '.join(_NULL_VALUES)}")
+    if not isinstance(nonfinite_at, dict) or not all(
+        key in _NULL_VALUES and isinstance(where, list) and all(type(i) is int and 0 <= i < int(np.prod(shape)) for i in where)
+        for key, where in nonfinite_at.items()
+    ):
+        fail("nonfinite_at must map -inf/inf/nan to positions inside the tensor")
+    null_value = _NULL_VALUES[null_as]
     try:
         if is_float:
             array = np.array(data, dtype=object)
@@ -138,7 +194,7 @@ def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
             if not all(type(v) in (int, float) for v in flat[~nulls]):
                 fail("data holds values that are not numbers")
             out = flat.astype(dtype).reshape(shape)
-            for name, where in (item.get("nonfinite_at") or {}).items():
+            for name, where in nonfinite_at.items():
                 out.reshape(-1)[np.asarray(where, dtype=np.int64)] = _NULL_VALUES[name]
             return out
         array = np.array(data)

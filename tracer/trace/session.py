@@ -1,0 +1,691 @@
+"""Sessions: traces plus UI state saved in a folder, replayable without the model (numpy only).
+
+A session folder::
+
+    NAME/
+      session.json              manifest: format, version, name, created/updated, traces, ui state
+      trace-0.meta.json         trace header and every step's metadata (no tensor data)
+      trace-0.safetensors       the tensors, one per step, keyed by step id
+      trace-1.meta.json …       one pair per trace
+
+Saving writes the whole folder into a hidden temp folder beside the target, fsyncs every
+file and the folder, then renames it into place. Replacing (`force`) swaps the two folders
+atomically where the OS can (Linux `renameat2(RENAME_EXCHANGE)`), else renames the old one
+aside first, puts the new one in, and deletes the old; a writer killed between those two
+renames leaves the old session aside, and the next use of the store puts it back. So a
+crash never leaves a half-written session listed and never damages the one that was there.
+
+Loading checks everything before the first tensor is read (manifest, metadata, and each
+safetensors header against that metadata), then reads tensors lazily, one at a time, through
+`safetensors.safe_open(..., framework="np")`. A damaged or hostile session is refused with a
+DamagedFile that names the problem. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import orjson
+
+from tracer import __version__
+from tracer.errors import BadInput, DamagedFile, TracerError
+from tracer.trace.atomic import fsync_dir
+from tracer.trace.load import DTYPES, validate_header, validate_meta
+from tracer.trace.state import UIState
+from tracer.trace.step import Step
+from tracer.trace.trace import Trace, utc_now
+
+FORMAT = "tracer-session"
+VERSION = 1
+TRACE_META_FORMAT = "tracer-session-trace"
+MANIFEST = "session.json"
+ENV_DIR = "TRACER_SESSIONS_DIR"
+DEFAULT_DIR = "sessions"
+
+# safetensors dtype codes for the dtypes a trace may hold
+ST_DTYPES = {"float16": "F16", "float32": "F32", "float64": "F64", "int32": "I32", "int64": "I64", "bool": "BOOL"}
+assert set(ST_DTYPES) == DTYPES
+MAX_HEADER_BYTES = 100 * 1024**2      # what safetensors itself accepts
+MAX_META_BYTES = 512 * 1024**2        # a metadata JSON larger than this is not a trace
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_FILE = re.compile(r"^trace-\d{1,6}\.(meta\.json|safetensors)$")
+# hidden work folders beside a session: .NAME.tmp-PID-xxxx (being written),
+# .NAME.old-PID-xxxx (the replaced session, about to be deleted), .NAME.rm-PID-xxxx (being removed)
+_WORK = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|rm)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def sessions_root(root: str | os.PathLike | None = None) -> Path:
+    """The sessions folder: `root`, else $TRACER_SESSIONS_DIR, else ./sessions."""
+    if root is None:
+        root = os.environ.get(ENV_DIR) or DEFAULT_DIR
+    return Path(root).expanduser()
+
+
+def validate_name(name: str) -> str:
+    """A session name is a plain folder name: letters, digits, `.`, `_`, `-`, `+`; no `..`."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise BadInput(
+            f"invalid session name {name!r}: use letters, digits, '.', '_', '-' or '+' "
+            "(starting with a letter or digit, at most 128 characters, no '..' or path separators)"
+        )
+    return name
+
+
+@dataclass
+class Session:
+    """A loaded session: its traces (tensors still on disk), the UI state, and where it lives."""
+
+    name: str
+    path: Path
+    traces: list[Trace]
+    state: UIState
+    manifest: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def trace(self) -> Trace:
+        """The trace the user was looking at when the session was saved."""
+        return self.traces[self.state.trace]
+
+
+@dataclass
+class SessionInfo:
+    """One row of `tracer sessions`: read from the manifest alone (no tensors are opened)."""
+
+    name: str
+    path: Path
+    created: str | None = None
+    updated: str | None = None
+    model: str | None = None
+    input: str | None = None
+    output: str | None = None
+    steps: int | None = None
+    traces: int | None = None
+    size: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "path": str(self.path), "created": self.created, "updated": self.updated,
+            "model": self.model, "input": self.input, "output": self.output, "steps": self.steps,
+            "traces": self.traces, "size": self.size, "error": self.error,
+        }
+
+
+# -- writing ---------------------------------------------------------------------------
+def _step_meta(step: Step, label_sets: dict) -> dict:
+    """A step's metadata without its data; stats only when already computed (no tensor reads).
+
+    Token labels repeat across thousands of steps, so each distinct list is stored once in
+    the trace's `label_sets` and a step's `labels` maps each axis to an index into it.
+    """
+    labels = {axis: label_sets.setdefault(tuple(tokens), len(label_sets)) for axis, tokens in step.labels.items()}
+    meta = {
+        "index": step.index, "id": step.id, "shape": list(step.shape), "dtype": step.dtype,
+        "axes": list(step.axes), "labels": labels,
+    }
+    if step._stats is not None:
+        meta["stats"] = step._stats
+    meta.update(step.extra)
+    return meta
+
+
+def _nbytes(shape, dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _fsync_file(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def write_tensors(steps: list[Step], path: Path) -> None:
+    """Stream every step's tensor into a safetensors file, one tensor at a time.
+
+    The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-endian
+    header length, a JSON header padded with spaces to 8 bytes, then the raw little-endian
+    data), but written straight from each array's buffer: no second in-memory copy of the
+    whole trace, and steps loaded lazily from another session are read, written and dropped
+    one by one.
+    """
+    header, offset = {}, 0
+    for step in steps:
+        if step.dtype not in ST_DTYPES:
+            raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
+        size = _nbytes(step.shape, step.dtype)
+        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = orjson.dumps(header)
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb", buffering=0) as out:
+        out.write(struct.pack("<Q", len(raw)) + raw)
+        for step in steps:
+            was_loaded = step._array is not None
+            try:
+                array = step.data
+            except ValueError as exc:
+                raise TracerError(str(exc)) from None
+            if tuple(array.shape) != tuple(step.shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
+                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.shape)}")
+            array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
+            if array.size:
+                view = memoryview(array).cast("B")
+                while view:  # a raw write may be partial
+                    written = out.write(view)
+                    view = view[written:]
+            if not was_loaded:
+                step.release()
+        os.fsync(out.fileno())
+
+
+def _write_json(path: Path, document: dict, indent: bool = False) -> None:
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    with open(path, "wb") as out:
+        out.write(orjson.dumps(document, option=option))
+        if indent:
+            out.write(b"\n")
+        _fsync_file(out)
+
+
+def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UIState, created: str | None = None) -> dict:
+    """Write a complete session into `folder` (which must exist and be empty); returns the manifest."""
+    entries = []
+    for number, trace in enumerate(traces):
+        tensors, meta = f"trace-{number}.safetensors", f"trace-{number}.meta.json"
+        write_tensors(trace.steps, folder / tensors)
+        document = dict(trace.header())
+        label_sets: dict[tuple, int] = {}
+        document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
+        _write_json(folder / meta, {
+            "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
+            "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
+        })
+        entries.append({
+            "meta": meta, "tensors": tensors, "steps": len(trace),
+            "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
+            "input": trace.input.get("text"), "output": trace.output.get("text"),
+        })
+    now = utc_now()
+    manifest = {
+        "format": FORMAT, "version": VERSION, "tracer_version": __version__, "name": name,
+        "created": created or now, "updated": now, "traces": entries, "ui": state.to_dict(),
+    }
+    _write_json(folder / MANIFEST, manifest, indent=True)
+    fsync_dir(folder)
+    return manifest
+
+
+# -- atomic folder swaps ----------------------------------------------------------------
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOENT, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _work_path(root: Path, name: str, kind: str) -> Path:
+    """A new empty hidden folder beside the session, named for the writer's pid."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=root))
+
+
+def _aside_name(root: Path, name: str, kind: str) -> Path:
+    """A fresh hidden name to rename a session folder to (nothing is created)."""
+    return root / f".{name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the store ---------------------------------------------------------------------------
+class SessionStore:
+    """The sessions folder: save, load, list and remove named sessions."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = sessions_root(root)
+
+    def path_of(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def resolve(self, name_or_path: str | os.PathLike) -> Path:
+        """An existing path as is; otherwise a session name in this store."""
+        path = Path(name_or_path)
+        if path.exists():
+            return path
+        text = str(name_or_path)
+        if isinstance(name_or_path, str) and _NAME.match(text) and ".." not in text:
+            self.recover(text)
+            candidate = self.root / text
+            if candidate.exists():
+                return candidate
+            raise DamagedFile(f"no session or file named {text!r} (sessions are looked for in {self.root})")
+        raise DamagedFile(f"{text}: no such file or session")
+
+    # -- saving ------------------------------------------------------------------------
+    def save(self, name: str, traces: Iterable[Trace], state: UIState | None = None, force: bool = False) -> Path:
+        """Write `traces` and `state` as session `name`; atomic; refuses to replace without force."""
+        validate_name(name)
+        traces = list(traces)
+        if not traces or not all(isinstance(t, Trace) for t in traces):
+            raise TracerError("a session needs at least one trace")
+        state = state or UIState()
+        target = self.root / name
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TracerError(f"cannot create the sessions folder {self.root}: {exc.strerror or exc}") from None
+        self.recover(name)
+        created = None
+        if target.exists() or target.is_symlink():
+            self._check_replaceable(target, force)
+            with contextlib.suppress(Exception):
+                created = _read_json(target / MANIFEST, 1024**2).get("created")
+        try:
+            work = _work_path(self.root, name, "tmp")
+        except OSError as exc:
+            raise TracerError(f"cannot write in {self.root}: {exc.strerror or exc}") from None
+        try:
+            write_session_folder(work, name, traces, state, created if isinstance(created, str) else None)
+            self._commit(work, target, name, force)
+        except OSError as exc:
+            _rmtree(work)
+            raise TracerError(f"cannot save session {name!r}: {exc.strerror or exc}") from None
+        except BaseException:
+            _rmtree(work)
+            raise
+        fsync_dir(self.root)
+        return target
+
+    def _check_replaceable(self, target: Path, force: bool) -> None:
+        if not force:
+            raise TracerError(f"session {target.name!r} already exists in {self.root}; use --force to replace it")
+        if target.is_symlink() or not target.is_dir() or not (target / MANIFEST).is_file():
+            raise TracerError(f"{target} exists and is not a session folder; not replacing it")
+
+    def _commit(self, work: Path, target: Path, name: str, force: bool) -> None:
+        """Move the finished folder into place; the old session (if any) goes only once the new is in."""
+        asides = []
+        for _ in range(50):
+            try:
+                os.rename(work, target)  # fails if target is a non-empty folder
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            self._check_replaceable(target, force)
+            if _exchange(work, target):
+                asides.append(work)  # work now holds the old session
+                break
+            aside = _aside_name(self.root, name, "old")
+            try:
+                os.rename(target, aside)
+            except FileNotFoundError:
+                continue  # another writer moved it; try again
+            asides.append(aside)
+        else:
+            raise TracerError(f"cannot save session {name!r}: other writers keep replacing it")
+        fsync_dir(self.root)
+        for aside in asides:
+            _rmtree(aside)
+
+    def recover(self, name: str | None = None) -> None:
+        """Tidy up after writers that died: delete their temp folders, put back a session left aside."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return
+        for entry in entries:
+            match = _WORK.match(entry.name)
+            if not match or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
+                continue
+            path = Path(entry.path)
+            target = self.root / match["name"]
+            if match["kind"] == "old" and not target.exists() and (path / MANIFEST).is_file():
+                with contextlib.suppress(OSError):
+                    os.rename(path, target)
+                    continue
+            _rmtree(path)
+
+    # -- loading -----------------------------------------------------------------------
+    def load(self, name_or_path: str | os.PathLike) -> Session:
+        return load_session(self.resolve(name_or_path))
+
+    # -- listing and removing ----------------------------------------------------------
+    def list(self) -> list[SessionInfo]:
+        """Every session in the folder, by name; a damaged one is listed with its error."""
+        if not self.root.is_dir():
+            return []
+        self.recover()
+        rows = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if not (path / MANIFEST).exists():
+                continue  # not a session (a session folder always has its manifest)
+            rows.append(self.info(path))
+        return rows
+
+    def info(self, path: Path) -> SessionInfo:
+        info = SessionInfo(name=path.name, path=path, size=_folder_size(path))
+        try:
+            manifest = read_manifest(path)
+        except DamagedFile as exc:
+            info.error = str(exc)
+            return info
+        entries = manifest["traces"]
+        first = entries[0]
+        info.created, info.updated = manifest.get("created"), manifest.get("updated")
+        info.model, info.input, info.output = first.get("model"), first.get("input"), first.get("output")
+        info.steps = sum(e["steps"] for e in entries if isinstance(e.get("steps"), int))
+        info.traces = len(entries)
+        return info
+
+    def remove(self, name: str) -> None:
+        target = self.path_of(name)
+        self.recover(name)
+        if not target.is_dir() or target.is_symlink():
+            raise BadInput(f"no session named {name!r} in {self.root}")
+        if not (target / MANIFEST).is_file():
+            raise TracerError(f"{target} is not a session folder (no {MANIFEST}); not removing it")
+        doomed = _aside_name(self.root, name, "rm")
+        try:
+            os.rename(target, doomed)  # disappears from listings at once
+        except OSError as exc:
+            raise TracerError(f"cannot remove session {name!r}: {exc.strerror or exc}") from None
+        _rmtree(doomed)
+
+
+def _folder_size(path: Path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+# -- reading -----------------------------------------------------------------------------
+def _read_json(path: Path, limit: int):
+    """Parse a JSON file; missing, oversized, truncated or invalid -> DamagedFile naming it."""
+    try:
+        if path.is_symlink():
+            raise DamagedFile(f"{path}: is a symbolic link; a session holds plain files only")
+        size = path.stat().st_size
+        if size > limit:
+            raise DamagedFile(f"{path}: {size} bytes is too large for this file")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedFile(f"{path.parent}: missing file {path.name}") from None
+    except OSError as exc:
+        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        what = "truncated JSON" if raw.strip() and raw.rstrip()[-1:] not in (b"}", b"]") else "not valid JSON"
+        raise DamagedFile(f"{path}: {what} ({exc})") from None
+
+
+def read_manifest(folder: Path) -> dict:
+    """session.json, validated: format, version, and a well-formed traces list."""
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise DamagedFile(f"{folder}: no such session")
+    manifest = _read_json(path, 64 * 1024**2)
+
+    def fail(message: str):
+        raise DamagedFile(f"{path}: {message}")
+
+    if not isinstance(manifest, dict):
+        fail("not a tracer session (the top level is not an object)")
+    if manifest.get("format") != FORMAT:
+        fail(f"not a tracer session (format is {manifest.get('format')!r}, expected {FORMAT!r})")
+    if manifest.get("version") != VERSION:
+        fail(f"unsupported session version {manifest.get('version')!r} (this tracer reads version {VERSION})")
+    entries = manifest.get("traces")
+    if not isinstance(entries, list) or not entries:
+        fail("'traces' is missing or empty")
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            fail(f"trace {number} is not an object")
+        for key in ("meta", "tensors"):
+            value = entry.get(key)
+            if not isinstance(value, str) or not _FILE.match(value):
+                fail(f"trace {number}: {key} file {value!r} is not a session file name")
+    return manifest
+
+
+class TensorFile:
+    """One trace's safetensors file: header checked up front, tensors read one at a time."""
+
+    def __init__(self, path: Path, steps: list[Step]):
+        self.path = path
+        self._handle = None
+        self._check(steps)
+
+    def _fail(self, message: str):
+        raise DamagedFile(f"{self.path}: {message}")
+
+    def _check(self, steps: list[Step]) -> None:
+        """Validate the header against the metadata without reading any tensor data."""
+        try:
+            if self.path.is_symlink():
+                self._fail("is a symbolic link; a session holds plain files only")
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < 8:
+                    self._fail(f"truncated ({size} bytes; not even a safetensors header)")
+                (header_len,) = struct.unpack("<Q", handle.read(8))
+                if header_len > MAX_HEADER_BYTES:
+                    self._fail(f"the safetensors header claims {_human(header_len)}; refusing to read it")
+                if 8 + header_len > size:
+                    self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
+                raw = handle.read(header_len)
+        except FileNotFoundError:
+            raise DamagedFile(f"{self.path.parent}: missing file {self.path.name}") from None
+        except OSError as exc:
+            raise DamagedFile(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            header = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self._fail("the safetensors header is not valid JSON")
+        if not isinstance(header, dict):
+            self._fail("the safetensors header is not an object")
+        data_len = size - 8 - header_len
+        expected = {step.id for step in steps}
+        extra = set(header) - expected - {"__metadata__"}
+        if extra:
+            self._fail(f"holds tensor(s) the metadata does not list: {', '.join(sorted(extra)[:3])}")
+        spans = []
+        for step in steps:
+            entry = header.get(step.id)
+            if not isinstance(entry, dict):
+                self._fail(f"tensor {step.id!r} is missing")
+            shape, dtype, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
+            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+                self._fail(f"tensor {step.id!r} has an invalid shape {shape!r}")
+            if tuple(shape) != tuple(step.shape):
+                self._fail(f"tensor {step.id!r} has shape {shape}, its metadata says {list(step.shape)}")
+            if dtype != ST_DTYPES[step.dtype]:
+                self._fail(f"tensor {step.id!r} is {dtype!r}, its metadata says {step.dtype}")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+                    and 0 <= offsets[0] <= offsets[1]):
+                self._fail(f"tensor {step.id!r} has invalid data offsets {offsets!r}")
+            need = _nbytes(shape, step.dtype)
+            if offsets[1] - offsets[0] != need:
+                self._fail(f"tensor {step.id!r} claims {_human(offsets[1] - offsets[0])} for a {need}-byte tensor")
+            if offsets[1] > data_len:
+                self._fail(f"truncated: tensor {step.id!r} ends at byte {offsets[1]} "
+                           f"(claims {_human(need)}) but the file holds {_human(data_len)} of data")
+            spans.append(offsets)
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                self._fail("tensors overlap in the file")
+
+    def _open(self):
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="np")
+            except Exception as exc:  # SafetensorError, OSError: the Rust side's errors
+                raise DamagedFile(f"{self.path}: cannot open ({_first_line(exc)})") from None
+        return self._handle
+
+    def loader(self, step: Step):
+        step_id, shape, dtype = step.id, tuple(step.shape), step.dtype
+
+        def load() -> np.ndarray:
+            try:
+                array = self._open().get_tensor(step_id)
+            except DamagedFile:
+                raise
+            except Exception as exc:
+                raise DamagedFile(f"{self.path}: cannot read tensor {step_id!r} ({_first_line(exc)})") from None
+            if tuple(array.shape) != shape or str(array.dtype) != dtype:
+                raise DamagedFile(f"{self.path}: tensor {step_id!r} is {array.dtype}{list(array.shape)}, metadata says {dtype}{list(shape)}")
+            return array
+
+        return load
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+_STEP_META = {"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats"}
+
+
+def _read_trace(folder: Path, entry: dict) -> Trace:
+    meta_path = folder / entry["meta"]
+    document = _read_json(meta_path, MAX_META_BYTES)
+
+    def fail(message: str):
+        raise DamagedFile(f"{meta_path}: {message}")
+
+    if not isinstance(document, dict) or document.get("format") != TRACE_META_FORMAT:
+        fail(f"not a session trace (format is {document.get('format') if isinstance(document, dict) else None!r}, expected {TRACE_META_FORMAT!r})")
+    if document.get("version") != VERSION:
+        fail(f"unsupported session trace version {document.get('version')!r} (this tracer reads version {VERSION})")
+    if document.get("tensors") != entry["tensors"]:
+        fail(f"names tensor file {document.get('tensors')!r}, the manifest says {entry['tensors']!r}")
+    body = document.get("trace")
+    validate_header(body, fail)
+    label_sets = document.get("label_sets", [])
+    if not isinstance(label_sets, list) or not all(
+        isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) for tokens in label_sets
+    ):
+        fail("'label_sets' must be a list of lists of strings")
+    steps = []
+    for position, item in enumerate(body["steps"]):
+        if not isinstance(item, dict):
+            fail(f"step {position} is not an object")
+        refs = item.pop("labels", {})
+        step_id, shape, dtype, axes = validate_meta(item, position, fail)
+        if not isinstance(refs, dict) or not all(type(i) is int and 0 <= i < len(label_sets) for i in refs.values()):
+            fail(f"step {step_id!r} has invalid labels")
+        labels = {axis: label_sets[i] for axis, i in refs.items()}
+        stats = item.get("stats")
+        steps.append(Step(
+            id=step_id, shape=shape, dtype=dtype, axes=axes, labels=labels,
+            _stats=stats if isinstance(stats, dict) else None,
+            extra={key: value for key, value in item.items() if key not in _STEP_META},
+        ))
+    tensors = TensorFile(folder / entry["tensors"], steps)
+    for step in steps:
+        step._loader = tensors.loader(step)
+    try:
+        return Trace(
+            steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
+            output=body["output"], created=str(body.get("created") or "") or None,
+            tracer_version=str(body.get("tracer_version", "unknown")),
+        )
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _restore_state(raw, traces: list[Trace]) -> UIState:
+    """The saved UI state, with anything that points outside the session dropped."""
+    try:
+        state = UIState.from_dict(raw if isinstance(raw, dict) else {})
+    except ValueError:
+        state = UIState()
+    if state.trace >= len(traces):
+        state.trace = 0
+    if state.step is not None and state.step not in traces[state.trace]:
+        state.step = None
+    state.bookmarks = [b for b in state.bookmarks if 0 <= b.trace < len(traces) and b.step in traces[b.trace]]
+    return state
+
+
+def load_session(path: str | os.PathLike) -> Session:
+    """Open a session folder: everything validated now, tensors read later, one at a time."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    traces = [_read_trace(folder, entry) for entry in manifest["traces"]]
+    name = manifest.get("name") if isinstance(manifest.get("name"), str) else folder.name
+    return Session(name=name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
+
+
+def load_session_trace(path: str | os.PathLike) -> Trace:
+    """The first trace of a session folder (what `tracer.load` returns for a session)."""
+    return load_session(path).traces[0]
+
+
+def open_source(source: str | os.PathLike, sessions_dir: str | os.PathLike | None = None) -> Session:
+    """A session name, a session folder or a JSON export -> a Session (an export has default UI state)."""
+    path = SessionStore(sessions_dir).resolve(source)
+    if path.is_dir():
+        return load_session(path)
+    from tracer.trace.load import read_json
+
+    trace = read_json(path)
+    return Session(name=path.stem, path=path, traces=[trace], state=UIState(), manifest={})
