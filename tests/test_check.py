@@ -93,3 +93,14 @@ def test_check_masks_are_causal_in_the_decoder(seq2seq_trace):
     mask = seq2seq_trace["decoder.1.attn.hook_mask@3"]
     assert np.array_equal(mask, np.tril(np.ones((3, 3), dtype=bool)))
     assert seq2seq_trace["encoder.1.attn.hook_mask"].all()
+
+
+def test_steps_that_cannot_be_combined_fail_instead_of_crashing(seq2seq_trace):
+    step = seq2seq_trace.step("encoder.0.attn.hook_k")
+    original = step.data
+    step._array = original[:, :2]          # two heads where Q has four
+    try:
+        failures = check_trace(seq2seq_trace).failures
+    finally:
+        step._array = original
+    assert any(f.step_id == "encoder.0.attn" and "cannot be recomputed" in f.message for f in failures)
