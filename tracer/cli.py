@@ -240,17 +240,23 @@ def sessions(ctx, as_json, sessions_dir):
     from rich.table import Table
 
     table = Table(title=f"sessions in {store.root}", title_justify="left")
-    for column, justify in (("name", "left"), ("created", "left"), ("model", "left"), ("input", "left"),
-                            ("output", "left"), ("steps", "right"), ("size", "right")):
-        table.add_column(column, justify=justify, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("input", overflow="ellipsis", max_width=40)
+    table.add_column("output", overflow="ellipsis", max_width=40)
+    table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
     for row in rows:
         if row.error:
             table.add_row(row.name, "", "", f"damaged: {row.error}", "", "", human_size(row.size))
             continue
+        created = (row.created or "").replace("T", " ").removesuffix("Z")[:16]
         steps = str(row.steps) + (f" ({row.traces} traces)" if row.traces and row.traces > 1 else "")
-        table.add_row(*(str(v) if v is not None else "" for v in (row.name, row.created, row.model, row.input, row.output)),
+        table.add_row(*(str(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
                       steps, human_size(row.size))
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    # a pipe gets full lines (no wrapping at 80 columns); a terminal gets its own width
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table, markup=False)
 
 
 @sessions.command("rm")

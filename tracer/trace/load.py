@@ -13,8 +13,9 @@ from tracer.trace.step import Step, split_id
 from tracer.trace.trace import FORMAT, FORMAT_VERSION, Trace
 
 DTYPES = {"float16", "float32", "float64", "int32", "int64", "bool"}
-# Reading a JSON export holds it all in memory; refuse sizes that cannot be a sane trace.
-MAX_JSON_BYTES = 2 * 1024**3
+# Reading a JSON export holds it all in memory as Python objects (~3x the file); larger traces
+# belong in a session, whose tensors load one at a time.
+MAX_JSON_BYTES = 768 * 1024**2
 _NULL_VALUES = {"nan": np.nan, "-inf": -np.inf, "inf": np.inf}
 _STEP_META = {"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats", "data", "null_as", "nonfinite_at"}
 
@@ -36,7 +37,10 @@ def read_json(path: str | os.PathLike) -> Trace:
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
-            raise DamagedFile(f"{path}: {size / 1024**3:.1f} GB is too large for a trace export")
+            raise DamagedFile(
+                f"{path}: {size / 1024**2:.0f} MB is too large to read as JSON (limit {MAX_JSON_BYTES // 1024**2} MB); "
+                "save the trace as a session instead"
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -170,6 +174,11 @@ def step_from_json(item, position: int, fail) -> Step:
     )
 
 
+def _empty_as(array: np.ndarray, shape) -> np.ndarray:
+    """A zero-size tensor of any shape (`[0, 8]`) is written as `[]`."""
+    return array.reshape(shape) if array.size == 0 and 0 in shape and array.shape == (0,) else array
+
+
 def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
     """Nested lists -> array of `shape`; nulls restored as the step's `null_as` value."""
     is_float = dtype.startswith("float")
@@ -185,7 +194,7 @@ def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
     null_value = _NULL_VALUES[null_as]
     try:
         if is_float:
-            array = np.array(data, dtype=object)
+            array = _empty_as(np.array(data, dtype=object), shape)
             if array.shape != shape:
                 fail(f"data has shape {list(array.shape)}, metadata says {list(shape)}")
             flat = array.reshape(-1)
@@ -197,7 +206,7 @@ def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
             for name, where in nonfinite_at.items():
                 out.reshape(-1)[np.asarray(where, dtype=np.int64)] = _NULL_VALUES[name]
             return out
-        array = np.array(data)
+        array = _empty_as(np.array(data), shape)
         if array.shape != shape:
             fail(f"data has shape {list(array.shape)}, metadata says {list(shape)}")
         expected = bool if dtype == "bool" else int
