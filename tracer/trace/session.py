@@ -554,8 +554,8 @@ class TensorFile:
             if offsets[1] - offsets[0] != need:
                 self._fail(f"tensor {step.id!r} claims {_human(offsets[1] - offsets[0])} for a {need}-byte tensor")
             if offsets[1] > data_len:
-                self._fail(f"truncated: tensor {step.id!r} ends at byte {offsets[1]} "
-                           f"(claims {_human(need)}) but the file holds {_human(data_len)} of data")
+                self._fail(f"truncated: tensor {step.id!r} ({_human(need)}) ends at byte {offsets[1]}, "
+                           f"but the file holds only {data_len} bytes of data")
             spans.append(offsets)
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:]):
