@@ -59,9 +59,9 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
 
     loaded = load_model(model_name, resolve_device(device))
     trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k)
-    if export_path:
+    if export_path is not None:
         write_export(trace, export_path, precision)
-    if save_name:
+    if save_name is not None:
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)

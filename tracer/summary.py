@@ -6,12 +6,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tracer.text import visible
 from tracer.trace import Trace
 
 
 def _literal(value) -> Text:
-    """User text is shown as typed: never parsed as Rich markup."""
-    return Text(str(value))
+    """User text is shown as typed: never parsed as Rich markup, control characters escaped."""
+    return Text(visible(value))
 
 
 def print_summary(trace: Trace, console: Console | None = None) -> None:
@@ -19,7 +20,7 @@ def print_summary(trace: Trace, console: Console | None = None) -> None:
     model = trace.model
     header = Text()
     header.append("tracer", style="bold")
-    header.append(f" · {model.get('name', '?')} ({trace.arch}) · {trace.device} · {len(trace)} steps")
+    header.append(visible(f" · {model.get('name', '?')} ({trace.arch}) · {trace.device} · {len(trace)} steps"))
     console.print(header)
     console.print(Text("input:  ", style="bold") + _literal(trace.input.get("text", "")))
     console.print(Text("tokens: ", style="bold") + _literal(" | ".join(map(str, trace.input.get("tokens", [])))))
