@@ -102,3 +102,52 @@ def test_traced_and_untraced_runs_agree(gpt_model):
     assert plain.trace is None and traced.trace is not None
     assert plain.output_ids == traced.output_ids
     assert plain.predictions == traced.predictions
+
+
+def test_batched_copy_packs_and_unpacks_every_dtype_and_layout():
+    """The CUDA path's packing (one buffer per dtype, split back by shape), run on CPU tensors."""
+    from tracer.capture.recorder import batched_to_host, host_array
+
+    torch.manual_seed(0)
+    base = torch.randn(2, 5, 3, 4)
+    values = [
+        ("ids", torch.tensor([4, 9, 57])),
+        ("q", base[0]),
+        ("z", base[1].transpose(0, 1)),                               # not contiguous
+        ("mask", torch.ones(5, 5, dtype=torch.bool).tril()[None].expand(3, 5, 5)[0]),  # stride 0 origin
+        ("pos", torch.randn(1, 6)[0].expand(4, 6)),                   # expanded
+        ("bf", torch.randn(3, 2).to(torch.bfloat16)),
+        ("half", torch.randn(7).to(torch.float16)),
+        ("probs", torch.randn(3).softmax(-1)[0]),                     # 0-d
+        ("empty", torch.zeros(0, 4)),
+        ("scores", torch.full((2, 2), float("-inf"))),
+    ]
+    packed = batched_to_host(values, pin=False)
+    assert [name for name, _ in packed] == [name for name, _ in values]
+    for (name, array), (_, value) in zip(packed, values):
+        expected = host_array(value)
+        assert array.shape == tuple(value.shape) and array.dtype == expected.dtype, name
+        assert np.array_equal(array, expected), name
+    assert packed[5][1].dtype == np.float32 and packed[6][1].dtype == np.float32
+
+
+class BatchedRecorder(Recorder):
+    """Sends every pass through the CUDA path's packing, with ordinary (unpinned) memory."""
+
+    def pass_values(self):
+        from tracer.capture.recorder import batched_to_host
+
+        values, self.values = self.values, []
+        return batched_to_host(values, pin=False) if values else []
+
+
+@pytest.mark.parametrize("fixture", ["seq2seq_model", "gpt_model", "bert_model"])
+def test_whole_traces_through_the_batched_copy_are_identical(request, monkeypatch, fixture):
+    loaded = load_model(request.getfixturevalue(fixture), "cpu")
+    direct = trace_text(loaded, "ich bin piyush", max_new_tokens=3)
+    monkeypatch.setattr(capture_run, "Recorder", BatchedRecorder)
+    batched = trace_text(loaded, "ich bin piyush", max_new_tokens=3)
+    assert [s.id for s in direct.steps] == [s.id for s in batched.steps]
+    for a, b in zip(direct.steps, batched.steps):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype), a.id
+        assert np.array_equal(a.data, b.data, equal_nan=True), a.id

@@ -52,8 +52,10 @@ def host_array(value: torch.Tensor) -> np.ndarray:
     return value.numpy()
 
 
-def batched_to_host(values: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.ndarray]]:
-    """Device tensors -> numpy with one packed copy per dtype and a single synchronisation."""
+def batched_to_host(values: list[tuple[str, torch.Tensor]], pin: bool = True) -> list[tuple[str, np.ndarray]]:
+    """Device tensors -> numpy with one packed copy per dtype and a single synchronisation.
+
+    `pin=False` stages in ordinary memory: only for exercising the packing on a machine without CUDA."""
     device = values[0][1].device
     groups: dict[torch.dtype, list[int]] = {}
     for index, (_, value) in enumerate(values):
@@ -64,10 +66,11 @@ def batched_to_host(values: list[tuple[str, torch.Tensor]]) -> list[tuple[str, n
             else values[indices[0]][1].reshape(-1)
         if dtype in HALF_TYPES:
             packed = packed.float()
-        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-        pinned.copy_(packed, non_blocking=True)
+        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=pin)
+        pinned.copy_(packed, non_blocking=pin)
         staged.append((indices, pinned))
-    torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this pass
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this pass
     out: list[np.ndarray | None] = [None] * len(values)
     for indices, pinned in staged:
         flat = pinned.numpy().copy()  # out of pinned memory in one memcpy

@@ -198,6 +198,8 @@ def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=Non
 
 
 def device_label(device: torch.device) -> str:
+    """What the trace (and the UI header) names the device by: `cpu`, `cuda:0 (NVIDIA H100 80GB HBM3)`."""
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
