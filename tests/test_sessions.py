@@ -81,6 +81,24 @@ def test_resave_of_a_loaded_session_streams_its_tensors(store):
     assert_same_steps(original, store.load("second").traces[0])
 
 
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replayed_session_saved_over_itself(store, monkeypatch, exchange):
+    """The UI's `s` on a replayed session: its tensors are read from the folder being replaced."""
+    if not exchange:
+        monkeypatch.setattr(session_mod, "_exchange", lambda a, b: False)
+    original = synthetic_trace()
+    store.save("inplace", [original])
+    loaded = store.load("inplace")
+    loaded.traces[0]["encoder.hook_embed"]  # one tensor already open, the rest not
+    for _ in range(2):
+        store.save("inplace", loaded.traces, state=UIState(head=1), force=True)
+    assert_same_steps(original, loaded.traces[0])  # the replayed traces still read correctly
+    again = store.load("inplace")
+    assert again.state.head == 1
+    assert_same_steps(original, again.traces[0])
+    assert [p.name for p in store.root.iterdir()] == ["inplace"]
+
+
 def test_state_pointing_outside_the_session_is_dropped(store):
     trace = synthetic_trace()
     store.save("odd", [trace], state=UIState(trace=5, step="nope", bookmarks=[Bookmark(0, "nope"), Bookmark(3, trace.ids[0]),

@@ -331,7 +331,6 @@ class SessionStore:
         except BaseException:
             _rmtree(work)
             raise
-        fsync_dir(self.root)
         return target
 
     def _check_replaceable(self, target: Path, force: bool) -> None:
