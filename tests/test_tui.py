@@ -1,0 +1,360 @@
+"""The step-through UI, driven with Textual's pilot: keys move through the trace and the
+screen shows what they should. The trace comes from a JSON fixture, so no torch is needed."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tui_helpers import fixture_trace, make_app, screen_text
+
+SIZE = (120, 40)
+
+
+def tensor_lines(app) -> list[str]:
+    from tracer.tui.widgets.tensor_view import TensorView
+
+    view = app.screen.query_one(TensorView)
+    return [view.render_line(y).text for y in range(view.size.height)]
+
+
+def static_text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector).content)
+
+
+async def test_first_screen_shows_the_input_and_the_first_step():
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        screen = app.trace_screen
+        assert screen.step_id == "encoder.hook_tokens"
+        text = screen_text(app)
+        assert '"ich bin piyush" → "we we we"' in text
+        assert "Tokenize ◂" in text  # current step marked in the navigator
+        lines = tensor_lines(app)
+        # one row per token, labelled with the token and showing its id
+        ids = fixture_trace().input["ids"]
+        for token, token_id in zip(["ich", "bin", "piyush"], ids):
+            assert any(line.split()[:2] == [token, str(token_id)] for line in lines), (token, lines)
+        assert "text → 3 tokens → 3 ids" in text
+
+
+async def test_next_and_previous_follow_computation_order():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        ids = [step.id for step in screen.trace.steps]
+        await pilot.press("n")
+        assert screen.step_id == ids[1] == "encoder.hook_embed"
+        await pilot.press("space")
+        assert screen.step_id == ids[2] == "encoder.hook_pos_embed"
+        await pilot.press("right")
+        assert screen.step_id == ids[3] == "encoder.0.hook_resid_pre"
+        assert "Input to layer 0" in static_text(app, "#explain-text")
+        await pilot.press("p")
+        assert screen.step_id == ids[2]
+        await pilot.press("left")
+        assert screen.step_id == ids[1]
+        assert "encoder.hook_embed" in static_text(app, "#tensor-title")
+        await pilot.press("p", "p")  # past the first step: stays
+        assert screen.step_id == ids[0]
+
+
+async def test_layer_jump_keeps_the_step_kind():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.0.attn.hook_pattern")
+        await pilot.press("right_square_bracket")
+        assert screen.step_id == "encoder.1.attn.hook_pattern"
+        assert "encoder.1.attn.hook_pattern" in static_text(app, "#tensor-title")
+        await pilot.press("right_square_bracket")  # no layer 2: stays
+        assert screen.step_id == "encoder.1.attn.hook_pattern"
+        await pilot.press("left_square_bracket")
+        assert screen.step_id == "encoder.0.attn.hook_pattern"
+        screen.go("decoder.1.cross_attn.hook_q@2")
+        await pilot.press("left_square_bracket")
+        assert screen.step_id == "decoder.0.cross_attn.hook_q@2"
+
+
+async def test_head_cycling_shows_each_head():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.0.attn.hook_attn_raw")
+        await pilot.pause()
+        assert "head 1/4" in static_text(app, "#tensor-title")
+        await pilot.press("h")
+        assert screen.head == 1
+        assert "head 2/4" in static_text(app, "#tensor-title")
+        view = screen.query_one("#tensor")
+        np.testing.assert_array_equal(view.picture.values, screen.trace["encoder.0.attn.hook_attn_raw"][1])
+        await pilot.press("H", "H")
+        assert screen.head == 3  # wraps round
+        assert "head 4/4" in screen_text(app)
+        await pilot.press("n")  # the head is kept from step to step
+        assert screen.step_id == "encoder.0.attn.hook_attn_scaled"
+        assert "head 4/4" in static_text(app, "#tensor-title")
+
+
+async def test_decoding_step_jump():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        await pilot.press("t")  # from the encoder: to the first decoding step
+        assert screen.step.decode_step == 1
+        screen.go("decoder.0.cross_attn.hook_pattern@1")
+        await pilot.press("t")
+        assert screen.step_id == "decoder.0.cross_attn.hook_pattern@2"
+        text = screen_text(app)
+        assert "Decoder step 2" in text and "softmax ◂" in text
+        # cross-attention: decoder tokens down the side, source tokens across the top
+        header = tensor_lines(app)[0]
+        assert header.split() == ["ich", "bin", "piyush"]
+        await pilot.press("t", "t")  # only 3 decoding steps
+        assert screen.step_id == "decoder.0.cross_attn.hook_pattern@3"
+        await pilot.press("T")
+        assert screen.step_id == "decoder.0.cross_attn.hook_pattern@2"
+
+
+async def test_find_a_step_by_name():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash")
+        await pilot.press(*"decoder.1.cross_attn.hook_pattern@2")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.trace_screen.step_id == "decoder.1.cross_attn.hook_pattern@2"
+        assert "decoder.1.cross_attn.hook_pattern@2" in static_text(app, "#tensor-title")
+
+
+async def test_numbers_view_and_masked_cells():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("decoder.0.attn.hook_attn_scores@3")  # causal: the upper triangle is −∞
+        await pilot.press("v")
+        assert screen.view == "numbers"
+        rows = tensor_lines(app)[1:4]
+        assert rows[0].count("−∞") == 2 and rows[1].count("−∞") == 1 and "−∞" not in rows[2]
+        value = screen.trace["decoder.0.attn.hook_attn_scores@3"][0, 2, 1]
+        assert f"{value:.3f}" in rows[2]
+        await pilot.press("v")
+        assert screen.view == "heatmap"
+        assert "░" in tensor_lines(app)[1]  # masked cells drawn as a pattern, not a colour
+        assert "masked" in static_text(app, "#tensor-title")  # and named in the legend
+
+
+async def test_cell_inspection_shows_the_dot_product():
+    from tracer.tui.picture import format_number
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        trace = screen.trace
+        screen.go("encoder.0.attn.hook_pattern")
+        await pilot.press("h", "down", "shift+right", "shift+right")  # head 1, query 1, key 2
+        q = trace["encoder.0.attn.hook_q"][1, 1].astype(np.float64)
+        k = trace["encoder.0.attn.hook_k"][2, 1].astype(np.float64)
+        inspect = static_text(app, "#inspect")
+        assert 'query "bin" (1) · key "piyush" (2)' in inspect
+        assert f"q₁·k₂ = {q @ k:.3f}" in inspect
+        assert f"÷ √4 = {q @ k / math.sqrt(4):.3f}" in inspect
+        assert f"softmax weight {format_number(float(trace['encoder.0.attn.hook_pattern'][1, 1, 2]), 12)}" in inspect
+
+
+async def test_click_selects_a_cell():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.0.attn.hook_attn_raw")
+        await pilot.pause()
+        view = screen.query_one("#tensor")
+        x = view.label_width + 2 * view.cell_width + 1
+        await pilot.click("#tensor", offset=(x, 1 + 1))
+        assert view.cursor == (1, 2)
+        assert "q₁·k₂" in static_text(app, "#inspect")
+
+
+async def test_next_token_panel_at_a_decoding_step():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        panel = screen.query_one("#next-token")
+        assert not panel.display  # nothing is predicted in the encoder
+        screen.go("decoder.hook_probs@2")
+        await pilot.pause()
+        assert panel.display
+        top = screen.step.extra["top_k"]
+        text = static_text(app, "#next-token-text")
+        assert f'next token, step 2: "{top[0]["token"]}"' in text
+        assert f"▶ {top[0]['token']}" in text and "chosen" in text
+        for item in top:
+            assert f"{item['prob']:.3f}" in text
+
+
+async def test_bookmarks_and_state_round_trip():
+    from tracer.trace.state import UIState
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.1.attn.hook_pattern")
+        await pilot.press("h", "v", "b")
+        await pilot.press(*"look here", "enter")
+        await pilot.pause()
+        state = app.ui_state()
+        assert state.step == "encoder.1.attn.hook_pattern" and state.head == 1 and state.view == "numbers"
+        assert [(b.trace, b.step, b.note) for b in state.bookmarks] == [(0, "encoder.1.attn.hook_pattern", "look here")]
+        assert "★ look here" in static_text(app, "#tensor-title")
+        saved = UIState.from_dict(state.to_dict())
+    restored = make_app(state=saved)
+    async with restored.run_test(size=SIZE) as pilot:
+        screen = restored.trace_screen
+        assert (screen.step_id, screen.head, screen.view) == ("encoder.1.attn.hook_pattern", 1, "numbers")
+        assert "★ look here" in static_text(restored, "#tensor-title")
+        await pilot.press("b")  # on a bookmarked step: removes it
+        assert restored.ui_state().bookmarks == []
+
+
+async def test_restore_ignores_a_state_that_does_not_fit():
+    from tracer.trace.state import Bookmark, UIState
+
+    state = UIState(trace=5, step="no.such.step", head=99, bookmarks=[Bookmark(0, "gone", "")])
+    app = make_app(state=state)
+    async with app.run_test(size=SIZE):
+        assert app.trace_screen.step_id == "encoder.hook_tokens"
+        assert app.bookmarks == []
+
+
+async def test_autoplay_steps_on_its_own_and_pauses():
+    app = make_app(play=True)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        assert screen.playing and "playing" in screen_text(app)
+        await pilot.press("plus", "plus", "plus", "plus")  # fastest: 0.08 s per step
+        await pilot.pause(0.6)
+        reached = screen.step.index
+        assert reached >= 2
+        await pilot.press("a")
+        assert not screen.playing
+        stopped_at = screen.step.index
+        await pilot.pause(0.3)
+        assert screen.step.index == stopped_at
+
+
+async def test_new_input_traces_and_keeps_the_earlier_trace():
+    seen = []
+
+    def retrace(text):
+        seen.append(text)
+        trace = fixture_trace()
+        trace.input = dict(trace.input, text=text)
+        return trace
+
+    app = make_app(retrace=retrace)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("i")
+        await pilot.press(*"du bist müde", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert seen == ["du bist müde"]
+        assert len(app.traces) == 2 and app.trace_screen.trace_index == 1
+        assert '"du bist müde"' in screen_text(app) and "trace 2/2" in screen_text(app)
+        await pilot.press("o")
+        assert app.trace_screen.trace_index == 0
+        assert '"ich bin piyush"' in screen_text(app)
+
+
+async def test_user_text_is_shown_literally():
+    from tracer.tui.app import TracerApp
+
+    trace = fixture_trace()
+    trace.input = dict(trace.input, text="[bold]x[/bold] [MASK]")
+    app = TracerApp([trace])
+    async with app.run_test(size=SIZE):
+        assert '"[bold]x[/bold] [MASK]"' in screen_text(app)
+
+
+async def test_help_lists_every_key():
+    from tracer.tui.screens.help import HelpScreen
+    from tracer.tui.screens.trace_screen import TraceScreen
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for binding in TraceScreen.BINDINGS:
+            assert binding.description in text, binding
+        for key in ("n / space / →", "p / ←", "]", "[", "h", "H", "t", "T", "/", "?", "q", "shift+←"):
+            assert key in text, key
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_small_terminal_and_resize():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.0.mlp.hook_pre")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "encoder.0.mlp.hook_pre" in text and "n next" in text
+        view = screen.query_one("#tensor")
+        small = view.size
+        assert small.height >= 3
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert view.size.width > small.width and view.size.height > small.height
+        assert "encoder.0.mlp.hook_pre" in screen_text(app)
+
+
+async def test_walk_the_whole_trace_to_the_end():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.trace_screen
+        # every step is drawn on the way (pressing n for each of 248 steps costs a minute on CI)
+        for index in range(len(screen.trace) - 3):
+            screen.action_next()
+            if index % 8 == 0:
+                await pilot.pause()
+        await pilot.press("n", "n", "n", "n")  # the last two steps, then past the end: stays
+        assert screen.step_id == screen.trace.steps[-1].id == "decoder.hook_probs@3"
+        chosen = screen.step.extra["chosen"]["token"]
+        assert f'▶ {chosen}' in static_text(app, "#next-token-text")
+
+
+async def test_save_writes_a_session(isolated_sessions):
+    session = pytest.importorskip("tracer.trace.session")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        app.trace_screen.go("encoder.0.attn.hook_pattern")
+        await pilot.press("s")
+        app.screen.query_one("Input").value = "walk"
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.session_name == "walk"
+    store = session.SessionStore(None)
+    assert store.path_of("walk").exists()
+
+
+async def test_quit():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+
+def test_the_ui_never_imports_torch():
+    code = (
+        "import sys, tracer.tui, tracer.tui.app, tracer.tui.screens.trace_screen\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

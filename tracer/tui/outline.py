@@ -1,0 +1,157 @@
+"""The step navigator's outline: a trace's steps grouped as the paper draws them (no Textual).
+
+Tokenize → embedding and positions → encoder layer L (self-attention, feed-forward) →
+decoder step t → "token" (per layer: masked self-attention, cross-attention, feed-forward)
+→ logits and probabilities. Steps keep computation order; groups only add structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracer.trace import Step, Trace
+
+LEAF_LABELS = {
+    "tokens": "tokens",
+    "embed": "token embedding",
+    "pos_embed": "positional encoding",
+    "resid_pre": "layer input x",
+    "q": "Q  queries",
+    "k": "K  keys",
+    "v": "V  values",
+    "rot_q": "Q rotated (RoPE)",
+    "rot_k": "K rotated (RoPE)",
+    "attn_raw": "Q·Kᵀ",
+    "attn_scaled": "÷ √dₖ",
+    "mask": "mask",
+    "attn_scores": "masked scores",
+    "pattern": "softmax",
+    "z": "weights · V",
+    "concat": "concat heads",
+    "attn_out": "output projection",
+    "cross_attn_out": "output projection",
+    "resid_mid": "residual add",
+    "resid_mid_cross": "residual add",
+    "normalized": "layer norm",
+    "pre": "linear 1",
+    "pre_linear": "linear (value branch)",
+    "mlp_out": "linear 2",
+    "resid_post": "residual add",
+    "logits": "logits",
+    "probs": "probabilities",
+}
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}
+SUBLAYER_LABELS = {"attn": "Self-attention", "masked": "Masked self-attention", "cross": "Cross-attention", "mlp": "Feed-forward"}
+
+
+@dataclass
+class Node:
+    """A line of the navigator: a group (children) or a step (step_id)."""
+
+    key: str
+    label: str
+    step_id: str | None = None
+    children: list["Node"] = field(default_factory=list)
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def quoted(token: str) -> str:
+    return f'"{token}"'
+
+
+def chosen_token(trace: Trace, decode_step: int | None) -> str | None:
+    for step in trace.find(kind="probs", decode_step=decode_step):
+        chosen = step.extra.get("chosen")
+        if chosen:
+            return chosen.get("token")
+    return None
+
+
+def leaf_label(step: Step, trace: Trace) -> str:
+    kind = step.kind
+    if kind == "post":
+        activation = trace.model.get("config", {}).get("activation", "")
+        return f"activation {ACTIVATIONS.get(activation, activation)}".strip()
+    if kind == "tokens":
+        return "Tokenize" if step.decode_step is None else "tokens so far"
+    if kind == "normalized" and step.component == "ln_final":
+        return "final layer norm"
+    if kind == "probs":
+        chosen = step.extra.get("chosen")
+        if chosen:
+            return f"probabilities → {quoted(chosen['token'])}"
+    return LEAF_LABELS.get(kind, kind)
+
+
+def sublayer_of(step: Step, has_cross: bool) -> str | None:
+    """Which sub-layer group a step inside a layer belongs to (None: the layer itself)."""
+    component, kind = step.component, step.kind
+    if component == "attn" or kind in ("attn_out", "resid_mid"):
+        return "attn"
+    if component == "cross_attn" or kind in ("cross_attn_out", "resid_mid_cross"):
+        return "cross"
+    if component == "mlp" or kind in ("mlp_out", "resid_post"):
+        return "mlp"
+    if component == "ln1":
+        return "attn"
+    if component == "ln2":
+        return "cross" if has_cross else "mlp"
+    if component == "ln3":
+        return "mlp"
+    return None
+
+
+def group_path(step: Step, trace: Trace) -> list[tuple[str, str]]:
+    """(key, label) of each group the step sits in, outermost first."""
+    arch = trace.arch
+    path: list[tuple[str, str]] = []
+    t = step.decode_step
+    prefix = ""
+    if t is not None:
+        chosen = chosen_token(trace, t)
+        arrow = f" → {quoted(chosen)}" if chosen is not None else ""
+        name = "Decoder step" if arch == "encoder-decoder" else "Step"
+        path.append((f"t{t}", f"{name} {t}{arrow}"))
+        prefix = f"t{t}."
+    kind = step.kind
+    if step.layer is not None:
+        stack = step.stack
+        if stack == "encoder":
+            layer_label = f"Encoder layer {step.layer}"
+        elif stack == "decoder" and arch == "encoder-decoder":
+            layer_label = f"Decoder layer {step.layer}"
+        else:
+            layer_label = f"Layer {step.layer}"
+        layer_key = f"{prefix}{stack or 'blocks'}.{step.layer}"
+        path.append((layer_key, layer_label))
+        has_cross = stack == "decoder" and arch == "encoder-decoder"
+        sub = sublayer_of(step, has_cross)
+        if sub is not None:
+            label_key = "masked" if sub == "attn" and (stack == "decoder" or arch == "decoder") else sub
+            path.append((f"{layer_key}.{sub}", SUBLAYER_LABELS[label_key]))
+    elif kind in ("embed", "pos_embed"):
+        path.append((f"{prefix}{step.stack}.embed", "Embedding + positions"))
+    elif kind in ("logits", "probs"):
+        label = "Logits and probabilities" if arch != "encoder" else "Masked-token predictions"
+        path.append((f"{prefix}{step.stack}.out", label))
+    return path
+
+
+def build_outline(trace: Trace) -> Node:
+    """The whole trace as a tree of groups with one leaf per step, in computation order."""
+    root = Node("root", trace.model.get("name", "trace"))
+    groups: dict[str, Node] = {}
+    for step in trace.steps:
+        parent = root
+        for key, label in group_path(step, trace):
+            node = groups.get(key)
+            if node is None:
+                node = groups[key] = Node(key, label)
+                parent.children.append(node)
+            parent = node
+        parent.children.append(Node(step.id, leaf_label(step, trace), step_id=step.id))
+    return root

@@ -1,0 +1,1 @@
+"""Screens: the trace screen (coordinates the widgets), help, and small dialogs."""

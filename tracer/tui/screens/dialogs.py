@@ -1,0 +1,49 @@
+"""Small modal dialogs: one line of text in (a note, a sentence, a session name)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+
+class TextPrompt(ModalScreen[str | None]):
+    """Ask for one line; enter answers with the text, escape with None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    DEFAULT_CSS = """
+    TextPrompt { align: center middle; }
+    TextPrompt > Vertical {
+        width: 70%;
+        max-width: 80;
+        height: auto;
+        border: thick $primary;
+        background: $surface;
+        padding: 1 2;
+    }
+    TextPrompt .hint { color: $text-muted; }
+    """
+
+    def __init__(self, title: str, value: str = "", placeholder: str = "", hint: str = "enter: ok · escape: cancel") -> None:
+        super().__init__()
+        self._title, self._value, self._placeholder, self._hint = title, value, placeholder, hint
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text(self._title, style="bold"))
+            yield Input(value=self._value, placeholder=self._placeholder, id="prompt-input")
+            yield Static(Text(self._hint), classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
