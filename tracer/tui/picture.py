@@ -101,6 +101,7 @@ def head_count(step: Step) -> int | None:
 def levels_for(values: np.ndarray, masked: np.ndarray, scale: str) -> tuple[np.ndarray, float, float]:
     """Palette levels for every cell, with the (vmin, vmax) the scale spans."""
     finite = values[~masked]
+    finite = finite[np.isfinite(finite)]  # the padding after a wrapped vector's end is nan
     if finite.size == 0:
         return np.zeros(values.shape, dtype=np.int16), 0.0, 0.0
     lo, hi = float(finite.min()), float(finite.max())
@@ -153,11 +154,12 @@ def build_picture(step: Step, head: int = 0, mask: np.ndarray | None = None) -> 
         scale = "sequential"
     else:
         masked = ~np.isfinite(values)
+        if wrap is not None:  # the padding after the last value is not a masked value
+            masked.reshape(-1)[length:] = False
         if mask is not None and mask.shape == values.shape:
             masked |= ~mask.astype(bool)
-        if wrap is not None:
-            masked[np.isnan(values)] = True
         finite = values[~masked]
+        finite = finite[np.isfinite(finite)]
         scale = "diverging" if finite.size and finite.min() < 0 < finite.max() else "sequential"
         if step.kind == "tokens":
             scale = "ids"

@@ -200,6 +200,7 @@ class TraceScreen(Screen[None]):
             text.append(f"   trace {self.trace_index + 1}/{traces}", style="dim")
         if self.playing:
             text.append(f"   ▶ playing, {SPEEDS[self.speed]:g} s/step (a pause, +/- speed)", style="bold green")
+        text.no_wrap, text.overflow = True, "ellipsis"
         self.query_one("#title", Static).update(text, layout=False)  # fixed height: no relayout
 
     def _update_tensor_title(self, picture: Picture) -> None:
@@ -218,6 +219,7 @@ class TraceScreen(Screen[None]):
             text.append(note.note or "bookmarked")
         text.append("\n")
         text.append_text(legend_text(picture, self.view))
+        text.no_wrap, text.overflow = True, "ellipsis"  # two fixed lines, even at 80 columns
         self.query_one("#tensor-title", Static).update(text, layout=False)
 
     # -- messages from widgets -------------------------------------------------------
@@ -238,7 +240,9 @@ class TraceScreen(Screen[None]):
 
     # -- navigation -------------------------------------------------------------------
     def _notify(self, message: str) -> None:
-        self.notify(message, timeout=2)
+        """A short hint (end of trace, no such layer): replaces the previous one, never piles up."""
+        self.app.clear_notifications()
+        self.notify(message, timeout=2, markup=False)
 
     def action_next(self) -> bool:
         index = self.step.index

@@ -75,8 +75,6 @@ def top_k_text(top_k: list[dict], chosen: dict | None, heading: str) -> Text:
         text.append(token.ljust(width), style=style)
         text.append(f" {item['prob']:.3f} ", style=style)
         text.append(bar(item["prob"]), style="green" if is_chosen else "blue")
-        if is_chosen:
-            text.append(" chosen", style="bold green")
         text.append("\n")
     return text
 
@@ -102,7 +100,7 @@ def next_token_text(trace: Trace, step: Step) -> Text | None:
     chosen = extra.get("chosen")
     heading = f"next token, step {t}"
     if chosen:
-        heading += f': "{chosen["token"]}"'
+        heading += f': ▶ "{chosen["token"]}" chosen'
     return top_k_text(extra["top_k"], chosen, heading)
 
 

@@ -76,7 +76,7 @@ def legend_text(picture: Picture, view: str, swatches: int = 16) -> Text:
     text.append(" ")
     text.append(format_number(picture.vmax), style="bold")
     text.append(f"   {'diverging, 0 = dark' if picture.scale == 'diverging' else 'sequential'}", style="dim")
-    if picture.masked.any():
+    if picture.masked.reshape(-1)[: picture.length or picture.masked.size].any():
         text.append("   ")
         text.append(MASKED_GLYPH * 2, style=MASKED_STYLE)
         text.append(" masked", style="dim")

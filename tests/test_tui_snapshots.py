@@ -1,0 +1,52 @@
+"""Pictures of the UI (pytest-textual-snapshot). SVGs live in tests/__snapshots__/; after a
+deliberate change, look at them and accept with `pytest tests/test_tui_snapshots.py --snapshot-update`.
+
+The trace is the JSON fixture (a seeded random model), so the pictures do not move when torch
+or the bundled model changes; textual is pinned exactly in pyproject.toml for the same reason.
+"""
+
+from __future__ import annotations
+
+from tui_helpers import make_app
+
+SIZE = (120, 40)
+
+
+def go_to(step_id: str, head: int = 0):
+    async def run_before(pilot) -> None:
+        await pilot.pause()  # auto-pilot can start before the trace screen has mounted
+        screen = pilot.app.trace_screen
+        screen.head = head
+        screen.go(step_id)
+        await pilot.pause()
+
+    return run_before
+
+
+def test_first_screen(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE)
+
+
+def test_encoder_attention_pattern(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=go_to("encoder.1.attn.hook_pattern", head=1))
+
+
+def test_cross_attention_pattern_at_decoding_step_2(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=go_to("decoder.0.cross_attn.hook_pattern@2"))
+
+
+def test_next_token_panel(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=go_to("decoder.hook_probs@2"))
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE, press=["question_mark"])
+
+
+def test_masked_self_attention_numbers_at_80x24(snap_compare):
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        pilot.app.trace_screen.go("decoder.0.attn.hook_attn_scores@3")
+        await pilot.press("v")
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
