@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tui_helpers import fixture_trace, make_app, screen_text
+from tui_helpers import FIXTURE, fixture_trace, make_app, screen_text
 
 SIZE = (120, 40)
 
@@ -358,3 +358,43 @@ def test_the_ui_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_encoder_only_trace_shows_masked_predictions():
+    from tracer.trace.load import read_json
+    from tracer.tui.app import TracerApp
+
+    trace = read_json(FIXTURE.parent / "bert-mask.json")
+    app = TracerApp([trace])
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        prediction = trace.predictions()[0]
+        text = static_text(app, "#next-token-text")
+        # the masked position's candidates, from the first screen on
+        assert f'"[MASK]" → "{prediction["chosen"]["token"]}"' in text
+        assert f"{prediction['top_k'][0]['prob']:.3f}" in text
+        assert "Layer 0" in screen_text(app) and "Masked-token predictions" in screen_text(app)
+        screen.go("blocks.0.attn.hook_pattern")
+        await pilot.pause()
+        assert "Self-attention" in screen_text(app) and "Masked self-attention" not in screen_text(app)
+
+
+async def test_decoder_only_trace_groups_by_decoding_step():
+    from tracer.trace.load import read_json
+    from tracer.tui.app import TracerApp
+
+    trace = read_json(FIXTURE.parent / "gpt-continue.json")
+    app = TracerApp([trace])
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        assert screen.step_id == "hook_tokens@1"
+        chosen = trace.predictions()[0]["chosen"]["token"]
+        assert f'Step 1 → "{chosen}"' in screen_text(app)
+        screen.go("blocks.0.attn.hook_pattern@2")
+        await pilot.press("T")
+        assert screen.step_id == "blocks.0.attn.hook_pattern@1"
+        assert "Masked self-attention" in screen_text(app)
+        assert "Softmax: attention weights (masked self-attention)" in static_text(app, "#explain-text")
+        screen.go("blocks.0.attn.hook_q@1")
+        await pilot.pause()
+        assert "from     blocks.0.ln1.hook_normalized@1" in static_text(app, "#explain-text")  # pre-norm: Q reads ln1

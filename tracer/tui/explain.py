@@ -180,8 +180,8 @@ def explain(step: Step, trace: Trace) -> Explanation:
     dff = config.get("d_ff", "d_ff")
     activation = config.get("activation", "relu")
     cross = component == "cross_attn"
-    where = "cross-attention" if cross else "self-attention"
     decoder_side = step.stack == "decoder" or trace.arch == "decoder"
+    where = "cross-attention" if cross else "masked self-attention" if decoder_side else "self-attention"
     inputs = inputs_of(step, trace)
     n = shape[0] if shape else 0
     title, words, formula = kind, "", ""
