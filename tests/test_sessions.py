@@ -299,6 +299,26 @@ def test_sessions_dir_option(tmp_path):
     assert not (other / "here").exists()
 
 
+def test_replay_ui_saves_into_the_given_sessions_dir(tmp_path, monkeypatch):
+    other = tmp_path / "elsewhere"
+    SessionStore(other).save("here", [synthetic_trace(), synthetic_trace(1)])
+    monkeypatch.setenv("TRACER_SESSIONS_DIR", str(tmp_path / "default"))  # restored after the test
+    seen = {}
+    monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: seen.update(
+        root=SessionStore(None).root, name=kw["session_name"], count=len(traces)))
+    assert invoke("replay", "here", "--sessions-dir", other).exit_code == 0
+    assert seen == {"root": other, "name": "here", "count": 2}
+
+
+def test_check_covers_every_trace_of_a_session(store):
+    store.save("pair", [model_trace("encoder-decoder"), model_trace("decoder")])
+    single = [int(invoke("check", store.root / "pair").output.split()[1])]
+    for arch in ("encoder-decoder", "decoder"):
+        store.save(arch, [model_trace(arch)])
+        single.append(int(invoke("check", arch).output.split()[1]))
+    assert single[0] == single[1] + single[2] > single[1]
+
+
 def test_missing_session_is_a_clear_error(store):
     result = invoke("replay", "ghost", "--no-tui")
     assert result.exit_code == 1

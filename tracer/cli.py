@@ -72,6 +72,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     else:
         from tracer.tui import open_traces
 
+        use_sessions_dir(sessions_dir)
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
                     session_name=save_name)
 
@@ -93,15 +94,20 @@ def check(source):
     Exit 0 when every relation holds, 1 when any step fails (each is named).
     """
     from tracer.trace.check import check_trace
-    from tracer.trace.load import load_trace
+    from tracer.trace.session import open_source
 
-    report = check_trace(load_trace(resolve_source(source)))
-    for failure in report.failures:
-        click.echo(f"FAIL {failure.step_id}: {failure.message}")
-    if report.ok:
-        click.echo(f"ok: {report.checked} checks passed")
+    traces = open_source(source).traces  # a session may hold several traces: check them all
+    checked = failed = 0
+    for number, trace in enumerate(traces, 1):
+        report = check_trace(trace)
+        prefix = f"trace {number}: " if len(traces) > 1 else ""
+        for failure in report.failures:
+            click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
+        checked, failed = checked + report.checked, failed + len(report.failures)
+    if not failed:
+        click.echo(f"ok: {checked} checks passed")
     else:
-        click.echo(f"{len(report.failures)} of {report.checked} checks failed")
+        click.echo(f"{failed} of {checked} checks failed")
         sys.exit(1)
 
 
@@ -151,7 +157,7 @@ def train(model_name, out, steps, seed, eval_size):
     from tracer.train.trainer import train as train_model
 
     result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
-    shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and k != "train_seconds"}
+    shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
     click.echo(f"wrote {result.folder} (MODEL.md has the details)")
@@ -189,7 +195,18 @@ def replay(source, no_tui, play, sessions_dir):
         return
     from tracer.tui import open_traces
 
+    use_sessions_dir(sessions_dir)
     open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None, play=play)
+
+
+def use_sessions_dir(sessions_dir) -> None:
+    """The UI saves into SessionStore(None): make that the folder this command was given."""
+    if sessions_dir:
+        import os
+
+        from tracer.trace.session import ENV_DIR
+
+        os.environ[ENV_DIR] = str(sessions_dir)
 
 
 @cli.command()

@@ -670,8 +670,9 @@ def load_session(path: str | os.PathLike) -> Session:
     folder = Path(path)
     manifest = read_manifest(folder)
     traces = [_read_trace(folder, entry) for entry in manifest["traces"]]
-    name = manifest.get("name") if isinstance(manifest.get("name"), str) else folder.name
-    return Session(name=name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
+    # the folder's name is the session's name (the manifest's copy is informational: a renamed
+    # or hostile folder must not make the UI save somewhere else)
+    return Session(name=folder.resolve().name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
 
 
 def load_session_trace(path: str | os.PathLike) -> Trace:
