@@ -22,6 +22,10 @@ def tensor_lines(app) -> list[str]:
     return [view.render_line(y).text for y in range(view.size.height)]
 
 
+def panel_text(app, selector: str) -> str:
+    return app.screen.query_one(selector).plain
+
+
 def static_text(app, selector: str) -> str:
     return str(app.screen.query_one(selector).content)
 
@@ -53,7 +57,7 @@ async def test_next_and_previous_follow_computation_order():
         assert screen.step_id == ids[2] == "encoder.hook_pos_embed"
         await pilot.press("right")
         assert screen.step_id == ids[3] == "encoder.0.hook_resid_pre"
-        assert "Input to layer 0" in static_text(app, "#explain-text")
+        assert "Input to layer 0" in panel_text(app, "#explain")
         await pilot.press("p")
         assert screen.step_id == ids[2]
         await pilot.press("left")
@@ -190,7 +194,7 @@ async def test_next_token_panel_at_a_decoding_step():
         await pilot.pause()
         assert panel.display
         top = screen.step.extra["top_k"]
-        text = static_text(app, "#next-token-text")
+        text = panel_text(app, "#next-token")
         assert f'next token, step 2: ▶ "{top[0]["token"]}" chosen' in text
         assert f"▶ {top[0]['token']}" in text
         for item in top:
@@ -326,7 +330,7 @@ async def test_walk_the_whole_trace_to_the_end():
         await pilot.press("n", "n", "n", "n")  # the last two steps, then past the end: stays
         assert screen.step_id == screen.trace.steps[-1].id == "decoder.hook_probs@3"
         chosen = screen.step.extra["chosen"]["token"]
-        assert f'▶ {chosen}' in static_text(app, "#next-token-text")
+        assert f'▶ {chosen}' in panel_text(app, "#next-token")
 
 
 async def test_save_writes_a_session(isolated_sessions):
@@ -369,7 +373,7 @@ async def test_encoder_only_trace_shows_masked_predictions():
     async with app.run_test(size=SIZE) as pilot:
         screen = app.trace_screen
         prediction = trace.predictions()[0]
-        text = static_text(app, "#next-token-text")
+        text = panel_text(app, "#next-token")
         # the masked position's candidates, from the first screen on
         assert f'"[MASK]" → "{prediction["chosen"]["token"]}"' in text
         assert f"{prediction['top_k'][0]['prob']:.3f}" in text
@@ -394,7 +398,7 @@ async def test_decoder_only_trace_groups_by_decoding_step():
         await pilot.press("T")
         assert screen.step_id == "blocks.0.attn.hook_pattern@1"
         assert "Masked self-attention" in screen_text(app)
-        assert "Softmax: attention weights (masked self-attention)" in static_text(app, "#explain-text")
+        assert "Softmax: attention weights (masked self-attention)" in panel_text(app, "#explain")
         screen.go("blocks.0.attn.hook_q@1")
         await pilot.pause()
-        assert "from     blocks.0.ln1.hook_normalized@1" in static_text(app, "#explain-text")  # pre-norm: Q reads ln1
+        assert "from     blocks.0.ln1.hook_normalized@1" in panel_text(app, "#explain")  # pre-norm: Q reads ln1

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from tracer.trace import Step, Trace
 from tracer.tui.explain import Explanation
 from tracer.tui.picture import format_number
 
 BAR_WIDTH = 12
+MARGIN = 1          # a column of space left of the text
 
 
 def explanation_text(explanation: Explanation, step: Step) -> Text:
@@ -40,19 +44,72 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
     return text
 
 
-class ExplainPanel(VerticalScroll, can_focus=False):
-    """Scrolls when the explanation is taller than the room left at small sizes."""
+class TextPanel(ScrollView, can_focus=False):
+    """A scrollable block of wrapped Text on the Line API.
 
-    DEFAULT_CSS = """
-    ExplainPanel > Static { width: 1fr; }
+    A container holding a Static would re-layout twice on every update (the Static's height,
+    then the container's scroll size); here the text is wrapped once and the virtual size set
+    in the same frame, so a step change repaints in one pass.
     """
 
-    def compose(self):
-        yield Static(id="explain-text")
+    DEFAULT_CSS = """
+    TextPanel {
+        scrollbar-size-vertical: 1;
+        scrollbar-gutter: stable;
+        overflow-x: hidden;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._text = Text()
+        self._strips: list[Strip] = []
+        self._base: Style | None = None
+
+    @property
+    def plain(self) -> str:
+        return self._text.plain
+
+    def set_text(self, text: Text) -> None:
+        self._text = text
+        self._wrap()
+        self.scroll_to(0, 0, animate=False, immediate=True)
+
+    def _wrap(self) -> None:
+        width = self.scrollable_content_region.width - MARGIN
+        if width <= 0:
+            self._strips = []
+            return
+        console = self.app.console
+        lines = console.render_lines(self._text, console.options.update(width=width, height=None), pad=False)
+        margin = Segment(" " * MARGIN)
+        self._strips = [Strip([margin, *line]) for line in lines]
+        self._base = None
+        self.virtual_size = Size(width + MARGIN, len(self._strips))
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self._wrap()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._base = None
+
+    def render_line(self, y: int) -> Strip:
+        if self._base is None:
+            self._base = self.rich_style
+        index = self.scroll_offset.y + y
+        width = self.size.width
+        if index >= len(self._strips):
+            return Strip.blank(width, self._base)
+        return self._strips[index].apply_style(self._base).crop_extend(0, width, self._base)
+
+
+class ExplainPanel(TextPanel):
+    """What the current step computes."""
 
     def show(self, explanation: Explanation, step: Step) -> None:
-        self.query_one("#explain-text", Static).update(explanation_text(explanation, step))
-        self.scroll_home(animate=False)
+        self.set_text(explanation_text(explanation, step))
 
 
 def bar(prob: float, width: int = BAR_WIDTH) -> str:
@@ -104,15 +161,8 @@ def next_token_text(trace: Trace, step: Step) -> Text | None:
     return top_k_text(extra["top_k"], chosen, heading)
 
 
-class NextTokenPanel(VerticalScroll, can_focus=False):
+class NextTokenPanel(TextPanel):
     """Top-k candidates as bars, the chosen one marked; hidden where nothing is predicted."""
-
-    DEFAULT_CSS = """
-    NextTokenPanel > Static { width: 1fr; }
-    """
-
-    def compose(self):
-        yield Static(id="next-token-text")
 
     _shown: tuple | None = None
 
@@ -126,4 +176,4 @@ class NextTokenPanel(VerticalScroll, can_focus=False):
         if self.display != (text is not None):
             self.display = text is not None
         if text is not None:
-            self.query_one("#next-token-text", Static).update(text)
+            self.set_text(text)

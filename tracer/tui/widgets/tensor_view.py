@@ -161,6 +161,9 @@ class TensorView(ScrollView, can_focus=True):
             row, col = min(row, picture.rows - 1), min(col, picture.cols - 1)
         self.cursor = (max(row, 0), max(col, 0))
         self.virtual_size = Size(self._label_width + picture.cols * self._cell_width, HEADER_ROWS + picture.rows)
+        if self.size:
+            # Size the scrollbars now, so they repaint in this frame rather than one frame later.
+            self._scroll_update(self.virtual_size)
         self.refresh()
         self._scroll_to_cursor()
         # No CellHighlighted here: whoever called show() knows the picture changed and
