@@ -236,7 +236,7 @@ class TensorView(ScrollView, can_focus=True):
             return strip
         picture, cw = self.picture, self._cell_width
         segments: list[Segment] = []
-        if picture.col_labels is not None:
+        if picture.col_labels is not None and cw >= 3:  # narrower cells: numbers (the cell line names the token)
             for col, label in enumerate(picture.col_labels):
                 style = CURSOR_LABEL_STYLE if col == cursor_col else LABEL_STYLE
                 segments.append(Segment(fit(visible_token(label), cw - 1).ljust(cw - 1) + " " if cw > 1 else visible_token(label)[:1], style))
