@@ -219,3 +219,26 @@ def test_damaged_session_in_a_real_process_prints_one_line(session):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("Error: ")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("shape", [-1, 3, 3], "invalid shape"),
+    ("dtype", "object", "unsupported dtype 'object'"),
+    ("axes", ["head", 3, "key"], "axes"),
+    ("index", 99, "out of order"),
+    ("labels", {"query": 10_000}, "invalid labels"),
+])
+def test_malformed_step_metadata(session, field, value, message):
+    def change(document):
+        step = next(s for s in document["trace"]["steps"] if s["id"] == STEP)
+        step[field] = value
+    edit_json(session / "trace-0.meta.json", change)
+    refused(session, "trace-0.meta.json", STEP, message)
+
+
+def test_malformed_top_k_is_refused(session):
+    def change(document):
+        step = next(s for s in document["trace"]["steps"] if s["id"] == "decoder.hook_probs@1")
+        step["top_k"] = [{"token": 3, "id": "x"}]
+    edit_json(session / "trace-0.meta.json", change)
+    refused(session, "trace-0.meta.json", "decoder.hook_probs@1", "top_k")
