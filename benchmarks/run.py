@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,9 @@ def versus_tl(table: Table, device: str, repeats: int, cache: dict) -> None:
     table.add("vs TransformerLens", "ours traced / TL run_with_cache (same work)", device, ms(m["ours_traced"]),
               ms(m["tl_same_work"]), f"{r['ratio_vs_tl_same_work']:.2f}x",
               "TL return_type=None + last-position unembed and softmax, as ours")
+    table.add("vs TransformerLens", "context: ours untraced / TL forward without cache", device,
+              ms(m["ours_untraced"]), ms(m["tl_plain"]), f"{m['ours_untraced'] / m['tl_plain']:.2f}x",
+              "the models alone: how much of the gap is the model code, not the recording")
     if "tl_to_host" in m:
         table.add("vs TransformerLens", "ours traced / TL run_with_cache + cache to host", device,
                   ms(m["ours_traced"]), ms(m["tl_to_host"]), f"{r['ratio_vs_tl_to_host']:.2f}x",
@@ -229,8 +233,7 @@ def storage(table: Table, repeats: int, capture_cache: dict) -> None:
 
 # -- UI and replay (their own benchmark files) ------------------------------------------------
 def external(table: Table, group: str, filename: str, what: str) -> None:
-    """Rows from another issue's benchmark: its rows() if it has one, else its measure() dict,
-    else its printed output."""
+    """Rows from another issue's benchmark: its rows() if it has one, else its printed report."""
     path = HERE / filename
     if not path.exists():
         table.add(group, what, "cpu", NA, note=f"benchmarks/{filename} is not there yet")
@@ -243,20 +246,23 @@ def external(table: Table, group: str, filename: str, what: str) -> None:
             for row in module.rows():
                 table.add(group, **{k: v for k, v in row.items() if k != "group"})
             return
-        if hasattr(module, "measure"):
-            for key, value in module.measure().items():
-                shown = ms(value) if key.endswith("_s") and isinstance(value, (int, float)) else value
-                table.add(group, f"{what}: {key}", "cpu", shown)
-            return
     except Exception as exc:  # a benchmark from elsewhere must not sink the table
         table.add(group, what, "cpu", "failed", note=f"{type(exc).__name__}: {str(exc)[:80]}")
         return
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=900)
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
         table.add(group, what, "cpu", "failed", note=(proc.stderr.strip().splitlines() or ["no output"])[-1][:100])
-    for line in lines:
-        table.add(group, line, "cpu")
+        return
+    # Their printed report: a heading, then "label   value unit   (note)" lines.
+    table.add(group, f"{what} (benchmarks/{filename})", "cpu", note=lines[0])
+    for line in lines[1:]:
+        match = (re.match(r"^(?P<what>.+?)\s{2,}median\s+(?P<value>[\d.]+ ms) wall,\s*(?P<note>.*)$", line)
+                 or re.match(r"^(?P<what>.+?)\s{2,}(?P<value>-?[\d.]+ ?(?:ms|s|x|MB)?)\s*(?:\((?P<note>.*)\))?$", line))
+        if match:
+            table.add(group, match["what"], "cpu", match["value"], note=match["note"] or "")
+        else:
+            table.add(group, line, "cpu")
 
 
 def main() -> None:

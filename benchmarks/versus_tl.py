@@ -12,6 +12,7 @@ both alike. Everything runs under `torch.no_grad()` on both sides.
   the cache left on the model's device.
 - TL same work: `run_with_cache(tokens, return_type=None)` plus the unembedding and softmax
   of the last position only, i.e. the same arithmetic as ours.
+- TL forward: `model(tokens)`, no cache: with ours untraced, how fast the two models are alone.
 - TL to host (CUDA only): the default call, then every cached tensor `.cpu().numpy()`: the same
   deliverable as ours (host arrays).
 
@@ -86,6 +87,10 @@ def runners(device: str):
         return tl.run_with_cache(tokens)
 
     @torch.no_grad()
+    def tl_plain():
+        return tl(tokens)
+
+    @torch.no_grad()
     def tl_same_work():
         _, cache = tl.run_with_cache(tokens, return_type=None)
         logits = tl.unembed(cache["ln_final.hook_normalized"][:, -1:])
@@ -97,7 +102,7 @@ def runners(device: str):
         return logits, {name: value.cpu().numpy() for name, value in cache.items()}
 
     runs = {"ours_traced": ours_traced, "ours_untraced": ours_untraced,
-            "tl_default": tl_default, "tl_same_work": tl_same_work}
+            "tl_default": tl_default, "tl_same_work": tl_same_work, "tl_plain": tl_plain}
     if torch.device(device).type == "cuda":
         runs["tl_to_host"] = tl_to_host
     return runs
