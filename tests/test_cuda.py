@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,7 +129,8 @@ def test_run_command_on_cuda(gpt_model):
     result = subprocess.run(
         [sys.executable, "-m", "tracer", "run", "ich bin piyush", "--device", "cuda", "--no-tui",
          "--model", str(gpt_model), "--max-new-tokens", "2"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
+    assert torch.cuda.get_device_name() in " ".join(result.stdout.split())  # the summary's header names the GPU
     assert "Traceback" not in result.stderr

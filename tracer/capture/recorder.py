@@ -40,9 +40,10 @@ class Recorder:
         values, self.values = self.values, []
         if not values:
             return []
-        if values[0][1].device.type != "cuda":
+        device = values[0][1].device.type
+        if device == "cpu":
             return [(name, host_array(value)) for name, value in values]
-        return batched_to_host(values)
+        return batched_to_host(values, pin=device == "cuda")  # mps & co: the same packing, blocking copies
 
 
 def host_array(value: torch.Tensor) -> np.ndarray:
