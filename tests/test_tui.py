@@ -402,3 +402,26 @@ async def test_decoder_only_trace_groups_by_decoding_step():
         screen.go("blocks.0.attn.hook_q@1")
         await pilot.pause()
         assert "from     blocks.0.ln1.hook_normalized@1" in panel_text(app, "#explain")  # pre-norm: Q reads ln1
+
+
+async def test_switching_steps_draws_what_opening_them_directly_draws():
+    """The tensor view and panels skip Textual's relayout when their content size changes;
+    scrollbars and text must still come out as they would on a fresh screen."""
+    from tracer.trace.state import UIState
+
+    # scrollbar on → on, on → off, off → off, off → on (at 80×24 the FFN and vocab steps overflow)
+    steps = ["encoder.0.mlp.hook_pre", "decoder.hook_probs@2", "encoder.hook_tokens",
+             "decoder.1.cross_attn.hook_k@3", "decoder.0.mlp.hook_post@2"]
+    walked = []
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        for step_id in steps:
+            app.trace_screen.go(step_id)
+            await pilot.pause()
+            walked.append(screen_text(app))
+        assert app.trace_screen.query_one("#tensor").show_horizontal_scrollbar
+    for step_id, text in zip(steps, walked):
+        fresh = make_app(state=UIState(step=step_id))
+        async with fresh.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert screen_text(fresh) == text, step_id

@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Static, Tree
+from textual.widgets import Footer, Static
 
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
@@ -223,10 +223,8 @@ class TraceScreen(Screen[None]):
         self.query_one("#tensor-title", Static).update(text, layout=False)
 
     # -- messages from widgets -------------------------------------------------------
-    def on_tree_node_selected(self, event: Tree.NodeSelected) -> None:
-        step_id = event.node.data
-        if step_id:
-            self.go(step_id)
+    def on_step_navigator_step_chosen(self, event: StepNavigator.StepChosen) -> None:
+        self.go(event.step_id)
 
     def on_tensor_view_cell_highlighted(self, event: TensorView.CellHighlighted) -> None:
         if event.view.picture is not None:
@@ -463,7 +461,7 @@ class TraceScreen(Screen[None]):
         return [
             ("Steps", [b for b in self.BINDINGS if isinstance(b, Binding)]),
             ("Cells (tensor view focused; tab switches focus)", [b for b in TensorView.BINDINGS if isinstance(b, Binding)]),
-            ("Navigator (when focused)", [Binding("up,down", "tree_cursor", "move in the tree"), Binding("enter", "tree_select", "open the step / fold a group")]),
+            ("Outline (when focused; tab switches focus)", [b for b in StepNavigator.BINDINGS if isinstance(b, Binding)]),
             ("App", app_bindings + [Binding("ctrl+p", "command_palette", "command palette (find steps, themes)")]),
         ]
 

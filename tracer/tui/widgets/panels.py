@@ -85,7 +85,12 @@ class TextPanel(ScrollView, can_focus=False):
         margin = Segment(" " * MARGIN)
         self._strips = [Strip([margin, *line]) for line in lines]
         self._base = None
-        self.virtual_size = Size(width + MARGIN, len(self._strips))
+        virtual_size = Size(width + MARGIN, len(self._strips))
+        if virtual_size != self.virtual_size:
+            # The panel's size is set by the layout, not by its text: no relayout needed,
+            # only the scrollbar, sized in this frame.
+            self.set_reactive(ScrollView.virtual_size, virtual_size)
+            self._scroll_update(virtual_size)
         self.refresh()
 
     def on_resize(self) -> None:

@@ -160,10 +160,15 @@ class TensorView(ScrollView, can_focus=True):
         if previous is None or previous.values.shape != picture.values.shape:
             row, col = min(row, picture.rows - 1), min(col, picture.cols - 1)
         self.cursor = (max(row, 0), max(col, 0))
-        self.virtual_size = Size(self._label_width + picture.cols * self._cell_width, HEADER_ROWS + picture.rows)
-        if self.size:
-            # Size the scrollbars now, so they repaint in this frame rather than one frame later.
-            self._scroll_update(self.virtual_size)
+        virtual_size = Size(self._label_width + picture.cols * self._cell_width, HEADER_ROWS + picture.rows)
+        if not self.size:
+            self.virtual_size = virtual_size
+        elif virtual_size != self.virtual_size:
+            # The view's own size does not depend on its content, so skip the screen-wide
+            # relayout a virtual_size change asks for, and size the scrollbars in this frame
+            # (after a relayout Textual repaints them one frame later).
+            self.set_reactive(ScrollView.virtual_size, virtual_size)
+            self._scroll_update(virtual_size)
         self.refresh()
         self._scroll_to_cursor()
         # No CellHighlighted here: whoever called show() knows the picture changed and
