@@ -363,3 +363,12 @@ def test_replay_export_list_check_run_without_torch(store, tmp_path):
     assert proc.stdout.count("ran ") == len(args)
     assert "torch absent" in proc.stdout
     assert out.exists()
+
+
+def test_session_folder_gets_normal_permissions(store):
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = store.save("perm", [synthetic_trace()])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask

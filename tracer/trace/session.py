@@ -265,9 +265,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022
+
+
 def _work_path(root: Path, name: str, kind: str) -> Path:
-    """A new empty hidden folder beside the session, named for the writer's pid."""
-    return Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=root))
+    """A new empty hidden folder beside the session, named for the writer's pid; once renamed
+    into place it has the permissions `mkdir` would give it (mkdtemp makes it private)."""
+    path = Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=root))
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def _aside_name(root: Path, name: str, kind: str) -> Path:
