@@ -30,7 +30,7 @@ from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.widgets.navigator import StepNavigator
 from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
-from tracer.tui.widgets.tensor_view import TensorView, legend_text, visible_token
+from tracer.tui.widgets.tensor_view import TensorView, legend_text
 
 if TYPE_CHECKING:
     from tracer.tui.app import TracerApp
@@ -473,5 +473,3 @@ def visible_token_line(text: str) -> str:
     """Cell descriptions quote tokens; keep a newline inside a token from breaking the line."""
     return text.replace("\n", "⏎")
 
-
-__all__ = ["TraceScreen", "visible_token"]

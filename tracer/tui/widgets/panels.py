@@ -34,8 +34,9 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
     if stats.get("min") is None:
         text.append("no finite values", style="dim")
     else:
+        number = (lambda v: str(int(v))) if step.dtype.startswith(("int", "bool")) else format_number
         text.append(
-            f"min {format_number(stats['min'])}  max {format_number(stats['max'])}  "
+            f"min {number(stats['min'])}  max {number(stats['max'])}  "
             f"mean {format_number(stats['mean'])}  std {format_number(stats['std'])}"
         )
     if stats.get("nonfinite"):

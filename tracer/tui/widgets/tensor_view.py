@@ -86,7 +86,8 @@ def legend_text(picture: Picture, view: str, swatches: int = 16) -> Text:
 class TensorView(ScrollView, can_focus=True):
     """The current step's tensor: colour heat map (or numbers) with token labels and a cell cursor.
 
-    Bindings (while focused; arrows left/right stay with step navigation):
+    Left/right arrows stay with the screen (previous/next step), so columns move with
+    shift+arrows or , and . while the view has focus.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
