@@ -99,6 +99,26 @@ async def measure(presses: int) -> dict:
             "p90": sorted(everything)[int(0.9 * (len(everything) - 1))], "count": len(everything)}
 
 
+NAMES = {"h": "h (next head)", "right_square_bracket": "] (next layer)", "left_square_bracket": "[ (previous layer)",
+         "n": "n (next step)", "p": "p (back to the pattern)"}
+
+
+def rows(presses: int = 48) -> list[dict]:
+    """The results as table rows, for benchmarks/run.py (so it need not parse the printout)."""
+    result = asyncio.run(measure(presses))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    ms = lambda seconds: f"{seconds * 1000:.1f} ms"  # noqa: E731
+    out = [{
+        "what": "UI key press → repaint done, 128×128 pattern (GPT-2-small trace), median",
+        "device": "cpu", "ours": ms(result["median"]), "reference": "≤ 50 ms (target)",
+        "note": f"p90 {ms(result['p90'])}, CPU {ms(result['cpu_median'])}, {result['count']} presses, load {load:.1f}",
+    }]
+    for key, values in result["timings"].items():
+        out.append({"what": f"  {NAMES.get(key, key)}", "device": "cpu", "ours": ms(statistics.median(values)),
+                    "note": f"CPU {ms(statistics.median(result['cpu'][key]))}"})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presses", type=int, default=60)
@@ -106,8 +126,7 @@ def main() -> None:
     result = asyncio.run(measure(args.presses))
     print(f"GPT-2-small-shaped trace: {result['steps']} steps; attention pattern {' × '.join(map(str, result['shape']))}, "
           f"UI at 120×40 (headless)")
-    names = {"h": "h (next head)", "right_square_bracket": "] (next layer)", "left_square_bracket": "[ (previous layer)",
-             "n": "n (next step)", "p": "p (back to the pattern)"}
+    names = NAMES
     for key, values in result["timings"].items():
         print(f"  {names.get(key, key):26} median {statistics.median(values) * 1000:6.1f} ms wall "
               f"(tensor on screen after {statistics.median(result['first'][key]) * 1000:5.1f} ms), "

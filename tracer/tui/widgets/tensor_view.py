@@ -95,6 +95,8 @@ class TensorView(ScrollView, can_focus=True):
         Binding("down", "move(1, 0)", "cell down", show=False),
         Binding("shift+left,comma", "move(0, -1)", "cell left", show=False),
         Binding("shift+right,full_stop", "move(0, 1)", "cell right", show=False),
+        Binding("ctrl+left", "page_columns(-1)", "a screen of columns left", show=False),
+        Binding("ctrl+right", "page_columns(1)", "a screen of columns right", show=False),
         Binding("pageup", "page(-1)", "page up", show=False),
         Binding("pagedown", "page(1)", "page down", show=False),
         Binding("home", "jump(0)", "first row", show=False),
@@ -105,6 +107,7 @@ class TensorView(ScrollView, can_focus=True):
     | :- | :- |
     | up / down | Move the cell cursor a row. |
     | shift+left / shift+right (or , / .) | Move the cell cursor a column. |
+    | ctrl+left / ctrl+right | Move the cell cursor a screenful of columns. |
     | pageup / pagedown / home / end | Move the cursor by a page / to the first or last row. |
     """
 
@@ -369,6 +372,11 @@ class TensorView(ScrollView, can_focus=True):
     def action_page(self, direction: int) -> None:
         page = max(1, self.scrollable_content_region.height - HEADER_ROWS - 1)
         self.action_move(direction * page, 0)
+
+    def action_page_columns(self, direction: int) -> None:
+        """Wide tensors (an FFN's 3072 columns): move the cursor a screenful of columns."""
+        columns = max(1, (self.scrollable_content_region.width - self._label_width) // self._cell_width)
+        self.action_move(0, direction * columns)
 
     def action_jump(self, row: int) -> None:
         if self.picture is not None:
