@@ -133,8 +133,8 @@ def main() -> None:
               f"{statistics.median(result['cpu'][key]) * 1000:5.1f} ms CPU  ({len(values)} presses)")
     print(f"  key press → repaint done: median {result['median'] * 1000:.1f} ms, p90 {result['p90'] * 1000:.1f} ms "
           f"over {result['count']} presses (target ≤ 50 ms); CPU time median {result['cpu_median'] * 1000:.1f} ms")
-    print(f"  key press → tensor view repainted (the first frame): median {result['first_median'] * 1000:.1f} ms; "
-          "the rest is Textual resizing scrollbars a frame later")
+    print(f"  key press → the frame that shows the new tensor: median {result['first_median'] * 1000:.1f} ms "
+          "(equal to the above when one frame does it all)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  load average {load:.1f} on {os.cpu_count()} CPUs (wall times grow with a busy machine; CPU time less so)")
 
