@@ -199,6 +199,14 @@ async def test_next_token_panel_at_a_decoding_step():
         assert f"▶ {top[0]['token']}" in text
         for item in top:
             assert f"{item['prob']:.3f}" in text
+        assert f'output so far: "{" ".join(screen.trace.output["tokens"][:2])}"' in text
+
+
+def test_word_pieces_join_into_words():
+    from tracer.tui.widgets.panels import join_pieces
+
+    assert join_pieces(["i", "am", "pi", "##y", "##ush"]) == "i am piyush"
+    assert join_pieces(["##x", "y"]) == "##x y"
 
 
 async def test_bookmarks_and_state_round_trip():

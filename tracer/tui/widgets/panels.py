@@ -164,7 +164,21 @@ def next_token_text(trace: Trace, step: Step) -> Text | None:
     heading = f"next token, step {t}"
     if chosen:
         heading += f': ▶ "{chosen["token"]}" chosen'
-    return top_k_text(extra["top_k"], chosen, heading)
+    text = top_k_text(extra["top_k"], chosen, heading)
+    so_far = join_pieces(trace.output.get("tokens", [])[:t])
+    if so_far:
+        text.append("output so far: ", style="dim")
+        text.append(f'"{so_far}"')
+    return text
+
+
+def join_pieces(tokens: list[str]) -> str:
+    """Chosen tokens as text: "##" marks a word-piece that continues the previous word
+    (the bundled tokenizers' WordPiece convention), so "pi ##y ##ush" reads "piyush"."""
+    out = ""
+    for token in tokens:
+        out += token[2:] if token.startswith("##") and out else (" " if out else "") + token
+    return out
 
 
 class NextTokenPanel(TextPanel):
