@@ -8,7 +8,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.content import Content
 from textual.markup import escape
 
-from tracer.tui.outline import group_path, leaf_label
+from tracer.tui.outline import chosen_tokens, group_path, leaf_label
 
 
 _LABELS: dict[int, tuple[object, list[tuple[str, str, str]]]] = {}
@@ -20,8 +20,9 @@ def _labels(trace) -> list[tuple[str, str, str]]:
     if cached is not None and cached[0] is trace:
         return cached[1]
     rows = []
+    chosen = chosen_tokens(trace)
     for step in trace.steps:
-        where = " › ".join(label for _, label in group_path(step, trace))
+        where = " › ".join(label for _, label in group_path(step, trace, chosen))
         rows.append((step.id, f"{step.id}  {leaf_label(step, trace)}", where))
     if len(_LABELS) > 8:
         _LABELS.clear()

@@ -63,12 +63,14 @@ def quoted(token: str) -> str:
     return f'"{token}"'
 
 
-def chosen_token(trace: Trace, decode_step: int | None) -> str | None:
-    for step in trace.find(kind="probs", decode_step=decode_step):
-        chosen = step.extra.get("chosen")
-        if chosen:
-            return chosen.get("token")
-    return None
+def chosen_tokens(trace: Trace) -> dict[int, str]:
+    """The token chosen at each decoding step, in one pass over the trace."""
+    chosen = {}
+    for step in trace.steps:
+        token = (step.extra.get("chosen") or {}).get("token") if step.kind == "probs" else None
+        if token is not None and step.decode_step is not None:
+            chosen.setdefault(step.decode_step, token)
+    return chosen
 
 
 def leaf_label(step: Step, trace: Trace) -> str:
@@ -105,15 +107,19 @@ def sublayer_of(step: Step, has_cross: bool) -> str | None:
     return None
 
 
-def group_path(step: Step, trace: Trace) -> list[tuple[str, str]]:
-    """(key, label) of each group the step sits in, outermost first."""
+def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -> list[tuple[str, str]]:
+    """(key, label) of each group the step sits in, outermost first.
+
+    `chosen` is `chosen_tokens(trace)`; pass it when labelling many steps (it is one pass over
+    the trace, so working it out per step made the outline quadratic in the trace's length).
+    """
     arch = trace.arch
     path: list[tuple[str, str]] = []
     t = step.decode_step
     prefix = ""
     if t is not None:
-        chosen = chosen_token(trace, t)
-        arrow = f" → {quoted(chosen)}" if chosen is not None else ""
+        token = (chosen if chosen is not None else chosen_tokens(trace)).get(t)
+        arrow = f" → {quoted(token)}" if token is not None else ""
         name = "Decoder step" if arch == "encoder-decoder" else "Step"
         path.append((f"t{t}", f"{name} {t}{arrow}"))
         prefix = f"t{t}."
@@ -145,9 +151,10 @@ def build_outline(trace: Trace) -> Node:
     """The whole trace as a tree of groups with one leaf per step, in computation order."""
     root = Node("root", trace.model.get("name", "trace"))
     groups: dict[str, Node] = {}
+    chosen = chosen_tokens(trace)
     for step in trace.steps:
         parent = root
-        for key, label in group_path(step, trace):
+        for key, label in group_path(step, trace, chosen):
             node = groups.get(key)
             if node is None:
                 node = groups[key] = Node(key, label)
