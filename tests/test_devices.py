@@ -78,7 +78,7 @@ class CloningRecorder(Recorder):
     """Copies every value as it passes: what the Recorder would need if the model wrote in place."""
 
     def record(self, name, value):
-        self.values.append((name, value.detach()[0].clone()))
+        self.values.append((name, value.detach().clone()))
 
 
 @pytest.mark.parametrize("fixture", ["seq2seq_model", "gpt_model", "bert_model"])
@@ -138,7 +138,7 @@ class BatchedRecorder(Recorder):
         from tracer.capture.recorder import batched_to_host
 
         values, self.values = self.values, []
-        return batched_to_host(values, pin=False) if values else []
+        return batched_to_host([(name, value[0]) for name, value in values], pin=False) if values else []
 
 
 @pytest.mark.parametrize("fixture", ["seq2seq_model", "gpt_model", "bert_model"])

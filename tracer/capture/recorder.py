@@ -30,7 +30,7 @@ class Recorder:
         self.values: list[tuple[str, torch.Tensor]] = []
 
     def record(self, name: str, value: torch.Tensor) -> None:
-        self.values.append((name, value.detach()[0]))
+        self.values.append((name, value))  # batch axis and autograd are dealt with after the pass
 
     def attached(self):
         return hooks_attached(self.model, self.record)
@@ -42,12 +42,15 @@ class Recorder:
             return []
         device = values[0][1].device.type
         if device == "cpu":
-            return [(name, host_array(value)) for name, value in values]
+            return [(name, host_array(value)[0]) for name, value in values]
+        values = [(name, value.detach()[0]) for name, value in values]
         return batched_to_host(values, pin=device == "cuda")  # mps & co: the same packing, blocking copies
 
 
 def host_array(value: torch.Tensor) -> np.ndarray:
     """A CPU tensor as numpy, half types upcast to float32 (shares memory where it can)."""
+    if value.requires_grad:
+        value = value.detach()
     if value.dtype in HALF_TYPES:
         value = value.float()
     return value.numpy()
