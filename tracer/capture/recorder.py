@@ -15,8 +15,8 @@ class Recorder:
 
     During the forward pass a tap only keeps a reference to the value it sees: no copy, no
     kernel, no host synchronisation. That is safe because the model never writes into a tensor
-    after a tap has seen it (no in-place ops; tests/test_cuda.py and the CPU parity checks
-    would catch one), and a tensor we still reference is never handed out again by the
+    after a tap has seen it (no in-place ops; tests/test_devices.py compares every trace
+    with one from a recorder that clones), and a tensor we still reference is never handed out again by the
     allocator. At the end of the pass, on CUDA, the values are packed per dtype into one device
     buffer each (one `cat` kernel), copied into pinned host memory with non-blocking copies,
     and the stream is synchronised once; each dtype's values are then copied out of the pinned
