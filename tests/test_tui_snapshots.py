@@ -7,7 +7,11 @@ or the bundled model changes; textual is pinned exactly in pyproject.toml for th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tui_helpers import make_app
+
+DE_EN_TINY = Path(__file__).parent / "fixtures" / "de-en-tiny-ich-bin-piyush.json"
 
 SIZE = (120, 40)
 
@@ -50,3 +54,20 @@ def test_masked_self_attention_numbers_at_80x24(snap_compare):
         await pilot.press("v")
 
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def trained_app():
+    """The bundled de-en-tiny's real trace of "ich bin piyush" (a committed JSON fixture)."""
+    from tracer.trace.load import read_json
+    from tracer.tui.app import TracerApp
+
+    return TracerApp([read_json(DE_EN_TINY)])
+
+
+def test_de_en_tiny_first_screen(snap_compare):
+    assert snap_compare(trained_app(), terminal_size=SIZE)
+
+
+def test_de_en_tiny_next_token_panel_completes_piyush(snap_compare):
+    # step 5 chooses "##ush", the last piece of "piyush"; step 6 then chooses </s>
+    assert snap_compare(trained_app(), terminal_size=SIZE, run_before=go_to("decoder.hook_probs@5"))
