@@ -86,3 +86,15 @@ def test_failed_export_leaves_the_previous_file(seq2seq_trace, tmp_path, monkeyp
         write_json(seq2seq_trace, path)
     assert path.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_an_export_gets_ordinary_file_permissions(seq2seq_trace, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json(seq2seq_trace, tmp_path / "shared.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644

@@ -43,7 +43,7 @@ import orjson
 
 from tracer import __version__
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.trace.atomic import fsync_dir
+from tracer.trace.atomic import current_umask, fsync_dir
 from tracer.trace.load import DTYPES, validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
 from tracer.trace.step import Step, split_id
@@ -265,22 +265,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race with other threads)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    return 0o022
-
-
 def _work_path(root: Path, name: str, kind: str) -> Path:
     """A new empty hidden folder beside the session, named for the writer's pid; once renamed
     into place it has the permissions `mkdir` would give it (mkdtemp makes it private)."""
     path = Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=root))
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o777 & ~_umask())
+        os.chmod(path, 0o777 & ~current_umask())
     return path
 
 
