@@ -622,13 +622,18 @@ def _plainly_valid(item: dict, position: int, good_axes: set) -> bool:
             split_id(step_id)
         except ValueError:
             return False
-    if type(shape) is not list or item.get("dtype") not in DTYPES or type(axes) is not list or len(axes) != len(shape):
+    dtype = item.get("dtype")
+    if type(shape) is not list or type(dtype) is not str or dtype not in DTYPES or type(axes) is not list or len(axes) != len(shape):
         return False
     for n in shape:
         if type(n) is not int or n < 0:
             return False
     key = tuple(axes)
-    if key not in good_axes:
+    try:
+        seen = key in good_axes
+    except TypeError:  # a list or dict among the axes: not valid, and not hashable
+        return False
+    if not seen:
         if not all(type(a) is str for a in axes):
             return False
         good_axes.add(key)
