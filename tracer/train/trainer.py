@@ -143,7 +143,7 @@ def _train(name: str, folder: Path, work: Path, steps: int | None = None, seed: 
     result.seconds = time.perf_counter() - started
     result.metrics["train_seconds"] = train_seconds
     result.metrics["cpu_seconds"] = time.process_time() - cpu_started
-    result.metrics["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    result.metrics["machine"] = f"{platform.machine()}, torch {torch.__version__}, one thread"
     write_model_card(result, recipe, cfg)
     result.folder = _publish(work, folder)
     return result
