@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import shutil
 
@@ -96,3 +97,22 @@ def test_mutated_json_values(pristine, tmp_path, data):
         return json.dumps(doc).encode()
 
     open_fully_or_refuse(damaged_copy(pristine, tmp_path, name, change))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (("trace", "model", "config"), [None], "'model.config' must be an object"),     # crashed `check` (found by the fuzz)
+    (("trace", "input", "tokens"), "ich bin", "'input.tokens' must be a list of strings"),
+    (("trace", "output", "ids"), [1.5], "'output.ids' must be a list of integers"),
+])
+def test_session_header_fields_are_validated_like_an_exports(pristine, tmp_path, field, value, message):
+    def change(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        target = doc
+        for key in field[:-1]:
+            target = target[key]
+        target[field[-1]] = value
+        return json.dumps(doc).encode()
+
+    folder = damaged_copy(pristine, tmp_path, "trace-0.meta.json", change)
+    with pytest.raises(TracerError, match=re.escape(message)):
+        load_session(folder)

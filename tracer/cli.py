@@ -8,6 +8,7 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
+from tracer.text import human_size
 
 
 class TracerGroup(click.Group):
@@ -295,13 +296,6 @@ def sessions_rm(ctx, name, yes, sessions_dir):
         click.confirm(f"Remove session {name!r} ({human_size(info.size)})?", abort=True)
     store.remove(name)
     click.echo(f"removed {name}", err=True)
-
-
-def human_size(n: int) -> str:
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Show user text literally: control characters (ANSI escapes, NUL, bell) become visible escapes."""
+"""Text for people: user text shown literally, sizes in readable units."""
 
 from __future__ import annotations
 
@@ -9,3 +9,11 @@ def visible(text: object) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def human_size(n: int) -> str:
+    """1536 -> "1.5 KB"; sizes under a kilobyte in bytes."""
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile
-from tracer.trace.step import Step, split_id
+from tracer.trace.step import META_KEYS, Step, split_id
 from tracer.trace.trace import FORMAT, FORMAT_VERSION, Trace
 
 DTYPES = {"float16", "float32", "float64", "int32", "int64", "bool"}
@@ -17,7 +17,7 @@ DTYPES = {"float16", "float32", "float64", "int32", "int64", "bool"}
 # belong in a session, whose tensors load one at a time.
 MAX_JSON_BYTES = 768 * 1024**2
 _NULL_VALUES = {"nan": np.nan, "-inf": -np.inf, "inf": np.inf}
-_STEP_META = {"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats", "data", "null_as", "nonfinite_at"}
+_STEP_META = META_KEYS | {"data", "null_as", "nonfinite_at"}  # a JSON step also carries its data
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
@@ -57,19 +57,6 @@ def trace_from_document(document, source: str = "trace") -> Trace:
         raise DamagedFile(f"{source}: {message}")
 
     validate_header(document, fail)
-    for key in ("input", "output"):
-        part = document[key]
-        if not isinstance(part.get("text", ""), str):
-            fail(f"'{key}.text' must be a string")
-        if not isinstance(part.get("tokens", []), list) or not all(isinstance(t, str) for t in part.get("tokens", [])):
-            fail(f"'{key}.tokens' must be a list of strings")
-        if not isinstance(part.get("ids", []), list) or not all(type(i) is int for i in part.get("ids", [])):
-            fail(f"'{key}.ids' must be a list of integers")
-    model = document["model"]
-    if not isinstance(model.get("name", ""), str) or not isinstance(model.get("arch", ""), str):
-        fail("'model.name' and 'model.arch' must be strings")
-    if not isinstance(model.get("config", {}), dict):
-        fail("'model.config' must be an object")
     steps = []
     for position, item in enumerate(document["steps"]):
         steps.append(step_from_json(item, position, fail))
@@ -99,6 +86,20 @@ def validate_header(document, fail) -> None:
     for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
         if not isinstance(document.get(key), kind):
             fail(f"'{key}' is missing or is not a {kind.__name__}")
+    # the fields the summary, the check and the UI read
+    for key in ("input", "output"):
+        part = document[key]
+        if not isinstance(part.get("text", ""), str):
+            fail(f"'{key}.text' must be a string")
+        if not isinstance(part.get("tokens", []), list) or not all(isinstance(t, str) for t in part.get("tokens", [])):
+            fail(f"'{key}.tokens' must be a list of strings")
+        if not isinstance(part.get("ids", []), list) or not all(type(i) is int for i in part.get("ids", [])):
+            fail(f"'{key}.ids' must be a list of integers")
+    model = document["model"]
+    if not isinstance(model.get("name", ""), str) or not isinstance(model.get("arch", ""), str):
+        fail("'model.name' and 'model.arch' must be strings")
+    if not isinstance(model.get("config", {}), dict):
+        fail("'model.config' must be an object")
 
 
 def validate_meta(item, position: int, fail) -> tuple[str, tuple[int, ...], str, tuple[str, ...]]:

@@ -43,10 +43,11 @@ import orjson
 
 from tracer import __version__
 from tracer.errors import BadInput, DamagedFile, TracerError
+from tracer.text import human_size
 from tracer.trace.atomic import current_umask, fsync_dir
 from tracer.trace.load import DTYPES, validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
-from tracer.trace.step import Step, split_id
+from tracer.trace.step import META_KEYS, Step, split_id
 from tracer.trace.trace import Trace, utc_now
 
 FORMAT = "tracer-session"
@@ -523,7 +524,7 @@ class TensorFile:
                     self._fail(f"truncated ({size} bytes; not even a safetensors header)")
                 (header_len,) = struct.unpack("<Q", handle.read(8))
                 if header_len > MAX_HEADER_BYTES:
-                    self._fail(f"the safetensors header claims {_human(header_len)}; refusing to read it")
+                    self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
                 if 8 + header_len > size:
                     self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
                 raw = handle.read(header_len)
@@ -559,9 +560,9 @@ class TensorFile:
                 self._fail(f"tensor {step.id!r} has invalid data offsets {offsets!r}")
             need = _nbytes(shape, step.dtype)
             if offsets[1] - offsets[0] != need:
-                self._fail(f"tensor {step.id!r} claims {_human(offsets[1] - offsets[0])} for a {need}-byte tensor")
+                self._fail(f"tensor {step.id!r} claims {human_size(offsets[1] - offsets[0])} for a {need}-byte tensor")
             if offsets[1] > data_len:
-                self._fail(f"truncated: tensor {step.id!r} ({_human(need)}) ends at byte {offsets[1]}, "
+                self._fail(f"truncated: tensor {step.id!r} ({human_size(need)}) ends at byte {offsets[1]}, "
                            f"but the file holds only {data_len} bytes of data")
             spans.append(offsets)
         spans.sort()
@@ -601,14 +602,6 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _human(n: int) -> str:
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-_STEP_META = {"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats"}
 
 
 def _plainly_valid(item: dict, position: int, good_axes: set) -> bool:
@@ -672,7 +665,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             step_id, shape, dtype, axes = validate_meta(item, position, fail)
         if type(refs) is not dict or not all(type(i) is int and 0 <= i < len(label_sets) for i in refs.values()):
             fail(f"step {step_id!r} has invalid labels")
-        extra = {key: value for key, value in item.items() if key not in _STEP_META}
+        extra = {key: value for key, value in item.items() if key not in META_KEYS}
         if extra:
             extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"))
         stats = item.get("stats")

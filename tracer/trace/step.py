@@ -59,6 +59,10 @@ def compute_stats(array: np.ndarray) -> dict:
     }
 
 
+# The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
+META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats"})
+
+
 @dataclass(eq=False)
 class Step:
     """A recorded tensor: its id, axes, token labels and stats; data and stats load on demand.
