@@ -10,10 +10,7 @@ def load(source, sessions_dir=None):
     metadata, `t.find(kind=..., layer=..., decode_step=...)` filters them. A session with
     several traces gives its first; `load_session` gives them all. Numpy only, no torch.
     """
-    from tracer.trace.load import load_trace
-    from tracer.trace.session import SessionStore
-
-    return load_trace(SessionStore(sessions_dir).resolve(source))
+    return load_session(source, sessions_dir).traces[0]
 
 
 def load_session(source, sessions_dir=None):

@@ -112,13 +112,6 @@ def check(source):
         sys.exit(1)
 
 
-def resolve_source(source: str, sessions_dir=None):
-    """A session name (in the sessions folder), a session folder, or a JSON file."""
-    from tracer.trace.session import SessionStore
-
-    return SessionStore(sessions_dir).resolve(source)
-
-
 @cli.command()
 def models():
     """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""

@@ -1,4 +1,4 @@
-"""Read a trace back: from a JSON export (and, through tracer.trace.session, a session folder)."""
+"""Read a trace back from a JSON export (session folders: tracer.trace.session)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,6 @@ DTYPES = {"float16", "float32", "float64", "int32", "int64", "bool"}
 MAX_JSON_BYTES = 768 * 1024**2
 _NULL_VALUES = {"nan": np.nan, "-inf": -np.inf, "inf": np.inf}
 _STEP_META = META_KEYS | {"data", "null_as", "nonfinite_at"}  # a JSON step also carries its data
-
-
-def load_trace(path: str | os.PathLike) -> Trace:
-    """A Trace from a session folder or a JSON export; anything unreadable is a DamagedFile."""
-    path = Path(path)
-    if path.is_dir():
-        from tracer.trace.session import load_session_trace
-
-        return load_session_trace(path)
-    if not path.exists():
-        raise DamagedFile(f"{path}: no such file or session")
-    return read_json(path)
 
 
 def read_json(path: str | os.PathLike) -> Trace:

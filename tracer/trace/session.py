@@ -725,11 +725,6 @@ def load_session(path: str | os.PathLike) -> Session:
     return Session(name=folder.resolve().name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
 
 
-def load_session_trace(path: str | os.PathLike) -> Trace:
-    """The first trace of a session folder (what `tracer.load` returns for a session)."""
-    return load_session(path).traces[0]
-
-
 def open_source(source: str | os.PathLike, sessions_dir: str | os.PathLike | None = None) -> Session:
     """A session name, a session folder or a JSON export -> a Session (an export has default UI state)."""
     path = SessionStore(sessions_dir).resolve(source)
