@@ -93,9 +93,11 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k) -> t
     return ids, tokens, max_new_tokens, top_k
 
 
-def top_k_of(probs: np.ndarray, k: int, token) -> list[dict]:
+def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
+    """The k most likely tokens, and the greedy choice (the first of them)."""
     order = np.argsort(-probs, kind="stable")[:k]
-    return [{"token": token(int(i)), "id": int(i), "prob": float(probs[i])} for i in order]
+    top = [{"token": token(int(i)), "id": int(i), "prob": float(probs[i])} for i in order]
+    return top, {"token": top[0]["token"], "id": top[0]["id"]}
 
 
 @torch.no_grad()
@@ -114,8 +116,57 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         steps.extend(recorded)
         return out
 
-    with recorder.attached() if recorder is not None else contextlib.nullcontext():
-        return _decode(loaded, text, ids, tokens, max_new_tokens, top_k, forward, steps, traced)
+    def tensor(seq: list[int]) -> torch.Tensor:
+        return torch.tensor([seq], dtype=torch.long, device=device)
+
+    arch = loaded.cfg.arch
+    predictions: list[dict] = []
+    generated: list[int] = []
+    with contextlib.ExitStack() as hooks:
+        if recorder is not None:
+            hooks.enter_context(recorder.attached())  # once for the whole run, not per pass
+        if arch == "encoder":
+            logits = forward(lambda: model(tensor(ids)), tokens)
+            probs = logits[0].float().softmax(-1).cpu().numpy()
+            masked = [i for i, token_id in enumerate(ids) if token_id == tok.mask_id] or list(range(len(ids)))
+            filled = list(ids)
+            for pos in masked:
+                top, chosen = choose(probs[pos], top_k, tok.token)
+                predictions.append({"pos": pos, "token": tokens[pos], "top_k": top, "chosen": chosen})
+                filled[pos] = chosen["id"]
+            if traced:
+                last_probs(steps).extra["predictions"] = predictions
+            generated = filled
+        else:
+            if arch == "encoder-decoder":
+                memory = forward(lambda: model.encode(tensor(ids)), tokens)
+                prefix = [tok.bos_id if tok.bos_id is not None else 0]
+                step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
+            else:
+                prefix = ([tok.bos_id] if tok.bos_id is not None else []) + list(ids)
+                step_fn = lambda seq: model(tensor(seq))  # noqa: E731
+            for t in range(1, max_new_tokens + 1):
+                seq = prefix + generated
+                logits = forward(lambda: step_fn(seq), [tok.token(i) for i in seq], tokens, t)
+                top, chosen = choose(logits[0].float().softmax(-1).cpu().numpy(), top_k, tok.token)
+                predictions.append({"step": t, "top_k": top, "chosen": chosen})
+                if traced:
+                    last_probs(steps).extra.update(top_k=top, chosen=chosen)
+                if chosen["id"] == tok.eos_id:
+                    break
+                generated.append(chosen["id"])
+    output_tokens = [tok.token(i) for i in generated]
+    result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
+    if traced:
+        result.trace = Trace(
+            steps,
+            model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
+                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+            device=device_label(device),
+            input={"text": text, "tokens": tokens, "ids": ids},
+            output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
+        )
+    return result
 
 
 def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None):
@@ -129,62 +180,6 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
         step_id = name if t is None else f"{name}@{t}"
         steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
     return out, steps
-
-
-def _decode(loaded: LoadedModel, text, ids, tokens, max_new_tokens, top_k, forward, steps, traced) -> GenerationResult:
-    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
-
-    def tensor(seq: list[int]) -> torch.Tensor:
-        return torch.tensor([seq], dtype=torch.long, device=device)
-
-    arch = loaded.cfg.arch
-    predictions: list[dict] = []
-    generated: list[int] = []
-    if arch == "encoder":
-        logits = forward(lambda: model(tensor(ids)), tokens)
-        probs = logits[0].float().softmax(-1).cpu().numpy()
-        masked = [i for i, token_id in enumerate(ids) if token_id == tok.mask_id] or list(range(len(ids)))
-        filled = list(ids)
-        for pos in masked:
-            top = top_k_of(probs[pos], top_k, tok.token)
-            chosen = {"token": top[0]["token"], "id": top[0]["id"]}
-            predictions.append({"pos": pos, "token": tokens[pos], "top_k": top, "chosen": chosen})
-            filled[pos] = chosen["id"]
-        if steps:
-            last_probs(steps).extra["predictions"] = predictions
-        generated = filled
-    else:
-        if arch == "encoder-decoder":
-            memory = forward(lambda: model.encode(tensor(ids)), tokens)
-            prefix = [tok.bos_id if tok.bos_id is not None else 0]
-            step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
-        else:
-            prefix = ([tok.bos_id] if tok.bos_id is not None else []) + list(ids)
-            step_fn = lambda seq: model(tensor(seq))  # noqa: E731
-        for t in range(1, max_new_tokens + 1):
-            seq = prefix + generated
-            logits = forward(lambda: step_fn(seq), [tok.token(i) for i in seq], tokens, t)
-            probs = logits[0].float().softmax(-1).cpu().numpy()
-            top = top_k_of(probs, top_k, tok.token)
-            chosen = {"token": top[0]["token"], "id": top[0]["id"]}
-            predictions.append({"step": t, "top_k": top, "chosen": chosen})
-            if steps:
-                last_probs(steps).extra.update(top_k=top, chosen=chosen)
-            if chosen["id"] == tok.eos_id:
-                break
-            generated.append(chosen["id"])
-    output_tokens = [tok.token(i) for i in generated]
-    result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
-    if traced:
-        result.trace = Trace(
-            steps,
-            model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
-                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
-            device=device_label(device),
-            input={"text": text, "tokens": tokens, "ids": ids},
-            output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
-        )
-    return result
 
 
 def last_probs(steps: list[Step]) -> Step:
