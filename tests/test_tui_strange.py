@@ -73,3 +73,29 @@ async def test_the_ui_survives_a_strange_trace(name):
         await pilot.resize_terminal(60, 18)
         await pilot.press("p", "?", "escape", "q")
     assert app.return_code in (0, None)
+
+
+async def test_control_characters_in_trace_text_never_reach_the_terminal():
+    """A hostile export can put ESC/NUL/bell in tokens, top-k, input text or the model's name."""
+    tokens = ["a\x1b[31mb", "c\x00d"]
+    probs = np.array([0.6, 0.4], dtype=np.float32)
+    top_k = [{"token": "x\x1b[5my", "id": 0, "prob": 0.6}, {"token": "z\x07", "id": 1, "prob": 0.4}]
+    trace = Trace(
+        [
+            step("hook_tokens@1", np.array([1, 2]), ("pos",), {"pos": tokens}),
+            step("blocks.0.attn.hook_pattern@1", np.full((1, 2, 2), 0.5, dtype=np.float32), ("head", "query", "key"),
+                 {"query": tokens, "key": tokens}),
+            step("hook_probs@1", probs, ("vocab",), top_k=top_k, chosen={"token": top_k[0]["token"], "id": 0}),
+        ],
+        model={"name": "m\x1b[5m", "arch": "decoder", "config": {}}, device="cpu\x1b[2J",
+        input={"text": "ich\x1b[31m bin", "tokens": tokens, "ids": [1, 2]},
+        output={"text": "x\x1b[5my", "tokens": [top_k[0]["token"]], "ids": [0]},
+    )
+    app = TracerApp([trace])
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(len(trace)):
+            await pilot.press("tab", "down", "tab")     # a cell description too
+            shown = "".join(segment.text for strip in app.screen._compositor.render_strips() for segment in strip)
+            assert not any(ch in shown for ch in "\x1b\x00\x07"), app.trace_screen.step_id
+            await pilot.press("n")
+        assert "\\x1b[31m" in shown   # shown literally, as an escape

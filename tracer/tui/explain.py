@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.trace import Step, Trace
+from tracer.tui.outline import quoted
 from tracer.tui.picture import Picture, format_number
 
 ATTENTION_SCORES = ("attn_raw", "attn_scaled", "attn_scores", "pattern")
@@ -339,7 +340,7 @@ def explain(step: Step, trace: Trace) -> Explanation:
         chosen = step.extra.get("chosen")
         words = "Softmax over the vocabulary turns the logits into probabilities that sum to 1."
         if chosen:
-            words += f" Greedy decoding picks the most likely token: \"{chosen['token']}\"."
+            words += f" Greedy decoding picks the most likely token: {quoted(chosen['token'])}."
         if step.extra.get("predictions"):
             title = "Masked-token predictions"
             words += " At each masked position the most likely token fills the gap."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tracer.text import visible
 from tracer.trace import Step, Trace
 
 LEAF_LABELS = {
@@ -60,7 +61,8 @@ class Node:
 
 
 def quoted(token: str) -> str:
-    return f'"{token}"'
+    """A token or text from the trace, quoted for display (control characters escaped)."""
+    return f'"{visible(token)}"'
 
 
 def chosen_tokens(trace: Trace) -> dict[int, str]:
@@ -149,7 +151,7 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
 
 def build_outline(trace: Trace) -> Node:
     """The whole trace as a tree of groups with one leaf per step, in computation order."""
-    root = Node("root", trace.model.get("name", "trace"))
+    root = Node("root", visible(trace.model.get("name", "trace")))
     groups: dict[str, Node] = {}
     chosen = chosen_tokens(trace)
     for step in trace.steps:

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.trace.state import Bookmark
@@ -186,7 +187,7 @@ class TraceScreen(Screen[None]):
         trace = self.trace
         text = Text()
         text.append("tracer", style="bold")
-        text.append(f" · {trace.model.get('name', '?')} · {trace.device} · ")
+        text.append(visible(f" · {trace.model.get('name', '?')} · {trace.device} · "))
         text.append(quoted(trace.input.get("text", "")))
         output = trace.output.get("text")
         if output is not None and trace.arch != "encoder":
@@ -470,6 +471,7 @@ class TraceScreen(Screen[None]):
 
 
 def visible_token_line(text: str) -> str:
-    """Cell descriptions quote tokens; keep a newline inside a token from breaking the line."""
-    return text.replace("\n", "⏎")
+    """Cell descriptions quote tokens; keep a newline inside a token from breaking the line,
+    and escape other control characters."""
+    return visible(text.replace("\n", "⏎"))
 

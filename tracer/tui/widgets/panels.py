@@ -11,7 +11,9 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tracer.trace import Step, Trace
+from tracer.text import visible
 from tracer.tui.explain import Explanation
+from tracer.tui.outline import quoted
 from tracer.tui.picture import format_number
 
 BAR_WIDTH = 12
@@ -127,11 +129,11 @@ def bar(prob: float, width: int = BAR_WIDTH) -> str:
 def top_k_text(top_k: list[dict], chosen: dict | None, heading: str) -> Text:
     text = Text()
     text.append(heading + "\n", style="bold")
-    width = max((len(item["token"]) for item in top_k), default=1)
+    width = max((len(visible(item["token"])) for item in top_k), default=1)
     width = min(width, 12)
     for item in top_k:
         is_chosen = chosen is not None and item["id"] == chosen.get("id")
-        token = item["token"]
+        token = visible(item["token"])
         token = token if len(token) <= width else token[: width - 1] + "…"
         style = "bold green" if is_chosen else ""
         text.append("▶ " if is_chosen else "  ", style=style)
@@ -150,7 +152,7 @@ def next_token_text(trace: Trace, step: Step) -> Text | None:
             return None
         text = Text()
         for item in probs[-1].extra["predictions"]:
-            heading = f'position {item["pos"]} "{item["token"]}" → "{(item.get("chosen") or {}).get("token", "?")}"'
+            heading = f'position {item["pos"]} {quoted(item["token"])} → {quoted((item.get("chosen") or {}).get("token", "?"))}'
             text.append_text(top_k_text(item["top_k"], item.get("chosen"), heading))
         return text
     t = step.decode_step
@@ -163,12 +165,12 @@ def next_token_text(trace: Trace, step: Step) -> Text | None:
     chosen = extra.get("chosen")
     heading = f"next token, step {t}"
     if chosen:
-        heading += f': ▶ "{chosen["token"]}" chosen'
+        heading += f': ▶ {quoted(chosen["token"])} chosen'
     text = top_k_text(extra["top_k"], chosen, heading)
     so_far = join_pieces(trace.output.get("tokens", [])[:t])
     if so_far:
         text.append("output so far: ", style="dim")
-        text.append(f'"{so_far}"')
+        text.append(quoted(so_far))
     return text
 
 

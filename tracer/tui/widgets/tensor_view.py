@@ -24,6 +24,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from tracer.text import visible
 from tracer.tui.picture import MASKED_GLYPH, PALETTES, Picture, format_number
 
 HEADER_ROWS = 1
@@ -57,8 +58,8 @@ def fit(text: str, width: int) -> str:
 
 
 def visible_token(token: str) -> str:
-    """Whitespace inside a token would vanish on screen; show it as ␣/⏎."""
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+    """Whitespace inside a token would vanish on screen (␣/⏎/⇥); other control characters are escaped."""
+    return visible(token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")) or "∅"
 
 
 def legend_text(picture: Picture, view: str, swatches: int = 16) -> Text:
