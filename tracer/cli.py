@@ -176,21 +176,30 @@ def replay(source, no_tui, play, sessions_dir):
       tracer replay piyush
       tracer replay piyush.json --no-tui
     """
-    from tracer.trace.session import open_source
+    import os
 
-    session = open_source(source, sessions_dir)
+    # Replay does no heavy linear algebra: one BLAS thread, not a pool that OpenBLAS starts on
+    # every core when numpy loads and that spins while the first frame is drawn (~60 ms of a
+    # 0.6 s start on a 2-core machine, benchmarks/replay.py). Set before numpy is imported.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if no_tui:
         from tracer.summary import print_summary
+        from tracer.trace.session import open_source
 
-        for number, trace in enumerate(session.traces):
+        for number, trace in enumerate(open_source(source, sessions_dir).traces):
             if number:
                 click.echo()
             print_summary(trace)
         return
-    from tracer.tui import open_traces
+    from tracer.tui import open_traces, quick_start
 
-    use_sessions_dir(sessions_dir)
-    open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None, play=play)
+    with quick_start():  # numpy, the session's metadata and the UI all load with the collector off
+        from tracer.trace.session import open_source
+
+        session = open_source(source, sessions_dir)
+        use_sessions_dir(sessions_dir)
+        open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None,
+                    play=play)
 
 
 def use_sessions_dir(sessions_dir) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Callable, Sequence
 
 from textual.app import App
@@ -38,6 +39,11 @@ class TracerApp(App[None]):
         self.bookmarks: list[Bookmark] = []
         self._initial_state = state or UIState()
         self.trace_screen: TraceScreen | None = None
+
+    def on_ready(self) -> None:
+        if not gc.isenabled():  # started in tracer.tui.quick_start: the first frame is up now
+            gc.freeze()  # what start-up built lives as long as the app: keep it out of later collections
+            gc.enable()
 
     def get_default_screen(self) -> Screen:
         self.trace_screen = TraceScreen()
