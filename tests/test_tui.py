@@ -326,6 +326,43 @@ async def test_small_terminal_and_resize():
         assert "encoder.0.mlp.hook_pre" in screen_text(app)
 
 
+def key_bar_line(app) -> str:
+    from tracer.tui.widgets.key_bar import KeyBar
+
+    bar = app.screen.query_one(KeyBar)
+    return bar.render_line(0).text
+
+
+@pytest.mark.parametrize("width", [120, 80, 50, 34])
+async def test_key_bar_keeps_help_and_quit_in_sight(width):
+    app = make_app()
+    async with app.run_test(size=(width, 24)) as pilot:
+        await pilot.pause()
+        line = key_bar_line(app)
+        assert len(line) <= width
+        assert line.rstrip().endswith("? help  q quit")
+        assert line.lstrip().startswith("n next")
+        shown = [hint for hint in ("p prev", "] layer", "s save", "a play") if hint in line]
+        if width >= 120:
+            assert " … " not in line and len(shown) == 4  # everything fits
+        else:
+            assert " … " in line and "s save" not in line  # the middle gave way, not the end
+
+
+async def test_clicking_a_key_bar_hint_presses_its_key():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        first = screen.step_id
+        line = key_bar_line(app)
+        await pilot.click("KeyBar", offset=(line.index("n next") + 1, 0))
+        await pilot.pause()
+        assert screen.step_id == app.traces[0].steps[1].id != first
+        await pilot.click("KeyBar", offset=(line.index("? help") + 1, 0))
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HelpScreen"
+
+
 async def test_walk_the_whole_trace_to_the_end():
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tracer.text import visible
 from tracer.errors import TracerError
@@ -29,6 +29,7 @@ from tracer.tui.outline import build_outline, quoted
 from tracer.tui.picture import Picture, build_picture, head_count
 from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.screens.help import HelpScreen
+from tracer.tui.widgets.key_bar import KeyBar
 from tracer.tui.widgets.navigator import StepNavigator
 from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
@@ -127,7 +128,7 @@ class TraceScreen(Screen[None]):
                 with Horizontal(id="bottom"):
                     yield ExplainPanel(id="explain")
                     yield NextTokenPanel(id="next-token")
-        yield Footer()
+        yield KeyBar(self.BINDINGS)
 
     def on_mount(self) -> None:
         self.tracer_app.trace_screen = self
