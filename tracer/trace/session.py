@@ -29,7 +29,6 @@ import gc
 import math
 import os
 import re
-import secrets
 import shutil
 import struct
 import sys
@@ -277,7 +276,7 @@ def _work_path(root: Path, name: str, kind: str) -> Path:
 
 def _aside_name(root: Path, name: str, kind: str) -> Path:
     """A fresh hidden name to rename a session folder to (nothing is created)."""
-    return root / f".{name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+    return root / f".{name}.{kind}-{os.getpid()}-{os.urandom(6).hex()}"
 
 
 def _rmtree(path: Path) -> None:

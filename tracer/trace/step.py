@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable
 
 import numpy as np
@@ -98,30 +98,36 @@ class Step:
             _array=array,
         )
 
-    @property
+    # The id never changes, so what it says is worked out once per step (the UI asks thousands
+    # of times while it builds the outline).
+    @cached_property
     def name(self) -> str:
         return split_id(self.id)[0]
 
-    @property
+    @cached_property
     def decode_step(self) -> int | None:
         return split_id(self.id)[1]
 
+    @cached_property
+    def _parts(self) -> dict:
+        return parse_name(self.name)
+
     @property
     def kind(self) -> str:
-        return parse_name(self.name)["kind"]
+        return self._parts["kind"]
 
     @property
     def stack(self) -> str | None:
-        return parse_name(self.name)["stack"]
+        return self._parts["stack"]
 
     @property
     def layer(self) -> int | None:
-        return parse_name(self.name)["layer"]
+        return self._parts["layer"]
 
     @property
     def component(self) -> str | None:
         """The sub-module the tap sits in: `attn`, `cross_attn`, `mlp`, `ln1`, … or None."""
-        return parse_name(self.name)["component"]
+        return self._parts["component"]
 
     @property
     def stats(self) -> dict:
