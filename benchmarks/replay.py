@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import fcntl
 import os
 import pty
@@ -177,6 +178,11 @@ def main() -> None:
         print(f"  replay --no-tui   {statistics.median(no_tui):8.3f} s    (whole process, median)")
 
         replays, trivials = [], []
+        # tracer's bytecode compiled, as textual's is by pip: with PYTHONDONTWRITEBYTECODE set (as on
+        # some machines) an editable install would otherwise be compiled from source at every start.
+        import tracer
+
+        compileall.compile_dir(Path(tracer.__file__).parent, quiet=1)
         try:
             first_paint(["trivial"]), first_paint(["tracer", name, str(root)])  # warm-up: file cache, .pyc
             for _ in range(args.repeats):  # interleaved: drift in the machine's load hits both alike
