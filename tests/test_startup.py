@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tui_helpers import FIXTURE, make_app
 
 from tracer.cli import cli
-from tracer.tui import quick_start
+from tracer.collector import collector_paused
 
 
 @pytest.fixture
@@ -24,25 +24,25 @@ def collector_on():
     gc.enable()
 
 
-def test_quick_start_pauses_the_collector_and_restores_it(collector_on):
-    with quick_start():
+def test_collector_paused_pauses_the_collector_and_restores_it(collector_on):
+    with collector_paused():
         assert not gc.isenabled()
     assert gc.isenabled()
     with pytest.raises(RuntimeError):
-        with quick_start():
+        with collector_paused():
             raise RuntimeError("start-up failed")
     assert gc.isenabled()  # back on after a failure too
 
 
-def test_quick_start_leaves_a_collector_that_was_off_off(collector_on):
+def test_collector_paused_leaves_a_collector_that_was_off_off(collector_on):
     gc.disable()
-    with quick_start():
+    with collector_paused():
         pass
     assert not gc.isenabled()
 
 
 async def test_the_collector_is_back_on_once_the_first_frame_is_up(collector_on):
-    with quick_start():
+    with collector_paused():
         app = make_app()
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause()
@@ -52,7 +52,7 @@ async def test_the_collector_is_back_on_once_the_first_frame_is_up(collector_on)
             assert app.trace_screen.step_id == app.traces[0].steps[1].id
 
 
-async def test_an_app_started_without_quick_start_freezes_nothing(collector_on):
+async def test_an_app_started_without_collector_paused_freezes_nothing(collector_on):
     gc.unfreeze()
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:

@@ -191,9 +191,10 @@ def replay(source, no_tui, play, sessions_dir):
                 click.echo()
             print_summary(trace)
         return
-    from tracer.tui import open_traces, quick_start
+    from tracer.collector import collector_paused
+    from tracer.tui import open_traces
 
-    with quick_start():  # numpy, the session's metadata and the UI all load with the collector off
+    with collector_paused():  # numpy, the session's metadata and the UI all load with the collector off
         from tracer.trace.session import open_source
 
         session = open_source(source, sessions_dir)

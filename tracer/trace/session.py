@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import math
 import os
 import re
@@ -41,6 +40,7 @@ import numpy as np
 import orjson
 
 from tracer import __version__
+from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
 from tracer.text import human_size
 from tracer.trace.atomic import current_umask, fsync_dir
@@ -700,24 +700,11 @@ def _restore_state(raw, traces: list[Trace]) -> UIState:
     return state
 
 
-@contextlib.contextmanager
-def _no_gc():
-    """Building thousands of steps from parsed JSON creates no cycles; the cyclic collector
-    running over that growing heap meanwhile costs a third of the open time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def load_session(path: str | os.PathLike) -> Session:
     """Open a session folder: everything validated now, tensors read later, one at a time."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    with _no_gc():
+    with collector_paused():
         traces = [_read_trace(folder, entry) for entry in manifest["traces"]]
     # the folder's name is the session's name (the manifest's copy is informational: a renamed
     # or hostile folder must not make the UI save somewhere else)

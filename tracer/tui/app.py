@@ -41,7 +41,7 @@ class TracerApp(App[None]):
         self.trace_screen: TraceScreen | None = None
 
     def on_ready(self) -> None:
-        if not gc.isenabled():  # started in tracer.tui.quick_start: the first frame is up now
+        if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
             gc.freeze()  # what start-up built lives as long as the app: keep it out of later collections
             gc.enable()
 
