@@ -2,7 +2,8 @@
 
 - first paint: wall time from starting `tracer replay NAME` (a new process, in a pseudo-terminal)
   to the UI's first frame (Textual's `Ready` event), as a ratio to a trivial Textual app
-  started the same way, interleaved in the same run (medians). Target <= 1.5x.
+  started the same way, interleaved in the same run (medians). Target <= 1.5x. Beside it, the
+  same trivial app importing numpy first: the floor for any UI that draws numpy arrays.
 - save: `SessionStore.save` of the ~130 MB session, fsyncs included (median). Target <= 0.5 s.
   Printed beside it: the same bytes written raw and fsynced, the disk's floor on this machine.
 - also: opening the session (metadata and headers checked, no tensor read), reading one
@@ -50,7 +51,10 @@ def post_message(self, message):
     return _post(self, message)
 
 App.post_message = post_message
-if sys.argv[1] == "trivial":
+if sys.argv[1].startswith("trivial"):
+    if sys.argv[1] == "trivial+numpy":  # the floor for any UI that draws numpy arrays
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as tracer replay loads it
+        import numpy
     from textual.widgets import Static
 
     class Trivial(App):
@@ -177,7 +181,7 @@ def main() -> None:
             no_tui.append(time.perf_counter() - start)
         print(f"  replay --no-tui   {statistics.median(no_tui):8.3f} s    (whole process, median)")
 
-        replays, trivials = [], []
+        replays, trivials, floors = [], [], []
         # tracer's bytecode compiled, as textual's is by pip: with PYTHONDONTWRITEBYTECODE set (as on
         # some machines) an editable install would otherwise be compiled from source at every start.
         import tracer
@@ -187,6 +191,7 @@ def main() -> None:
             first_paint(["trivial"]), first_paint(["tracer", name, str(root)])  # warm-up: file cache, .pyc
             for _ in range(args.repeats):  # interleaved: drift in the machine's load hits both alike
                 trivials.append(first_paint(["trivial"]))
+                floors.append(first_paint(["trivial+numpy"]))
                 replays.append(first_paint(["tracer", name, str(root)]))
         except RuntimeError as exc:
             print(f"  first paint       not measurable yet: {exc}")
@@ -198,6 +203,9 @@ def main() -> None:
         print(f"  tracer replay     {wall[1]:8.3f} s    (start to first frame, median; {cpu[1]:.2f} CPU-s to exit)")
         print(f"  ratio             {wall[1] / wall[0]:8.2f}x   (target <= 1.5x; median of per-pair ratios {pairs:.2f}x; "
               f"CPU-time ratio {cpu[1] / cpu[0]:.2f}x)")
+        floor = statistics.median(f[0] for f in floors)
+        print(f"  trivial + numpy   {floor:8.3f} s    (the same trivial app importing numpy first: "
+              f"{floor / wall[0]:.2f}x the trivial app; tracer replay is {wall[1] / floor:.2f}x this)")
 
 
 if __name__ == "__main__":
