@@ -38,7 +38,8 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         ckpt.move(f"{source}.bias", f"{name}.bias")
 
     def conv1d(source: str, name: str) -> None:
-        ckpt.put(f"{name}.weight", ckpt.take(f"{source}.weight").t(), f"{source}.weight")
+        weight = ckpt.take(f"{source}.weight", ckpt.expected[f"{name}.weight"][::-1])   # (in, out)
+        ckpt.put(f"{name}.weight", weight.t(), f"{source}.weight")
         ckpt.move(f"{source}.bias", f"{name}.bias")
 
     ckpt.move(f"{p}wte.weight", "W_E.weight")
