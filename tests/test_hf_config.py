@@ -74,8 +74,8 @@ def test_bert_switches_add_their_taps_and_nothing_else():
     plain = set(hook_points(build_model(ModelConfig(**base).validate())))
     bert = set(hook_points(build_model(ModelConfig(**base, token_types=2, embed_norm=True, mlm_head=True,
                                                    logits_bias=True).validate())))
-    assert bert - plain == {"hook_token_type_embed", "ln_embed.hook_normalized", "mlm_head.hook_dense",
-                            "mlm_head.hook_act", "ln_mlm.hook_normalized"}
+    assert bert - plain == {"hook_token_type_embed", "ln_embed.hook_normalized", "hook_mlm_dense",
+                            "hook_mlm_act", "ln_mlm.hook_normalized"}
     pooled = set(hook_points(build_model(ModelConfig(**base, output="pooled").validate())))
     sentence = set(hook_points(build_model(ModelConfig(**base, output="sentence").validate())))
     assert pooled - plain == {"hook_pooled"} and sentence - plain == {"hook_mean_pooled", "hook_sentence_embedding"}

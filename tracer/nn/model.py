@@ -242,21 +242,6 @@ class Block(nn.Module):
         return self.sublayer(x, ffn_norm, self.mlp, self.hook_mlp_out, self.hook_resid_post)
 
 
-class MLMHead(nn.Module):
-    """BERT's masked-LM transform, before the tied decoder: dense, activation (its layer norm
-    follows as the stack's `ln_mlm`, so its tap reads like every other norm's)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.activation = cfg.activation
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.hook_dense = HookPoint()            # [pos, d_model]
-        self.hook_act = HookPoint()              # [pos, d_model] after the activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_act(activate(self.hook_dense(self.dense(x)), self.activation))
-
-
 class Stack(nn.Module):
     """Token embedding, positions, N blocks, a final norm (pre-norm only) and an optional output head.
 
@@ -306,8 +291,10 @@ class Stack(nn.Module):
             self.hook_mean_pooled = HookPoint()  # [d_model] mean of the last hidden states over the tokens
             self.hook_sentence_embedding = HookPoint()  # [d_model] divided by its length (L2 norm 1)
         elif head:
-            if cfg.mlm_head:
-                self.mlm_head = MLMHead(cfg)
+            if cfg.mlm_head:                     # BERT's MLM transform: dense, activation, layer norm
+                self.mlm_dense = nn.Linear(cfg.d_model, cfg.d_model)
+                self.hook_mlm_dense = HookPoint()  # [pos, d_model]
+                self.hook_mlm_act = HookPoint()  # [pos, d_model] after the activation
                 self.ln_mlm = LayerNorm(cfg)
             if not cfg.tie_embeddings:
                 self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -361,7 +348,8 @@ class Stack(nn.Module):
         if self.causal and not all_positions:
             x = x[:, -1]                                                            # (B, d) last position
         if self.cfg.mlm_head:
-            x = self.ln_mlm(self.mlm_head(x))
+            x = self.hook_mlm_act(activate(self.hook_mlm_dense(self.mlm_dense(x)), self.cfg.activation))
+            x = self.ln_mlm(x)
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
         logits = x @ weight.T
         if self.cfg.logits_bias:

@@ -108,7 +108,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         linear(f"{h}.output.dense", f"{b}.mlp.W_out")
         norm(f"{h}.output.LayerNorm", f"{b}.ln2")
     if head == "mlm":
-        linear("cls.predictions.transform.dense", "mlm_head.dense")
+        linear("cls.predictions.transform.dense", "mlm_dense")
         norm("cls.predictions.transform.LayerNorm", "ln_mlm")
         ckpt.move("cls.predictions.bias", "b_U")
         ckpt.same_as("cls.predictions.decoder.bias", "cls.predictions.bias")
