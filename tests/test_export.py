@@ -98,3 +98,23 @@ def test_an_export_gets_ordinary_file_permissions(seq2seq_trace, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 8), (2, 0), (1, 0, 0), (2, 0, 3), (3, 1, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_zero_size_tensors_of_any_shape_round_trip(tmp_path, shape, dtype):
+    """orjson writes a (1, 0, 0) tensor as `[[]]`, which parses as (1, 0): the reader must still
+    take it back as (1, 0, 0) (it refused such exports; found by tests/test_fuzz_schema.py)."""
+    axes = tuple(f"a{i}" for i in range(len(shape)))
+    write_json(tiny_trace((np.zeros(shape, dtype=dtype), "empty", axes)), tmp_path / "t.json")
+    back = read_json(tmp_path / "t.json").steps[0]
+    assert back.data.shape == shape and back.data.dtype == dtype
+
+
+def test_an_empty_list_does_not_stand_in_for_a_tensor_with_values(tmp_path):
+    write_json(tiny_trace((np.zeros((2, 3), dtype=np.float32), "x", ("a", "b"))), tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["steps"][0]["data"] = [[], []]
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(DamagedFile, match=r"data has shape \[2, 0\], metadata says \[2, 3\]"):
+        read_json(tmp_path / "t.json")

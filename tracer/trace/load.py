@@ -75,8 +75,11 @@ def step_from_json(item, position: int, fail) -> Step:
 
 
 def _empty_as(array: np.ndarray, shape) -> np.ndarray:
-    """A zero-size tensor of any shape (`[0, 8]`) is written as `[]`."""
-    return array.reshape(shape) if array.size == 0 and 0 in shape and array.shape == (0,) else array
+    """A zero-size tensor's nesting stops at its first empty axis: `[0, 8]` is written `[]`,
+    `[1, 0, 0]` is `[[]]`; give it back the dimensions JSON cannot spell."""
+    if array.size == 0 and 0 in shape and array.shape == tuple(shape[: shape.index(0) + 1]):
+        return array.reshape(shape)
+    return array
 
 
 def array_from_json(data, shape, dtype: str, item: dict, fail) -> np.ndarray:
