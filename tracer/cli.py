@@ -135,26 +135,30 @@ def models():
 @cli.command()
 @click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Folder to write the model to (default: the bundled models/MODEL).")
+              help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
+@click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: the recipe's); a few make a quick smoke run.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for the corpus, initialisation and batches.")
 @click.option("--eval-size", type=click.IntRange(min=1), default=None,
               help="Score only this many test sentences at the end (default: the whole test split).")
-def train(model_name, out, steps, seed, eval_size):
-    """Rebuild a bundled model from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
+def train(model_name, out, steps, seed, eval_size, force):
+    """Train a bundled model's recipe from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
 
     \b
     Example:
-      tracer train de-en-tiny --out /tmp/de-en
+      tracer train de-en-tiny --steps 200           # into ./trained/de-en-tiny
+      tracer train de-en-tiny --out models/de-en-tiny --force   # rebuild the bundled one
     """
-    from tracer.train.trainer import train as train_model
+    from tracer.train.trainer import destination, train as train_model
 
-    result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
+    folder = destination(model_name, out, force)
+    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details)")
+    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
 
 
 SESSIONS_DIR_OPTION = dict(
