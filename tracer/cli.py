@@ -46,7 +46,7 @@ def cli():
               help="Write the trace as JSON to this file.")
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
-@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
@@ -66,7 +66,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
@@ -76,6 +76,18 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         use_sessions_dir(sessions_dir)
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
                     session_name=save_name)
+
+
+def ui_can_run() -> bool:
+    """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
+    on the other); if not, say in one line on stderr that the summary is printed instead."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        click.echo(f"{' and '.join(missing)} {verb} not a terminal: printing the summary (as --no-tui) "
+                   "instead of opening the UI", err=True)
+    return not missing
 
 
 def write_export(trace, path, precision) -> None:
@@ -169,7 +181,7 @@ SESSIONS_DIR_OPTION = dict(
 
 @cli.command()
 @click.argument("source", metavar="SESSION|PATH|FILE.json")
-@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 @click.option("--play", is_flag=True, help="Step through automatically (space pauses, +/- change speed).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def replay(source, no_tui, play, sessions_dir):
@@ -186,7 +198,7 @@ def replay(source, no_tui, play, sessions_dir):
     # every core when numpy loads and that spins while the first frame is drawn (~60 ms of a
     # 0.6 s start on a 2-core machine, benchmarks/replay.py). Set before numpy is imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
         from tracer.trace.session import open_source
 
