@@ -57,6 +57,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
             output=document["output"],
             created=str(document.get("created") or "") or None,
             tracer_version=str(document.get("tracer_version", "unknown")),
+            precision=document.get("precision"),
         )
     except ValueError as exc:
         fail(str(exc))

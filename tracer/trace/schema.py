@@ -43,6 +43,9 @@ def validate_header(document, fail) -> None:
         fail("'model.name' and 'model.arch' must be strings")
     if not isinstance(model.get("config", {}), dict):
         fail("'model.config' must be an object")
+    precision = document.get("precision")
+    if precision is not None and not (type(precision) is int and 1 <= precision <= 9):
+        fail(f"'precision' must be a number of significant digits from 1 to 9, not {precision!r}")
 
 
 # -- step metadata ---------------------------------------------------------------------------

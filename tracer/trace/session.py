@@ -435,6 +435,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
             output=body["output"], created=str(body.get("created") or "") or None,
             tracer_version=str(body.get("tracer_version", "unknown")),
+            precision=body.get("precision"),
         )
     except ValueError as exc:
         fail(str(exc))
