@@ -46,7 +46,7 @@ def cli():
               help="Write the trace as JSON to this file.")
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
-@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
@@ -66,7 +66,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
@@ -76,6 +76,18 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         use_sessions_dir(sessions_dir)
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
                     session_name=save_name)
+
+
+def ui_can_run() -> bool:
+    """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
+    on the other); if not, say in one line on stderr that the summary is printed instead."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        click.echo(f"{' and '.join(missing)} {verb} not a terminal: printing the summary (as --no-tui) "
+                   "instead of opening the UI", err=True)
+    return not missing
 
 
 def write_export(trace, path, precision) -> None:
@@ -135,26 +147,30 @@ def models():
 @cli.command()
 @click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Folder to write the model to (default: the bundled models/MODEL).")
+              help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
+@click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: the recipe's); a few make a quick smoke run.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for the corpus, initialisation and batches.")
 @click.option("--eval-size", type=click.IntRange(min=1), default=None,
               help="Score only this many test sentences at the end (default: the whole test split).")
-def train(model_name, out, steps, seed, eval_size):
-    """Rebuild a bundled model from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
+def train(model_name, out, steps, seed, eval_size, force):
+    """Train a bundled model's recipe from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
 
     \b
     Example:
-      tracer train de-en-tiny --out /tmp/de-en
+      tracer train de-en-tiny --steps 200           # into ./trained/de-en-tiny
+      tracer train de-en-tiny --out models/de-en-tiny --force   # rebuild the bundled one
     """
-    from tracer.train.trainer import train as train_model
+    from tracer.train.trainer import destination, train as train_model
 
-    result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
+    folder = destination(model_name, out, force)
+    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details)")
+    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -165,7 +181,7 @@ SESSIONS_DIR_OPTION = dict(
 
 @cli.command()
 @click.argument("source", metavar="SESSION|PATH|FILE.json")
-@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 @click.option("--play", is_flag=True, help="Step through automatically (space pauses, +/- change speed).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def replay(source, no_tui, play, sessions_dir):
@@ -182,7 +198,7 @@ def replay(source, no_tui, play, sessions_dir):
     # every core when numpy loads and that spins while the first frame is drawn (~60 ms of a
     # 0.6 s start on a 2-core machine, benchmarks/replay.py). Set before numpy is imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
         from tracer.trace.session import open_source
 
