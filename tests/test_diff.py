@@ -350,6 +350,8 @@ def test_check_against_notes_inputs_that_differ_and_reports_like_diff(store):
     assert "note: the inputs differ ('ich bin piyush' vs 'ich bin')" in result.output
     assert "inputs differ in length (3 vs 2 tokens)" in result.output
     assert invoke("check", "two", "--against", "ghost").exit_code == 2
+    alone = invoke("check", "two", "--tol", "1e-3")
+    assert alone.exit_code == 2 and alone.output.strip() == "Error: --tol applies only with --against"
 
 
 # -- no torch ---------------------------------------------------------------------------------------

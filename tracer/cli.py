@@ -108,6 +108,10 @@ def check(source, reference, tol):
         from tracer.trace.diff import DEFAULT_TOL
 
         sys.exit(run_diff(reference, source, tol=DEFAULT_TOL if tol is None else tol, top=10, as_json=False, same_input=True))
+    if tol is not None:
+        from tracer.errors import BadInput
+
+        raise BadInput("--tol applies only with --against")
     from tracer.trace.check import check_trace
     from tracer.trace.session import open_source
 
