@@ -246,6 +246,16 @@ def test_steps_on_one_side_only_are_listed_not_errors():
     assert reverse.only_in_b == dropped and reverse.equal
 
 
+def test_cli_lists_the_steps_on_one_side_and_exits_0_when_the_rest_is_equal(store):
+    a = model_trace()
+    store.save("full", [a])
+    store.save("filtered", [copy_trace(a, drop=["encoder.0.attn.hook_q", "decoder.hook_logits@1"])])
+    result = invoke("diff", "full", "filtered")
+    assert result.exit_code == 0, result.output
+    assert "only in A: encoder.0.attn.hook_q, decoder.hook_logits@1" in result.output.splitlines()
+    assert not any(line.startswith("only in B") for line in result.output.splitlines())
+
+
 def test_another_architecture_shares_no_step_and_is_not_equal():
     result = tracer.diff(model_trace("encoder-decoder"), model_trace("decoder"))
     assert result.steps == [] and result.only_in_a and result.only_in_b
@@ -297,6 +307,13 @@ def test_the_name_n_form_picks_a_sessions_nth_trace(store):
     assert document["input_lengths"] == [3, 2]
     assert invoke("diff", "two:2", "two:2").exit_code == 0
     assert invoke("diff", "two", "two:1").exit_code == 0  # a bare name is its first trace
+
+
+def test_sessions_dir_says_where_the_sessions_are(tmp_path):
+    elsewhere = SessionStore(tmp_path / "elsewhere")
+    elsewhere.save("one", [model_trace()])
+    assert invoke("diff", "one", "one").exit_code == 2  # not in $TRACER_SESSIONS_DIR
+    assert invoke("diff", "one", "one", "--sessions-dir", elsewhere.root).exit_code == 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,7 +1,5 @@
 """tracer: step through a transformer's computation one tensor at a time."""
 
-import os
-
 __version__ = "0.1.0"
 
 
@@ -29,7 +27,9 @@ def diff(a, b, tol=None, sessions_dir=None):
     `d.first_over_tol`, `d.most_changed(10)`, `d["encoder.0.attn.hook_pattern"].rel_l2`,
     `d.equal`; `tracer.trace.diff.delta(step_a, step_b)` is one step's B − A. Numpy only, no torch.
     """
+    from os import PathLike
+
     from tracer.trace.diff import DEFAULT_TOL, diff as diff_traces
 
-    a, b = (load(x, sessions_dir) if isinstance(x, (str, os.PathLike)) else x for x in (a, b))
+    a, b = (load(x, sessions_dir) if isinstance(x, (str, PathLike)) else x for x in (a, b))
     return diff_traces(a, b, DEFAULT_TOL if tol is None else tol)

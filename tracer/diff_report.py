@@ -112,6 +112,16 @@ def print_diff(result: TraceDiff, a: Side, b: Side, top: int, console: Console |
         console.print(table)
     for line in result.summary():
         console.print(Text(visible(line)))
+    for what, ids in (("only in A", result.only_in_a), ("only in B", result.only_in_b),
+                      ("shapes that cannot be aligned", [s.id for s in result.unaligned])):
+        if ids:
+            console.print(Text(visible(f"{what}: {_some(ids)}")), soft_wrap=True)
+
+
+def _some(ids: list[str], n: int = 8) -> str:
+    """The first few ids, and how many more (--json lists them all)."""
+    more = f", … {len(ids) - n} more (--json lists all)" if len(ids) > n else ""
+    return ", ".join(ids[:n]) + more
 
 
 def _note(step: StepDiff) -> str:

@@ -138,7 +138,7 @@ class TraceDiff:
     decode_lengths: tuple[int, int]      # decoding steps of each trace
     parted_at: int | None = None         # the decoding step whose chosen tokens differ first
     parted_tokens: tuple[dict, dict] | None = None  # what A and B chose there
-    _by_id: dict = field(default_factory=dict, repr=False)
+    _by_id: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self._by_id = {s.id: s for s in self.steps}
@@ -190,8 +190,10 @@ class TraceDiff:
     def most_changed(self, n: int | None = None) -> list[StepDiff]:
         """Steps that changed at all, the most changed first: unaligned shapes, then non-finite
         mismatches, then by relative L2 (ties by max |Δ| relative to the step's scale)."""
-        changed = [s for s in self.steps if s.status == UNALIGNED or (s.status == COMPARED and (s.changed or s.max_abs > 0 or s.chosen_changed))]
-        changed.sort(key=lambda s: (s.status == UNALIGNED, s.nonfinite_differ > 0, _sortable(s.rel_l2), _sortable(s.relative_max)), reverse=True)
+        changed = [s for s in self.steps
+                   if s.status == UNALIGNED or (s.status == COMPARED and (s.changed or s.max_abs > 0 or s.chosen_changed))]
+        changed.sort(key=lambda s: (s.status == UNALIGNED, s.nonfinite_differ > 0, _sortable(s.rel_l2), _sortable(s.relative_max)),
+                     reverse=True)
         return changed if n is None else changed[:n]
 
     def summary(self) -> list[str]:
@@ -381,8 +383,8 @@ def _same_special(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
     """KL(p ‖ q) over the last axis, the largest over rows; inf where q is 0 and p is not."""
-    p = p.astype(np.float64).reshape(-1, p.shape[-1]) if p.ndim else p.astype(np.float64).reshape(1, 1)
-    q = q.astype(np.float64).reshape(p.shape)
+    p = np.atleast_1d(p).astype(np.float64)
+    q = np.atleast_1d(q).astype(np.float64)
     if p.size == 0:
         return 0.0
     if not (np.isfinite(p).all() and np.isfinite(q).all()):
