@@ -349,8 +349,8 @@ def _chosen_by_step(trace: Trace) -> dict[int, dict]:
 # -- the figures ----------------------------------------------------------------------------------
 def _figures(x: np.ndarray, y: np.ndarray, tol: float) -> dict:
     """max |Δ|, relative L2, cosine, scale and the changed cells of two arrays of one shape."""
-    a = x.astype(np.float64).ravel()
-    b = y.astype(np.float64).ravel()
+    a = x.astype(np.float64, copy=False).ravel()
+    b = y.astype(np.float64, copy=False).ravel()
     finite = np.isfinite(a) & np.isfinite(b)
     nonfinite_differ = 0
     if not finite.all():
@@ -361,11 +361,10 @@ def _figures(x: np.ndarray, y: np.ndarray, tol: float) -> dict:
                     cells=int(x.size), nonfinite_differ=nonfinite_differ)
     d = np.abs(a - b)
     scale = max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
-    norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    norm_d = float(np.linalg.norm(d))
+    norm_a, norm_b, norm_d = math.sqrt(_dot(a, a)), math.sqrt(_dot(b, b)), math.sqrt(_dot(d, d))
     rel_l2 = norm_d / max(norm_a, norm_b) if max(norm_a, norm_b) > 0 else 0.0
     if norm_a > 0 and norm_b > 0:
-        cosine = float(np.dot(a, b)) / (norm_a * norm_b)
+        cosine = _dot(a, b) / (norm_a * norm_b)
     else:
         cosine = 1.0 if norm_a == norm_b else 0.0
     return dict(
@@ -373,6 +372,12 @@ def _figures(x: np.ndarray, y: np.ndarray, tol: float) -> dict:
         changed=int(np.count_nonzero(d > tol * scale)) + nonfinite_differ,
         cells=int(x.size), nonfinite_differ=nonfinite_differ,
     )
+
+
+def _dot(u: np.ndarray, v: np.ndarray) -> float:
+    # einsum, not np.dot: a BLAS dot goes through OpenBLAS's thread pool, which on a busy machine
+    # took 10 ms per 1 MB tensor instead of einsum's 0.2 ms (measured on 2 shared cores)
+    return float(np.einsum("i,i->", u, v))
 
 
 def _same_special(a: np.ndarray, b: np.ndarray) -> np.ndarray:
