@@ -101,11 +101,29 @@ def write_export(trace, path, precision) -> None:
 
 @cli.command()
 @click.argument("source", metavar="SESSION|FILE.json")
-def check(source):
+@click.option("--against", "reference", default=None, metavar="SESSION[:N]|FILE.json",
+              help="Instead, compare the trace with a reference trace of the same input (another device or "
+                   "dtype), reported as `tracer diff REFERENCE SOURCE` does (exit 0 equal, 1 differ, 2 trouble).")
+@click.option("--tol", type=click.FloatRange(min=0), default=None, help="With --against: the tolerance, as in `tracer diff`.")
+def check(source, reference, tol):
     """Verify a trace's internal consistency from its own recorded tensors.
 
     Exit 0 when every relation holds, 1 when any step fails (each is named).
+
+    \b
+    Example:
+      tracer check piyush
+      tracer check piyush-cuda --against piyush-cpu
     """
+    if reference is not None:
+        from tracer.diff_report import run_diff
+        from tracer.trace.diff import DEFAULT_TOL
+
+        sys.exit(run_diff(reference, source, tol=DEFAULT_TOL if tol is None else tol, top=10, as_json=False, same_input=True))
+    if tol is not None:
+        from tracer.errors import BadInput
+
+        raise BadInput("--tol applies only with --against")
     from tracer.trace.check import check_trace
     from tracer.trace.session import open_source
 
@@ -250,6 +268,40 @@ def export(source, output, precision, trace_number, sessions_dir):
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
     click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("diff")
+@click.argument("source_a", metavar="A")
+@click.argument("source_b", metavar="B")
+@click.option("--tol", type=click.FloatRange(min=0), default=None,
+              help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+    """Compare two traces step by step: what changed, how much, and where first.
+
+    A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
+    export. Steps are aligned by id; token axes of different lengths are compared over the
+    positions both have; decoding steps while both decodes chose the same tokens. Exit 0 when
+    equal within the tolerance, 1 when not, 2 for bad usage or a file that cannot be read.
+
+    --json prints one object: "a", "b" (source, trace, model, device, input, output),
+    "tol", "equal", "first_over_tol", "parted_at", "parted_tokens", "input_lengths",
+    "decode_lengths", "counts", "only_in_a", "only_in_b", and "steps" (per step: id, kind,
+    status, over_tol, shapes, max_abs, rel_l2, cosine, changed, cells, nonfinite_differ;
+    probability steps add kl and predictions). Figures that are not finite are null.
+
+    \b
+    Example:
+      tracer diff hungrig suess
+      tracer diff piyush:1 piyush:2 --json
+    """
+    from tracer.diff_report import run_diff
+    from tracer.trace.diff import DEFAULT_TOL
+
+    sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                      sessions_dir=sessions_dir))
 
 
 @cli.group(cls=TracerGroup, invoke_without_command=True)
