@@ -154,7 +154,7 @@ async def test_numbers_view_and_masked_cells():
 
 
 async def test_cell_inspection_shows_the_dot_product():
-    from tracer.tui.picture import format_number
+    from tracer.tui.view.picture import format_number
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -14,7 +14,7 @@ from tracer.trace import Step, Trace
 from tracer.text import visible
 from tracer.tui.explain import Explanation
 from tracer.tui.outline import quoted
-from tracer.tui.picture import format_number
+from tracer.tui.view.picture import format_number
 
 BAR_WIDTH = 12
 MARGIN = 1          # a column of space left of the text
