@@ -10,7 +10,7 @@ from tracer.trace import Trace
 
 Part = tuple[str, str]      # (text, rich style)
 ELLIPSIS = "…"
-MIN_SHOWN = 4               # cells a shortened sentence keeps before the model's name gives way
+MIN_SHOWN = 10              # cells of each text kept before a shorter wording or the model's name gives way
 
 
 def shorten(text: str, width: int) -> str:
@@ -104,3 +104,22 @@ def fit_parts(parts: list[tuple[str, str, bool]], width: int) -> list[Part]:
     shrinkable = [text for text, _, shrinks in parts if shrinks]
     fitted = iter(share(shrinkable, width - fixed))
     return [(next(fitted) if shrinks else text, style) for text, style, shrinks in parts]
+
+
+def fit_label(label: str, width: int) -> str:
+    """An outline label in `width` cells, keeping what follows its arrow: `Decoder step 2 → "am"`
+    becomes `step 2 → "am"`, then `2 → "am"`, then `…→ "am"` — the chosen token is the point."""
+    if cell_len(label) <= width:
+        return label
+    head, arrow, tail = label.partition(" → ")
+    if not arrow:
+        return shorten(label, width)
+    words = head.split(" ")
+    for start in range(1, len(words)):  # drop leading words first: "Decoder step 2" → "step 2" → "2"
+        shorter = " ".join(words[start:]) + arrow + tail
+        if cell_len(shorter) <= width:
+            return shorter
+    room = width - cell_len(arrow + tail)
+    if room >= 2:
+        return shorten(words[-1], room) + arrow + tail
+    return shorten(arrow.lstrip() + tail, width)
