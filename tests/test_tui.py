@@ -616,3 +616,37 @@ async def test_decoding_step_labels_keep_the_chosen_token_at_80x24():
         text = screen_text(app)
         for t, token in enumerate(app.traces[0].output["tokens"], start=1):
             assert f'step {t} → "{token}"' in text, (t, text)
+
+
+async def test_save_writes_into_the_store_the_app_was_handed(tmp_path, isolated_sessions):
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(tmp_path / "elsewhere")
+    app = make_app(store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        app.screen.query_one("Input").value = "handed"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session_name == "handed"
+    assert store.path_of("handed").exists()
+    assert not SessionStore(isolated_sessions).path_of("handed").exists()  # not the environment's folder
+
+
+def test_replay_hands_its_sessions_folder_to_the_ui(tmp_path, monkeypatch):
+    """The sessions folder reaches the UI as a SessionStore, not through os.environ."""
+    import os
+
+    from click.testing import CliRunner
+
+    import tracer.tui
+    from tracer.cli import cli
+    from tracer.trace.session import ENV_DIR
+
+    opened = {}
+    monkeypatch.setattr(tracer.tui, "open_traces", lambda traces, **kwargs: opened.update(kwargs, traces=traces))
+    before = os.environ.get(ENV_DIR)
+    result = CliRunner().invoke(cli, ["replay", str(FIXTURE), "--sessions-dir", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    assert opened["store"].root == tmp_path / "mine"
+    assert os.environ.get(ENV_DIR) == before

@@ -68,7 +68,7 @@ class TraceScreen(Screen[None]):
         Binding("plus,equals_sign", "speed(1)", "play faster", show=False, key_display="+"),
         Binding("minus", "speed(-1)", "play slower", show=False, key_display="-"),
         Binding("i", "new_input", "new input"),
-        Binding("o", "other_trace", "other trace", show=False),
+        Binding("o", "other_trace", "other trace, same step", show=False),
         Binding("s", "save", "save"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
@@ -85,7 +85,7 @@ class TraceScreen(Screen[None]):
     | b / B | Bookmark this step (with a note) or remove its bookmark / go to the next bookmark. |
     | v | Heat map / numbers. |
     | a, + / - | Autoplay on/off, faster / slower. |
-    | i | Trace a new sentence; o switches between traces. |
+    | i | Trace a new sentence; o switches to the next trace, at the same step. |
     | s | Save the session. |
     | ? | Help.  q: quit. |
     """

@@ -172,8 +172,10 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             self.virtual_size = virtual_size
         elif virtual_size != self.virtual_size:
             # The view's own size does not depend on its content, so skip the screen-wide
-            # relayout a virtual_size change asks for, and size the scrollbars in this frame
-            # (after a relayout Textual repaints them one frame later).
+            # relayout a virtual_size change asks for, and size the scrollbars in this frame.
+            # Textual has no public call for that: assigning virtual_size relayouts the screen
+            # and repaints the scrollbars a frame later (n/p in benchmarks/tui.py: ~14 → ~50 ms);
+            # _scroll_update is what ScrollView itself calls once its size is known.
             self.set_reactive(ScrollView.virtual_size, virtual_size)
             self._scroll_update(virtual_size)
         self.refresh()
