@@ -188,7 +188,7 @@ class StepNavigator(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         if self._base is None:
             self._base = self.rich_style
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar: labels are fitted to what shows
         index = self.scroll_offset.y + y
         if index >= len(self._lines):
             return Strip.blank(width, self._base)
