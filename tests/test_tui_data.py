@@ -35,7 +35,7 @@ def synthetic_trace(n: int = 100, heads: int = 2):
 
 
 def test_picture_of_a_pattern_marks_forbidden_cells():
-    from tracer.tui.picture import build_picture
+    from tracer.tui.view.picture import build_picture
 
     trace = synthetic_trace(6)
     step = trace.step("blocks.0.attn.hook_pattern@1")
@@ -48,7 +48,7 @@ def test_picture_of_a_pattern_marks_forbidden_cells():
 
 
 def test_picture_of_signed_values_is_diverging_and_centred():
-    from tracer.tui.picture import build_picture
+    from tracer.tui.view.picture import build_picture
 
     step = fixture_trace().step("encoder.0.attn.hook_attn_raw")
     picture = build_picture(step, head=0)
@@ -56,7 +56,7 @@ def test_picture_of_signed_values_is_diverging_and_centred():
 
 
 def test_long_vectors_wrap_without_inventing_masked_cells():
-    from tracer.tui.picture import WRAP, build_picture
+    from tracer.tui.view.picture import WRAP, build_picture
 
     step = fixture_trace().step("decoder.hook_probs@1")  # 120 values
     picture = build_picture(step)

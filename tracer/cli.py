@@ -71,11 +71,11 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
 
         print_summary(trace)
     else:
+        from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        use_sessions_dir(sessions_dir)
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
-                    session_name=save_name)
+                    session_name=save_name, store=SessionStore(sessions_dir))
 
 
 def ui_can_run() -> bool:
@@ -229,22 +229,11 @@ def replay(source, no_tui, play, sessions_dir):
     from tracer.tui import open_traces
 
     with collector_paused():  # numpy, the session's metadata and the UI all load with the collector off
-        from tracer.trace.session import open_source
+        from tracer.trace.session import SessionStore, open_source
 
         session = open_source(source, sessions_dir)
-        use_sessions_dir(sessions_dir)
         open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None,
-                    play=play)
-
-
-def use_sessions_dir(sessions_dir) -> None:
-    """The UI saves into SessionStore(None): make that the folder this command was given."""
-    if sessions_dir:
-        import os
-
-        from tracer.trace.session import ENV_DIR
-
-        os.environ[ENV_DIR] = str(sessions_dir)
+                    play=play, store=SessionStore(sessions_dir))
 
 
 @cli.command()
