@@ -9,6 +9,7 @@ import click
 from tracer import __version__
 from tracer.errors import TracerError
 from tracer.text import human_size
+from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
@@ -117,6 +118,8 @@ def models():
     """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""
     import json
 
+    from tracer.errors import BadInput
+    from tracer.nn.config import ModelConfig
     from tracer.nn.loading import available_models
 
     found = available_models()
@@ -125,15 +128,17 @@ def models():
         return
     for folder in found:
         try:
-            cfg = json.loads((folder / "config.json").read_text())
-            detail = f"{cfg.get('arch', '?')}, {cfg.get('n_layers', '?')} layers, d_model {cfg.get('d_model', '?')}"
+            cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
         except (OSError, ValueError):
             detail = "unreadable config.json"
+        except BadInput as exc:
+            detail = f"unusable {exc}"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
 
 
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder to write the model to (default: the bundled models/MODEL).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
