@@ -100,16 +100,23 @@ def check(source):
 
     traces = open_source(source).traces  # a session may hold several traces: check them all
     checked = failed = 0
+    skipped: list[str] = []
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
         checked, failed = checked + report.checked, failed + len(report.failures)
+        skipped += report.skipped_kinds
     if not failed:
         click.echo(f"ok: {checked} checks passed")
     else:
         click.echo(f"{failed} of {checked} checks failed")
+    if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
+        kinds = sorted(set(skipped))
+        click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+    if failed:
         sys.exit(1)
 
 
@@ -227,7 +234,7 @@ def use_sessions_dir(sessions_dir) -> None:
               help="Which of the session's traces to export (1 = the first; default: the first).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def export(source, output, precision, trace_number, sessions_dir):
-    """Write a session's trace as DESIGN.md's JSON (replayable with `tracer replay FILE.json`)."""
+    """Write a session's trace as JSON, the format in docs/format.md (replayable with `tracer replay FILE.json`)."""
     from tracer.errors import BadInput
     from tracer.trace.session import open_source
 

@@ -28,6 +28,7 @@ Conditions name `Place` fields: arch, norm, stack, layer, component, cross, firs
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Container
 
 from tracer.trace.step import parse_name, split_id
@@ -100,11 +101,9 @@ class Place:
     @classmethod
     def of(cls, step_id: str, trace) -> "Place":
         """The place of `step_id` in `trace` (anything with `.arch` and `.model`)."""
-        name, t = split_id(step_id)
-        parts = parse_name(name)
         config = trace.model.get("config")
         norm = config.get("norm", "post") if isinstance(config, dict) else "post"
-        return cls(trace.arch, norm, parts["stack"], parts["layer"], parts["component"], t)
+        return _place(step_id, trace.arch, norm)
 
     @property
     def cross(self) -> bool:
@@ -119,6 +118,13 @@ class Place:
     @property
     def first_layer(self) -> bool:
         return self.layer == 0
+
+
+@lru_cache(maxsize=16384)  # the outline asks for every step's place each time it is built
+def _place(step_id: str, arch: str, norm: str) -> Place:
+    name, t = split_id(step_id)
+    parts = parse_name(name)
+    return Place(arch, norm, parts["stack"], parts["layer"], parts["component"], t)
 
 
 # -- the model ---------------------------------------------------------------------------
@@ -291,6 +297,14 @@ def group_label(group: str, place: Place) -> str:
     if place.arch == "encoder" and found.encoder_only_label:
         return found.encoder_only_label
     return found.label
+
+
+@lru_cache(maxsize=4096)  # the outline asks for every step each time it is built
+def outline_group(kind: str, component: str | None, stack: str | None, arch: str) -> tuple[str, str] | None:
+    """(group, label) of a step's outline group, or None: `group_of` and `group_label` in one."""
+    place = Place(arch, "post", stack, None, component, None)  # the group depends on nothing else
+    group = group_of(kind, place)
+    return (group, group_label(group, place)) if group is not None else None
 
 
 def computed_from(kind: str, place: Place) -> tuple[str, ...]:

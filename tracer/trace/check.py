@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.trace import anatomy
-from tracer.trace.step import Step
+from tracer.trace.step import Step, parse_name, split_id
 from tracer.trace.trace import Trace
 
 
@@ -30,6 +30,11 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def skipped_kinds(self) -> list[str]:
+        """The kind of each skipped step."""
+        return [parse_name(split_id(step_id)[0])["kind"] for step_id in self.skipped]
 
 
 def _tolerance(*arrays: np.ndarray) -> float:

@@ -78,8 +78,7 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
         name = "Decoder step" if arch == "encoder-decoder" else "Step"
         path.append((f"t{t}", f"{name} {t}{arrow}"))
         prefix = f"t{t}."
-    place = anatomy.Place.of(step.id, trace)
-    group = anatomy.group_of(step.kind, place)
+    group, group_label = anatomy.outline_group(step.kind, step.component, step.stack, arch) or (None, "")
     if step.layer is not None:
         stack = step.stack
         if stack == "encoder":
@@ -91,9 +90,9 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
         layer_key = f"{prefix}{stack or 'blocks'}.{step.layer}"
         path.append((layer_key, layer_label))
         if group is not None and group not in anatomy.STACK_GROUPS:
-            path.append((f"{layer_key}.{group}", anatomy.group_label(group, place)))
+            path.append((f"{layer_key}.{group}", group_label))
     elif group in anatomy.STACK_GROUPS:
-        path.append((f"{prefix}{step.stack}.{group}", anatomy.group_label(group, place)))
+        path.append((f"{prefix}{step.stack}.{group}", group_label))
     return path
 
 
