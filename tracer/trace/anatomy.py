@@ -120,7 +120,7 @@ class Place:
         return self.layer == 0
 
 
-@lru_cache(maxsize=16384)  # the outline asks for every step's place each time it is built
+@lru_cache(maxsize=16384)  # check and the explain panel ask for the same steps' places again and again
 def _place(step_id: str, arch: str, norm: str) -> Place:
     name, t = split_id(step_id)
     parts = parse_name(name)
