@@ -645,6 +645,7 @@ def test_replay_hands_its_sessions_folder_to_the_ui(tmp_path, monkeypatch):
 
     opened = {}
     monkeypatch.setattr(tracer.tui, "open_traces", lambda traces, **kwargs: opened.update(kwargs, traces=traces))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     before = os.environ.get(ENV_DIR)
     result = CliRunner().invoke(cli, ["replay", str(FIXTURE), "--sessions-dir", str(tmp_path / "mine")])
     assert result.exit_code == 0, result.output

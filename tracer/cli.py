@@ -9,6 +9,7 @@ import click
 from tracer import __version__
 from tracer.errors import TracerError
 from tracer.text import human_size
+from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
@@ -129,16 +130,23 @@ def check(source, reference, tol):
 
     traces = open_source(source).traces  # a session may hold several traces: check them all
     checked = failed = 0
+    skipped: list[str] = []
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
         checked, failed = checked + report.checked, failed + len(report.failures)
+        skipped += report.skipped_kinds
     if not failed:
         click.echo(f"ok: {checked} checks passed")
     else:
         click.echo(f"{failed} of {checked} checks failed")
+    if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
+        kinds = sorted(set(skipped))
+        click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+    if failed:
         sys.exit(1)
 
 
@@ -147,6 +155,8 @@ def models():
     """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""
     import json
 
+    from tracer.errors import BadInput
+    from tracer.nn.config import ModelConfig
     from tracer.nn.loading import available_models
 
     found = available_models()
@@ -155,15 +165,17 @@ def models():
         return
     for folder in found:
         try:
-            cfg = json.loads((folder / "config.json").read_text())
-            detail = f"{cfg.get('arch', '?')}, {cfg.get('n_layers', '?')} layers, d_model {cfg.get('d_model', '?')}"
+            cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
         except (OSError, ValueError):
             detail = "unreadable config.json"
+        except BadInput as exc:
+            detail = f"unusable {exc}"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
 
 
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
 @click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
@@ -245,7 +257,7 @@ def replay(source, no_tui, play, sessions_dir):
               help="Which of the session's traces to export (1 = the first; default: the first).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def export(source, output, precision, trace_number, sessions_dir):
-    """Write a session's trace as DESIGN.md's JSON (replayable with `tracer replay FILE.json`)."""
+    """Write a session's trace as JSON, the format in docs/format.md (replayable with `tracer replay FILE.json`)."""
     from tracer.errors import BadInput
     from tracer.trace.session import open_source
 

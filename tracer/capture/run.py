@@ -11,45 +11,11 @@ import torch
 from tracer.capture.recorder import Recorder
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
-from tracer.trace import Step, Trace
+from tracer.trace import Step, Trace, anatomy
 from tracer.trace.step import parse_name
 
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_NEW_TOKENS = 40
-
-_AXES = {
-    "tokens": ("pos",),
-    "q": ("pos", "head", "d_head"), "k": ("pos", "head", "d_head"), "v": ("pos", "head", "d_head"),
-    "rot_q": ("pos", "head", "d_head"), "rot_k": ("pos", "head", "d_head"), "z": ("pos", "head", "d_head"),
-    "attn_raw": ("head", "query", "key"), "attn_scaled": ("head", "query", "key"),
-    "attn_scores": ("head", "query", "key"), "pattern": ("head", "query", "key"),
-    "mask": ("query", "key"),
-    "pre": ("pos", "d_ff"), "post": ("pos", "d_ff"), "pre_linear": ("pos", "d_ff"),
-}
-
-
-def axes_for(kind: str, ndim: int) -> tuple[str, ...]:
-    if kind in _AXES:
-        return _AXES[kind]
-    if kind in ("logits", "probs"):
-        return ("vocab",) if ndim == 1 else ("pos", "vocab")
-    return ("pos", "d_model")
-
-
-def labels_for(name: str, axes, own: list[str], source: list[str] | None) -> dict[str, list[str]]:
-    """Token strings for the token axes; cross-attention keys and values are source tokens."""
-    parts = parse_name(name)
-    cross = parts["component"] == "cross_attn"
-    labels = {}
-    for axis in axes:
-        if axis == "query":
-            labels[axis] = own
-        elif axis == "key":
-            labels[axis] = source if cross else own
-        elif axis == "pos":
-            labels[axis] = source if cross and parts["kind"] in ("k", "v") else own
-    return labels
-
 
 @dataclass
 class GenerationResult:
@@ -176,9 +142,9 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
-        axes = axes_for(parse_name(name)["kind"], array.ndim)
-        step_id = name if t is None else f"{name}@{t}"
-        steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
+        axes = anatomy.axes_for(parse_name(name)["kind"], array.ndim)
+        labels = anatomy.token_labels(name, axes, own, source, array.shape)
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels))
     return out, steps
 
 
