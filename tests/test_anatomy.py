@@ -32,8 +32,8 @@ def test_every_kind_a_model_records_is_described(make_model, arch, positional, n
     explanation, and sources the trace holds."""
     from tracer.capture import trace_text
     from tracer.nn.loading import load_model
-    from tracer.tui.explain import WORDS, explain
-    from tracer.tui.outline import group_path
+    from tracer.tui.view.explain import WORDS, explain
+    from tracer.tui.view.outline import group_path
 
     # the same models as test_check.py's (the session cache builds each once)
     folder = make_model(arch=arch, positional=positional, norm=norm, activation=activation, n_layers=2, n_decoder_layers=1)
@@ -106,7 +106,7 @@ def test_every_reference_in_the_anatomy_reads():
 def test_single_stack_logits_and_final_norm_name_their_inputs():
     """The explain panel named no inputs here: the lookup lost `blocks.` from the last layer."""
     from tracer.trace.load import read_json
-    from tracer.tui.explain import inputs_of
+    from tracer.tui.view.explain import inputs_of
 
     gpt = read_json(FIXTURE.parent / "gpt-continue.json")     # pre-norm, one layer
     assert inputs_of(gpt.step("ln_final.hook_normalized@2"), gpt) == ["blocks.0.hook_resid_post@2"]
@@ -137,8 +137,8 @@ def trace_with_unknown_kinds():
 
 
 def test_an_unknown_kind_has_a_generic_place_in_the_outline_and_words():
-    from tracer.tui.explain import explain
-    from tracer.tui.outline import build_outline, group_path
+    from tracer.tui.view.explain import explain
+    from tracer.tui.view.outline import build_outline, group_path
 
     trace = trace_with_unknown_kinds()
     step = trace.step("blocks.0.attn.hook_something_new@1")

@@ -67,7 +67,7 @@ def test_long_vectors_wrap_without_inventing_masked_cells():
 
 
 def test_explanations_name_real_sizes_and_inputs():
-    from tracer.tui.explain import explain, inputs_of
+    from tracer.tui.view.explain import explain, inputs_of
 
     trace = fixture_trace()  # post-norm encoder-decoder, d_model 16, 4 heads, 3 source tokens
     raw = explain(trace.step("encoder.0.attn.hook_attn_raw"), trace)
@@ -88,7 +88,7 @@ def test_explanations_name_real_sizes_and_inputs():
 
 
 def test_outline_follows_computation_order():
-    from tracer.tui.outline import build_outline
+    from tracer.tui.view.outline import build_outline
 
     trace = fixture_trace()
     root = build_outline(trace)

@@ -268,7 +268,8 @@ def test_the_viewer_needs_a_trace():
 # -- layer rule --------------------------------------------------------------------------------
 def test_importing_the_viewer_leaves_torch_and_textual_out():
     code = (
-        "import sys, tracer.tui.view, tracer.tui.view.viewer, tracer.tui.view.picture, tracer.tui.view.titles\n"
+        "import sys, tracer.tui.view, tracer.tui.view.viewer, tracer.tui.view.picture, tracer.tui.view.titles,"
+        " tracer.tui.view.outline, tracer.tui.view.explain\n"
         "loaded = [m for m in ('torch', 'textual') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

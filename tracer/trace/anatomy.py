@@ -4,7 +4,7 @@ A step's kind is its hook name's last part without `hook_` (`encoder.0.attn.hook
 `pattern`). For each kind, `KINDS` says its axes, its line and group in the outline, the key of
 its words in the explain panel, and which recorded steps it is computed from. Capture, `tracer
 check`, the outline and the explain panel all read it, so a new kind is one `Kind` here plus its
-words in the explanation table (`tracer/tui/explain.py`) and its row in `docs/format.md` (a test
+words in the explanation table (`tracer/tui/view/explain.py`) and its row in `docs/format.md` (a test
 prints the row). A kind missing here (a trace from a newer tracer, an imported model's extra
 tap) still works everywhere, generically: `kind_of` gives axes from its rank, the group of the
 module it sits in, its name as label and a generic explanation.

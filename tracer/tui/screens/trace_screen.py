@@ -24,8 +24,8 @@ from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
-from tracer.tui.explain import describe_cell, explain
-from tracer.tui.outline import build_outline
+from tracer.tui.view.explain import describe_cell, explain
+from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tracer.trace import Step, Trace
 from tracer.trace.state import VIEWS, Bookmark, UIState
-from tracer.tui.outline import chosen_tokens, group_path, leaf_label
+from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label
 from tracer.tui.view.picture import Picture, build_picture, head_count
 
 PICTURES_KEPT = 32        # pictures cached (a 128×128 pattern costs ~1 ms to build again)

@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tracer.tui.outline import Node
+from tracer.tui.view.outline import Node
 from tracer.tui.view.titles import fit_label
 
 CURRENT_MARK = " ◂"

@@ -12,8 +12,8 @@ from textual.strip import Strip
 
 from tracer.trace import Step, Trace
 from tracer.text import visible
-from tracer.tui.explain import Explanation
-from tracer.tui.outline import quoted
+from tracer.tui.view.explain import Explanation
+from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import format_number
 
 BAR_WIDTH = 12

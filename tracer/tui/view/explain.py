@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.trace import Step, Trace, anatomy
-from tracer.tui.outline import quoted
-from tracer.tui.picture import Picture, format_number
+from tracer.tui.view.outline import quoted
+from tracer.tui.view.picture import Picture, format_number
 
 ATTENTION_SCORES = ("attn_raw", "attn_scaled", "attn_scores", "pattern")
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
