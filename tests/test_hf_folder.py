@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from hf_helpers import gpt2_tokenizer, write_hf_folder, write_json
+from hf_files import gpt2_tokenizer, write_hf_folder, write_json
 from safetensors.torch import save_file
 
 from tracer.cli import cli

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
-from hf_helpers import fake_hub_cache, gpt2_tokenizer, write_hf_folder, write_json
+from hf_files import fake_hub_cache, gpt2_tokenizer, write_hf_folder, write_json
 
 from tracer.cli import cli
 from tracer.errors import BadInput

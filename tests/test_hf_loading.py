@@ -14,7 +14,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
-from hf_helpers import gpt2_tokenizer, llama_tokenizer, save_tokenizer, write_hf_folder, write_json
+from hf_files import gpt2_tokenizer, llama_tokenizer, save_tokenizer, write_hf_folder, write_json
 from safetensors.torch import load_file, save_file
 
 from tracer.capture.run import trace_text
@@ -181,7 +181,7 @@ def tiny_llama(folder, dtype=torch.float32):
 def tiny_bert(folder, masked_lm=True):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("tracer.nn.convert")
-    from hf_helpers import bert_tokenizer
+    from hf_files import bert_tokenizer
 
     tokenizer = bert_tokenizer()
     config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,

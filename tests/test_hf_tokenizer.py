@@ -8,7 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from hf_helpers import bert_tokenizer, gpt2_tokenizer, llama_tokenizer, save_tokenizer, write_hf_folder, write_json
+from hf_files import bert_tokenizer, gpt2_tokenizer, llama_tokenizer, save_tokenizer, write_hf_folder, write_json
 
 from tracer.capture.run import generate
 from tracer.cli import cli
