@@ -80,7 +80,7 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
         raise BadInput(f"--top-k must be at least 1, not {top_k}")
     if top_k > cfg.vocab_size:
         raise BadInput(f"--top-k {top_k} is more than the vocabulary's {cfg.vocab_size} tokens")
-    prefix = len(ids) + (1 if prepends_bos(loaded) and cfg.arch == "decoder" else 0)
+    prefix = len(ids) + (1 if loaded.tokenizer.decoder_bos_id is not None and cfg.arch == "decoder" else 0)
     if prefix > cfg.max_positions:
         raise BadInput(f"the text is {len(ids)} tokens; the model has only {cfg.max_positions} positions")
     room = {"encoder-decoder": cfg.max_positions - 1, "decoder": cfg.max_positions - prefix, "encoder": 0}[cfg.arch]
@@ -94,11 +94,6 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
     if cfg.arch == "decoder" and room < 1:
         raise BadInput(f"the text fills all {cfg.max_positions} positions; nothing is left to generate")
     return ids, tokens, max_new_tokens, top_k
-
-
-def prepends_bos(loaded: LoadedModel) -> bool:
-    """Whether the decoder path puts BOS before the text: tracer's own tokenizers, never a Hugging Face one."""
-    return loaded.tokenizer.prepends_bos and loaded.tokenizer.bos_id is not None
 
 
 def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
@@ -153,7 +148,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                 prefix = [tok.bos_id if tok.bos_id is not None else 0]
                 step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
             else:
-                prefix = ([tok.bos_id] if prepends_bos(loaded) else []) + list(ids)
+                prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
                 step_fn = lambda seq: model(tensor(seq))  # noqa: E731
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
@@ -198,9 +193,9 @@ def last_probs(steps: list[Step]) -> Step:
     return next(step for step in reversed(steps) if step.kind == "probs")
 
 
-def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False) -> Trace:
-    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None) -> Trace:
+    """Run greedy decoding on `text` and return its full Trace."""
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True).trace
 
 
 def device_label(device: torch.device) -> str:

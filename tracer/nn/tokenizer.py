@@ -32,8 +32,6 @@ TEMPLATE_SPECIALS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 class TextTokenizer:
     """Text <-> ids, and the strings the trace shows for each id (tracer's own folders)."""
 
-    prepends_bos = True   # the decoder path puts BOS before the text's ids (when the tokenizer has one)
-
     def __init__(self, tokenizer: Tokenizer, cfg: ModelConfig):
         self.tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -45,6 +43,12 @@ class TextTokenizer:
         self.unk_id = tokenizer.token_to_id(cfg.unk_token)
         self.mask_id = tokenizer.token_to_id(cfg.mask_token)
         self.stop_ids = {self.eos_id} - {None}   # decoding stops when it chooses one of these
+
+    @property
+    def decoder_bos_id(self) -> int | None:
+        """The id a decoder-only run puts before the text's ids: BOS for tracer's own models (None when
+        the tokenizer has none)."""
+        return self.bos_id
 
     @classmethod
     def from_file(cls, path: str | Path, cfg: ModelConfig) -> "TextTokenizer":
@@ -81,7 +85,7 @@ class HFTokenizer(TextTokenizer):
     decides the special tokens; the named ones come from tokenizer_config.json (or the legacy
     special_tokens_map.json) and config.json's ids; decoding stops at generation_config.json's eos."""
 
-    prepends_bos = False  # the post-processor (or the chat template) has already put in what the model expects
+    decoder_bos_id = None  # the post-processor (or the chat template) has already put in what the model expects
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, specials: dict[str, str | None],
                  stop_ids: set[int], chat_template: str | None = None, chat_template_file: str | None = None):
