@@ -141,6 +141,20 @@ def test_an_hf_folder_goes_through_the_converter(hf_wrapped, monkeypatch):
     assert trace.model["name"] == "wrapped"  # the folder's name, where the converter gives none
 
 
+def test_chat_runs_the_folders_template_through_the_cli(hf_wrapped, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tracer.nn.convert", identity_converter([]))
+    (hf_wrapped / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    out = tmp_path / "chat.json"
+    result = run("run", "Hello", "--model", hf_wrapped, "--chat", "--no-tui", "--max-new-tokens", "1", "--export", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["input"]["text"] == "Hello" and doc["input"]["prompt"] == "<|user|>Hello\n<|assistant|>"
+    assert doc["input"]["ids"] == gpt2_tokenizer().encode("<|user|>Hello\n<|assistant|>").ids
+    assert doc["model"]["tokenization"]["specials"] == "chat-template"
+
+
 def test_a_converted_state_dict_that_does_not_fit_is_one_line(hf_wrapped, monkeypatch):
     converter = identity_converter([])
     convert = converter.convert

@@ -59,16 +59,12 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     Example:
       tracer run "ich bin piyush" --no-tui
     """
+    from tracer.capture import trace_text
     from tracer.capture.device import resolve_device
-    from tracer.capture.run import generate
     from tracer.nn.loading import load_model
 
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-
-    def trace_of(text):  # also what the UI's "trace a new sentence" runs
-        return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
-
-    trace = trace_of(text)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -83,7 +79,9 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.tui import open_traces
 
         use_sessions_dir(sessions_dir)
-        open_traces([trace], retrace=trace_of, session_name=save_name)
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
+                                                                 chat=chat),
+                    session_name=save_name)
 
 
 def write_export(trace, path, precision) -> None:

@@ -193,9 +193,9 @@ def last_probs(steps: list[Step]) -> Step:
     return next(step for step in reversed(steps) if step.kind == "probs")
 
 
-def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None) -> Trace:
-    """Run greedy decoding on `text` and return its full Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True).trace
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False) -> Trace:
+    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
 
 
 def device_label(device: torch.device) -> str:
