@@ -124,7 +124,7 @@ def test_a_hub_snapshot_records_its_provenance(tmp_path, cache, no_network, gpt_
     assert source["digest"].startswith("sha256:") and len(source["digest"]) == 7 + 64
 
 
-def fake_online(monkeypatch, cache: Path, repo_files: dict[str, bytes], commit=MAIN):
+def fake_online(monkeypatch, repo_files: dict[str, bytes], commit=MAIN):
     """The hub as huggingface_hub would answer for a repo holding `repo_files`; records what is asked for."""
     import huggingface_hub
 
@@ -157,7 +157,7 @@ def test_online_a_missing_model_is_downloaded_without_pickle(tmp_path, cache, mo
     folder = hf_folder(tmp_path)
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
     files |= {"pytorch_model.bin": b"pickle", "generation_config.json": b"{}", "chat_template.jinja": b"{{ x }}"}
-    asked = fake_online(monkeypatch, cache, files)
+    asked = fake_online(monkeypatch, files)
     source = locate_model("org/fresh")
     assert source.kind == "hub" and (source.path / "model.safetensors").is_file()
     assert not (source.path / "pytorch_model.bin").exists()
@@ -166,7 +166,7 @@ def test_online_a_missing_model_is_downloaded_without_pickle(tmp_path, cache, mo
 
 
 def test_online_a_pickle_only_repo_is_refused_before_any_download(cache, monkeypatch):
-    asked = fake_online(monkeypatch, cache, {"config.json": b"{}", "pytorch_model.bin": b"pickle"})
+    asked = fake_online(monkeypatch, {"config.json": b"{}", "pytorch_model.bin": b"pickle"})
     with pytest.raises(BadInput, match=r"org/old on the hub has only pickle weights \(pytorch_model.bin\)"):
         locate_model("org/old")
     assert asked == {}
