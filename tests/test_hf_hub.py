@@ -207,3 +207,13 @@ def test_a_damaged_cache_entry_does_not_break_the_listing(tmp_path, cache, no_ne
     names = [model.name for model in hub.cached_models(cache)]
     assert names == ["org/odd", "org/tiny-llama"]
     assert hub.cached_models(cache)[1].path == snapshot
+
+
+def test_offline_an_incomplete_snapshot_names_what_it_lacks(tmp_path, cache, no_network):
+    folder = hf_folder(tmp_path)
+    (folder / "model.safetensors").unlink()  # as an interrupted download leaves it
+    fake_hub_cache(cache, "org/half", folder, MAIN)
+    result = run("run", "hello", "--model", "org/half", "--no-tui")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"snapshots/{MAIN} lacks model.safetensors" in lines[0]
