@@ -34,8 +34,9 @@ def cli():
 
 @cli.command()
 @click.argument("text")
-@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH",
-              help="Bundled model name or a model folder (default: de-en-tiny).")
+@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH|ORG/NAME",
+              help="Bundled model name, a model folder (tracer's or Hugging Face's), or a Hugging Face hub name "
+                   "(ORG/NAME[@REVISION], from the local cache; default: de-en-tiny).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--max-new-tokens", type=int, default=None, help="Stop decoding after this many tokens.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Candidates recorded at each decoding step.")
@@ -48,7 +49,11 @@ def cli():
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
 @click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
-def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
+@click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
+        dtype, chat):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -59,8 +64,8 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.capture.device import resolve_device
     from tracer.nn.loading import load_model
 
-    loaded = load_model(model_name, resolve_device(device))
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k)
+    loaded = load_model(model_name, resolve_device(device), dtype=dtype)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -75,7 +80,8 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
+                                                                 chat=chat),
                     session_name=save_name, store=SessionStore(sessions_dir))
 
 
@@ -152,15 +158,17 @@ def check(source, reference, tol):
 
 @cli.command()
 def models():
-    """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""
+    """List the models tracer can find (bundled ones, $TRACER_MODELS_DIR, and the Hugging Face cache)."""
     import json
 
     from tracer.errors import BadInput
     from tracer.nn.config import ModelConfig
+    from tracer.nn.hub import cache_dir, cached_models
     from tracer.nn.loading import available_models
 
     found = available_models()
-    if not found:
+    cached = cached_models()
+    if not found and not cached:
         click.echo("No models installed. Run `tracer train de-en-tiny` or pass --model PATH.")
         return
     for folder in found:
@@ -172,6 +180,21 @@ def models():
         except BadInput as exc:
             detail = f"unusable {exc}"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
+    try:
+        from tracer.nn.convert import SUPPORTED
+    except ImportError:
+        SUPPORTED = None
+    loadable = [m for m in cached if m.has_weights and m.model_type is not None
+                and (SUPPORTED is None or m.model_type in SUPPORTED)]
+    if loadable:
+        click.echo(f"Hugging Face cache ({cache_dir()}):")
+    for model in loadable:
+        detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
+        click.echo(f"{model.name:16} {detail}  ({model.path})")
+    skipped = len(cached) - len(loadable)
+    if skipped:
+        click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
+                   f"tracer cannot convert)")
 
 
 @cli.command()
