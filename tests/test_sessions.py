@@ -119,6 +119,7 @@ def test_run_save_then_replay_without_the_model(store, monkeypatch):
 
     opened = {}
     monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: opened.update(traces=traces, **kw))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     store.save("piyush", store.load("piyush").traces, force=True,
                state=UIState(step="decoder.1.attn.hook_pattern@2", head=1, bookmarks=[Bookmark(0, "encoder.hook_embed", "x")]))
     assert invoke("replay", "piyush", "--play").exit_code == 0
@@ -305,7 +306,8 @@ def test_replay_ui_saves_into_the_given_sessions_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACER_SESSIONS_DIR", str(tmp_path / "default"))  # restored after the test
     seen = {}
     monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: seen.update(
-        root=SessionStore(None).root, name=kw["session_name"], count=len(traces)))
+        root=kw["store"].root, name=kw["session_name"], count=len(traces)))  # the store handed to the UI
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     assert invoke("replay", "here", "--sessions-dir", other).exit_code == 0
     assert seen == {"root": other, "name": "here", "count": 2}
 
@@ -355,7 +357,7 @@ def test_replay_export_list_check_run_without_torch(store, tmp_path):
     store.save("notorch", [model_trace("encoder-decoder")])
     out = tmp_path / "notorch.json"
     args = [["replay", "notorch", "--no-tui"], ["export", "notorch", "-o", str(out)], ["sessions"], ["sessions", "--json"],
-            ["check", "notorch"], ["replay", str(out), "--no-tui"], ["check", str(out)]]
+            ["check", "notorch"], ["replay", str(out), "--no-tui"], ["check", str(out)], ["models"]]
     code = TORCH_FREE.replace("ARGS", repr(args)).replace("SESSION", repr(str(store.root / "notorch")))
     env = dict(os.environ, TRACER_SESSIONS_DIR=str(store.root))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

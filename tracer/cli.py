@@ -9,6 +9,7 @@ import click
 from tracer import __version__
 from tracer.errors import TracerError
 from tracer.text import human_size
+from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
@@ -33,8 +34,9 @@ def cli():
 
 @cli.command()
 @click.argument("text")
-@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH",
-              help="Bundled model name or a model folder (default: de-en-tiny).")
+@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH|ORG/NAME",
+              help="Bundled model name, a model folder (tracer's or Hugging Face's), or a Hugging Face hub name "
+                   "(ORG/NAME[@REVISION], from the local cache; default: de-en-tiny).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--max-new-tokens", type=int, default=None, help="Stop decoding after this many tokens.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Candidates recorded at each decoding step.")
@@ -46,8 +48,12 @@ def cli():
               help="Write the trace as JSON to this file.")
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
-@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI.")
-def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
+@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
+@click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
+        dtype, chat):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -58,24 +64,37 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.capture.device import resolve_device
     from tracer.nn.loading import load_model
 
-    loaded = load_model(model_name, resolve_device(device))
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k)
+    loaded = load_model(model_name, resolve_device(device), dtype=dtype)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
     else:
+        from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        use_sessions_dir(sessions_dir)
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
-                    session_name=save_name)
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
+                                                                 chat=chat),
+                    session_name=save_name, store=SessionStore(sessions_dir))
+
+
+def ui_can_run() -> bool:
+    """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
+    on the other); if not, say in one line on stderr that the summary is printed instead."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        click.echo(f"{' and '.join(missing)} {verb} not a terminal: printing the summary (as --no-tui) "
+                   "instead of opening the UI", err=True)
+    return not missing
 
 
 def write_export(trace, path, precision) -> None:
@@ -89,72 +108,122 @@ def write_export(trace, path, precision) -> None:
 
 @cli.command()
 @click.argument("source", metavar="SESSION|FILE.json")
-def check(source):
+@click.option("--against", "reference", default=None, metavar="SESSION[:N]|FILE.json",
+              help="Instead, compare the trace with a reference trace of the same input (another device or "
+                   "dtype), reported as `tracer diff REFERENCE SOURCE` does (exit 0 equal, 1 differ, 2 trouble).")
+@click.option("--tol", type=click.FloatRange(min=0), default=None, help="With --against: the tolerance, as in `tracer diff`.")
+def check(source, reference, tol):
     """Verify a trace's internal consistency from its own recorded tensors.
 
     Exit 0 when every relation holds, 1 when any step fails (each is named).
+
+    \b
+    Example:
+      tracer check piyush
+      tracer check piyush-cuda --against piyush-cpu
     """
+    if reference is not None:
+        from tracer.diff_report import run_diff
+        from tracer.trace.diff import DEFAULT_TOL
+
+        sys.exit(run_diff(reference, source, tol=DEFAULT_TOL if tol is None else tol, top=10, as_json=False, same_input=True))
+    if tol is not None:
+        from tracer.errors import BadInput
+
+        raise BadInput("--tol applies only with --against")
     from tracer.trace.check import check_trace
     from tracer.trace.session import open_source
 
     traces = open_source(source).traces  # a session may hold several traces: check them all
     checked = failed = 0
+    skipped: list[str] = []
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
         checked, failed = checked + report.checked, failed + len(report.failures)
+        skipped += report.skipped_kinds
     if not failed:
         click.echo(f"ok: {checked} checks passed")
     else:
         click.echo(f"{failed} of {checked} checks failed")
+    if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
+        kinds = sorted(set(skipped))
+        click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+    if failed:
         sys.exit(1)
 
 
 @cli.command()
 def models():
-    """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""
+    """List the models tracer can find (bundled ones, $TRACER_MODELS_DIR, and the Hugging Face cache)."""
     import json
 
-    from tracer.nn.loading import available_models
+    from tracer.errors import BadInput
+    from tracer.nn.config import ModelConfig
+    from tracer.nn.hub import cache_dir, cached_models
+    from tracer.nn.catalog import available_models
 
     found = available_models()
-    if not found:
+    cached = cached_models()
+    if not found and not cached:
         click.echo("No models installed. Run `tracer train de-en-tiny` or pass --model PATH.")
         return
     for folder in found:
         try:
-            cfg = json.loads((folder / "config.json").read_text())
-            detail = f"{cfg.get('arch', '?')}, {cfg.get('n_layers', '?')} layers, d_model {cfg.get('d_model', '?')}"
+            cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
         except (OSError, ValueError):
             detail = "unreadable config.json"
+        except BadInput as exc:
+            detail = f"unusable {exc}"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
+    try:
+        from tracer.nn.convert import SUPPORTED
+    except ImportError:
+        SUPPORTED = None
+    loadable = [m for m in cached if m.has_weights and m.model_type is not None
+                and (SUPPORTED is None or m.model_type in SUPPORTED)]
+    if loadable:
+        click.echo(f"Hugging Face cache ({cache_dir()}):")
+    for model in loadable:
+        detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
+        click.echo(f"{model.name:16} {detail}  ({model.path})")
+    skipped = len(cached) - len(loadable)
+    if skipped:
+        click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
+                   f"tracer cannot convert)")
 
 
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Folder to write the model to (default: the bundled models/MODEL).")
+              help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
+@click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: the recipe's); a few make a quick smoke run.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for the corpus, initialisation and batches.")
 @click.option("--eval-size", type=click.IntRange(min=1), default=None,
               help="Score only this many test sentences at the end (default: the whole test split).")
-def train(model_name, out, steps, seed, eval_size):
-    """Rebuild a bundled model from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
+def train(model_name, out, steps, seed, eval_size, force):
+    """Train a bundled model's recipe from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
 
     \b
     Example:
-      tracer train de-en-tiny --out /tmp/de-en
+      tracer train de-en-tiny --steps 200           # into ./trained/de-en-tiny
+      tracer train de-en-tiny --out models/de-en-tiny --force   # rebuild the bundled one
     """
-    from tracer.train.trainer import train as train_model
+    from tracer.train.trainer import destination, train as train_model
 
-    result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
+    folder = destination(model_name, out, force)
+    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details)")
+    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -165,7 +234,7 @@ SESSIONS_DIR_OPTION = dict(
 
 @cli.command()
 @click.argument("source", metavar="SESSION|PATH|FILE.json")
-@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 @click.option("--play", is_flag=True, help="Step through automatically (space pauses, +/- change speed).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def replay(source, no_tui, play, sessions_dir):
@@ -182,7 +251,7 @@ def replay(source, no_tui, play, sessions_dir):
     # every core when numpy loads and that spins while the first frame is drawn (~60 ms of a
     # 0.6 s start on a 2-core machine, benchmarks/replay.py). Set before numpy is imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
         from tracer.trace.session import open_source
 
@@ -195,22 +264,11 @@ def replay(source, no_tui, play, sessions_dir):
     from tracer.tui import open_traces
 
     with collector_paused():  # numpy, the session's metadata and the UI all load with the collector off
-        from tracer.trace.session import open_source
+        from tracer.trace.session import SessionStore, open_source
 
         session = open_source(source, sessions_dir)
-        use_sessions_dir(sessions_dir)
         open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None,
-                    play=play)
-
-
-def use_sessions_dir(sessions_dir) -> None:
-    """The UI saves into SessionStore(None): make that the folder this command was given."""
-    if sessions_dir:
-        import os
-
-        from tracer.trace.session import ENV_DIR
-
-        os.environ[ENV_DIR] = str(sessions_dir)
+                    play=play, store=SessionStore(sessions_dir))
 
 
 @cli.command()
@@ -222,7 +280,7 @@ def use_sessions_dir(sessions_dir) -> None:
               help="Which of the session's traces to export (1 = the first; default: the first).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def export(source, output, precision, trace_number, sessions_dir):
-    """Write a session's trace as DESIGN.md's JSON (replayable with `tracer replay FILE.json`)."""
+    """Write a session's trace as JSON, the format in docs/format.md (replayable with `tracer replay FILE.json`)."""
     from tracer.errors import BadInput
     from tracer.trace.session import open_source
 
@@ -234,6 +292,40 @@ def export(source, output, precision, trace_number, sessions_dir):
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
     click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("diff")
+@click.argument("source_a", metavar="A")
+@click.argument("source_b", metavar="B")
+@click.option("--tol", type=click.FloatRange(min=0), default=None,
+              help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+    """Compare two traces step by step: what changed, how much, and where first.
+
+    A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
+    export. Steps are aligned by id; token axes of different lengths are compared over the
+    positions both have; decoding steps while both decodes chose the same tokens. Exit 0 when
+    equal within the tolerance, 1 when not, 2 for bad usage or a file that cannot be read.
+
+    --json prints one object: "a", "b" (source, trace, model, device, input, output),
+    "tol", "equal", "first_over_tol", "parted_at", "parted_tokens", "input_lengths",
+    "decode_lengths", "counts", "only_in_a", "only_in_b", and "steps" (per step: id, kind,
+    status, over_tol, shapes, max_abs, rel_l2, cosine, changed, cells, nonfinite_differ;
+    probability steps add kl and predictions). Figures that are not finite are null.
+
+    \b
+    Example:
+      tracer diff hungrig suess
+      tracer diff piyush:1 piyush:2 --json
+    """
+    from tracer.diff_report import run_diff
+    from tracer.trace.diff import DEFAULT_TOL
+
+    sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                      sessions_dir=sessions_dir))
 
 
 @cli.group(cls=TracerGroup, invoke_without_command=True)
