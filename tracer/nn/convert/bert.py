@@ -69,7 +69,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
                        "and no modules.json: tracer does not know what this BERT outputs")
     n_layers = need(hf, "num_hidden_layers")
     cfg = build_config(
-        name=hf.get("_name_or_path") or "bert", arch="encoder", vocab_size=need(hf, "vocab_size"),
+        arch="encoder", vocab_size=need(hf, "vocab_size"),
         d_model=need(hf, "hidden_size"), n_heads=need(hf, "num_attention_heads"), d_ff=need(hf, "intermediate_size"),
         n_layers=n_layers, max_positions=hf.get("max_position_embeddings", 512), positional="learned",
         norm="post", activation=ACTIVATIONS[activation], scale_embeddings=False,

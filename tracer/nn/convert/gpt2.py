@@ -24,7 +24,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         raise BadInput(f"config.json: activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
     d, n_layers = need(hf, "n_embd"), need(hf, "n_layer")
     cfg = build_config(
-        name=hf.get("_name_or_path") or "gpt2", arch="decoder", vocab_size=need(hf, "vocab_size"), d_model=d,
+        arch="decoder", vocab_size=need(hf, "vocab_size"), d_model=d,
         n_heads=need(hf, "n_head"), d_ff=hf.get("n_inner") or 4 * d, n_layers=n_layers,
         max_positions=hf.get("n_positions", 1024), positional="learned", norm="pre",
         activation=ACTIVATIONS[activation], scale_embeddings=False,

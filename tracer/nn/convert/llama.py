@@ -76,7 +76,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         max_positions = window
     n_layers, n_heads = need(hf, "num_hidden_layers"), need(hf, "num_attention_heads")
     cfg = build_config(
-        name=hf.get("_name_or_path") or model_type, arch="decoder", vocab_size=need(hf, "vocab_size"),
+        arch="decoder", vocab_size=need(hf, "vocab_size"),
         d_model=need(hf, "hidden_size"), n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
         head_dim=hf.get("head_dim"), d_ff=need(hf, "intermediate_size"), n_layers=n_layers,
         max_positions=max_positions, positional="rotary", norm="pre", norm_type="rmsnorm", activation="swiglu",
