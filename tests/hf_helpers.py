@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tracer.nn.convert import Converted, convert
+from tracer.nn.convert import Converted
 from tracer.nn.hooks import hooks_attached
 from tracer.nn.model import build_model
 
@@ -51,12 +51,46 @@ def make_hf(model_class, config, seed: int = 0):
     return model.to(torch.float64).eval()
 
 
-def save_and_read(model, folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """save_pretrained (safetensors), then read config.json and the weights back as tracer's loader would."""
+def save_and_read(model, folder: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """save_pretrained (safetensors) plus a word-level tokenizer, then read config.json and the weights
+    back without transformers. The folder is loadable by tracer's own loader too."""
     model.save_pretrained(folder)
     assert not list(folder.glob("*.bin")), "save_pretrained wrote a pickle"
+    save_word_tokenizer(folder, model.config.vocab_size)
     hf_config = json.loads((folder / "config.json").read_text())
-    return hf_config, load_file(str(folder / "model.safetensors"))
+    return hf_config, load_file(str(folder / "model.safetensors")), folder
+
+
+def save_word_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A tokenizer whose words are the tiny vocabulary's ids ("t0 t17 …" -> [0, 17, …]), no special
+    tokens added, saved as transformers saves one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(folder))
+
+
+def as_text(ids: torch.Tensor) -> str:
+    """The text the word-level tokenizer turns back into `ids`."""
+    return " ".join(f"t{i}" for i in ids[0].tolist())
+
+
+def load_folder(folder: Path):
+    """The folder as tracer loads it (hf_folder, converter, tokenizer), in float64."""
+    from tracer.nn.loading import load_model
+
+    return load_model(folder, dtype=torch.float64)
+
+
+def tracer_generate(folder: Path, ids: torch.Tensor, n_new: int) -> list[int]:
+    """tracer's own greedy decoding (tracer.capture.run.generate) on the folder as tracer loads it."""
+    from tracer.capture.run import generate
+
+    loaded = load_folder(folder)
+    result = generate(loaded, as_text(ids), max_new_tokens=n_new)
+    assert result.input_ids == ids[0].tolist()
+    return result.output_ids
 
 
 def tracer_model(converted: Converted) -> torch.nn.Module:
@@ -85,17 +119,6 @@ def input_ids(vocab_size: int, seed: int = 1, n: int = N_TOKENS) -> torch.Tensor
 
 
 @torch.no_grad()
-def tracer_greedy(model: torch.nn.Module, ids: torch.Tensor, n_new: int) -> list[int]:
-    """Greedy decoding the way tracer's generate() does it: the whole sequence re-run at each step,
-    the argmax of the last position's logits appended (no cache)."""
-    seq = ids[0].tolist()
-    for _ in range(n_new):
-        logits = model(torch.tensor([seq]))
-        seq.append(int(logits[0].argmax()))
-    return seq[ids.shape[1]:]
-
-
-@torch.no_grad()
 def hf_greedy(model, ids: torch.Tensor, n_new: int) -> list[int]:
     model.generation_config.eos_token_id = None        # never stop early: compare every step
     model.generation_config.pad_token_id = 0
@@ -104,8 +127,6 @@ def hf_greedy(model, ids: torch.Tensor, n_new: int) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-def convert_folder(hf_config: dict, weights: dict, extras: dict | None = None) -> Converted:
-    return convert(hf_config, weights, extras)
 
 
 def hidden_state_taps(n_layers: int, last: str) -> list[str]:
@@ -129,3 +150,27 @@ def parity(hf_out, taps: dict[str, torch.Tensor], last: str) -> dict[str, float]
 def assert_within(diffs: dict[str, float], bound: float = TOLERANCE) -> None:
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= bound, f"{worst} differs from transformers by {diffs[worst]:.3g}"
+
+
+def traced_and_checked(folder: Path, ids: torch.Tensor, max_new_tokens: int | None = None):
+    """The folder traced as `tracer run` traces it (loader, tokenizer, capture), and `tracer check`'s
+    verdict on that trace, which must pass with nothing skipped."""
+    from tracer.capture.run import trace_text
+    from tracer.trace.check import check_trace
+
+    trace = trace_text(load_folder(folder), as_text(ids), max_new_tokens=max_new_tokens)
+    assert trace.input["ids"] == ids[0].tolist()
+    report = check_trace(trace)
+    assert report.ok and not report.skipped, (report.failures[:3], report.skipped[:3])
+    return trace
+
+
+def trace_parity(trace, hf_out, at: str = "", logits=None) -> dict[str, float]:
+    """max |Δ| of the trace's attention patterns (and logits) against transformers' (batch 1)."""
+    diffs = {}
+    for layer, pattern in enumerate(hf_out.attentions):
+        name = f"blocks.{layer}.attn.hook_pattern{at}"
+        diffs[name] = max_diff(torch.as_tensor(trace[name]), pattern[0])
+    if logits is not None:
+        diffs["logits"] = max_diff(torch.as_tensor(trace[f"hook_logits{at}"]), logits)
+    return diffs

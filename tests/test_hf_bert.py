@@ -3,11 +3,17 @@ model computes what transformers (and sentence-transformers' pooling) computes."
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_helpers import assert_within, input_ids, make_hf, max_diff, parity, run_traced, save_and_read, tracer_model, transformers
+from hf_helpers import (
+    assert_within, input_ids, make_hf, max_diff, parity, run_traced, save_and_read, trace_parity, traced_and_checked,
+    tracer_model, transformers,
+)
 from tracer.errors import BadInput
 from tracer.nn.convert import convert
 
@@ -50,7 +56,7 @@ def run_both(hf, converted):
 
 
 def test_masked_lm_matches_transformers_at_every_step(mlm):
-    hf, hf_config, weights = mlm
+    hf, hf_config, weights, folder = mlm
     converted = convert(hf_config, weights)
     assert converted.notes["head"] == "mlm"
     logits, taps, out = run_both(hf, converted)
@@ -60,8 +66,31 @@ def test_masked_lm_matches_transformers_at_every_step(mlm):
     assert taps["hook_token_type_embed"].shape == taps["hook_embed"].shape
 
 
+def test_traced_as_tracer_run_traces_it_the_trace_matches_and_checks(mlm, encoder, tmp_path):
+    """Through tracer's loader, tokenizer and capture, for each of BERT's three heads."""
+    ids = input_ids(VOCAB, seed=3)
+    hf, _, _, folder = mlm
+    trace = traced_and_checked(folder, ids)
+    with torch.no_grad():
+        out = hf(ids, output_attentions=True)
+    assert_within(trace_parity(trace, out, logits=out.logits[0]))
+    hf, _, _, folder = encoder
+    trace = traced_and_checked(folder, ids)
+    with torch.no_grad():
+        out = hf(ids, output_attentions=True)
+    assert_within({**trace_parity(trace, out), "pooled": max_diff(torch.as_tensor(trace["hook_pooled"]), out.pooler_output[0])})
+    sentence = shutil.copytree(folder, tmp_path / "sentence")
+    (sentence / "modules.json").write_text(json.dumps(MODULES))
+    (sentence / "1_Pooling").mkdir()
+    (sentence / "1_Pooling" / "config.json").write_text(json.dumps(POOLING))
+    trace = traced_and_checked(sentence, ids)
+    mean = out.last_hidden_state[0].mean(0)
+    assert trace.model["source"]["notes"]["head"] == "sentence"
+    assert_within({"sentence": max_diff(torch.as_tensor(trace["hook_sentence_embedding"]), F.normalize(mean, dim=0))})
+
+
 def test_the_tanh_gelu_would_be_caught(mlm):
-    hf, hf_config, weights = mlm
+    hf, hf_config, weights, folder = mlm
     converted = convert(hf_config, weights)
     converted.cfg.activation = "gelu_tanh"
     logits, _, out = run_both(hf, converted)
@@ -69,7 +98,7 @@ def test_the_tanh_gelu_would_be_caught(mlm):
 
 
 def test_bert_model_pooled_output_matches(encoder):
-    hf, hf_config, weights = encoder
+    hf, hf_config, weights, folder = encoder
     converted = convert(hf_config, weights)
     assert converted.notes["head"] == "pooled"
     pooled, taps, out = run_both(hf, converted)
@@ -81,7 +110,7 @@ def test_bert_model_pooled_output_matches(encoder):
 def test_sentence_transformers_folder_gives_the_normalised_mean(encoder):
     """sentence-transformers' output: mean of the last hidden states over the attention mask, then
     L2-normalised (its Pooling and Normalize modules, written out here as they compute it)."""
-    hf, hf_config, weights = encoder
+    hf, hf_config, weights, folder = encoder
     converted = convert(hf_config, weights, ST_EXTRAS)
     assert converted.notes["head"] == "sentence"
     assert converted.notes["ignored"] == ["pooler.dense.bias", "pooler.dense.weight"]
@@ -105,7 +134,7 @@ def old_layout(weights: dict) -> dict:
 
 
 def test_old_layouts_convert_to_the_same_weights(mlm):
-    _, hf_config, weights = mlm
+    _, hf_config, weights, _ = mlm
     new, old = convert(hf_config, weights), convert(hf_config, old_layout(weights))
     assert all(torch.equal(new.state_dict[k], old.state_dict[k]) for k in new.state_dict)
     assert old.notes["ignored"] == ["bert.embeddings.position_ids"]
@@ -113,7 +142,7 @@ def test_old_layouts_convert_to_the_same_weights(mlm):
 
 def test_a_pretraining_checkpoint_loads_as_masked_lm(mlm, encoder):
     """bert-base-style files also hold the pooler, the next-sentence head and copies of the tied decoder."""
-    _, hf_config, weights = mlm
+    _, hf_config, weights, _ = mlm
     full = dict(weights)
     full["cls.predictions.decoder.weight"] = weights["bert.embeddings.word_embeddings.weight"].clone()
     full["cls.predictions.decoder.bias"] = weights["cls.predictions.bias"].clone()
@@ -136,13 +165,13 @@ def test_a_pretraining_checkpoint_loads_as_masked_lm(mlm, encoder):
     ({"modules.json": MODULES}, r"1_Pooling/config\.json is missing"),
 ])
 def test_unsupported_sentence_transformers_folders_are_refused(encoder, extras, message):
-    _, hf_config, weights = encoder
+    _, hf_config, weights, _ = encoder
     with pytest.raises(BadInput, match=message):
         convert(hf_config, weights, extras)
 
 
 def test_unsupported_options_and_bad_keys_are_refused(mlm, encoder):
-    _, hf_config, weights = mlm
+    _, hf_config, weights, _ = mlm
     with pytest.raises(BadInput, match="position_embedding_type = 'relative_key' is not supported"):
         convert(dict(hf_config, position_embedding_type="relative_key"), weights)
     with pytest.raises(BadInput, match="is_decoder"):
@@ -153,7 +182,7 @@ def test_unsupported_options_and_bad_keys_are_refused(mlm, encoder):
         convert(hf_config, dict(weights, **{"bert.encoder.layer.2.output.dense.weight": torch.zeros(1)}))
     with pytest.raises(BadInput, match=r"token_type_embeddings\.weight has shape \[2, 32\], the model needs \[3, 32\]"):
         convert(dict(hf_config, type_vocab_size=3), weights)
-    _, hf_config, weights = encoder
+    _, hf_config, weights, _ = encoder
     headless = {k: v for k, v in weights.items() if not k.startswith("pooler.")}
     with pytest.raises(BadInput, match="neither an MLM head"):
         convert(hf_config, headless)

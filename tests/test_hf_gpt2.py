@@ -7,7 +7,7 @@ import torch
 
 from hf_helpers import (
     N_NEW, TOLERANCE, assert_within, hf_greedy, input_ids, make_hf, max_diff, parity, run_traced,
-    save_and_read, tracer_greedy, tracer_model, transformers,
+    save_and_read, trace_parity, traced_and_checked, tracer_generate, tracer_model, transformers,
 )
 from tracer.errors import BadInput
 from tracer.nn.convert import convert
@@ -18,14 +18,13 @@ N_LAYERS, VOCAB = 2, 61
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=N_LAYERS, n_head=4,
-                                     bos_token_id=0, eos_token_id=0)
+                                     bos_token_id=None, eos_token_id=None)  # greedy never stops early
     hf = make_hf(transformers.GPT2LMHeadModel, config)
-    hf_config, weights = save_and_read(hf, tmp_path_factory.mktemp("gpt2"))
-    return hf, hf_config, weights
+    return (hf, *save_and_read(hf, tmp_path_factory.mktemp("gpt2")))
 
 
 def test_gpt2_matches_transformers_at_every_step(gpt2):
-    hf, hf_config, weights = gpt2
+    hf, hf_config, weights, folder = gpt2
     converted = convert(hf_config, weights)
     assert converted.notes["head"] == "lm" and converted.cfg.activation == "gelu_tanh"
     ids = input_ids(VOCAB)
@@ -38,16 +37,27 @@ def test_gpt2_matches_transformers_at_every_step(gpt2):
 
 
 def test_gpt2_greedy_decoding_matches_generate(gpt2):
-    hf, hf_config, weights = gpt2
+    hf, hf_config, weights, folder = gpt2
     ids = input_ids(VOCAB, seed=2)
-    ours = tracer_greedy(tracer_model(convert(hf_config, weights)), ids, N_NEW)
+    ours = tracer_generate(folder, ids, N_NEW)
     assert ours == hf_greedy(hf, ids, N_NEW)
     assert len(set(ours)) > 1, "a decode that repeats one token proves little"
 
 
+def test_traced_as_tracer_run_traces_it_the_trace_matches_and_checks(gpt2):
+    """Through tracer's loader, tokenizer and capture (what `tracer run --model DIR` does)."""
+    hf, _, _, folder = gpt2
+    ids = input_ids(VOCAB, seed=3)
+    trace = traced_and_checked(folder, ids, max_new_tokens=2)
+    with torch.no_grad():
+        out = hf(ids, output_attentions=True)
+    assert_within(trace_parity(trace, out, at="@1", logits=out.logits[0, -1]))
+    assert trace.model["source"]["notes"]["head"] == "lm"
+
+
 def test_the_exact_gelu_would_be_caught(gpt2):
     """The widened weights make erf-GELU in place of GPT-2's tanh-GELU visible far above the bound."""
-    hf, hf_config, weights = gpt2
+    hf, hf_config, weights, folder = gpt2
     converted = convert(hf_config, weights)
     converted.cfg.activation = "gelu"
     ids = input_ids(VOCAB)
@@ -66,7 +76,7 @@ def old_layout(weights: dict) -> dict:
 
 
 def test_old_hub_layout_converts_to_the_same_weights(gpt2):
-    _, hf_config, weights = gpt2
+    _, hf_config, weights, _ = gpt2
     new, old = convert(hf_config, weights), convert(hf_config, old_layout(weights))
     assert new.state_dict.keys() == old.state_dict.keys()
     assert all(torch.equal(new.state_dict[k], old.state_dict[k]) for k in new.state_dict)
@@ -74,7 +84,7 @@ def test_old_hub_layout_converts_to_the_same_weights(gpt2):
 
 
 def test_a_copy_of_the_tied_head_is_accepted_only_if_it_is_the_embedding(gpt2):
-    _, hf_config, weights = gpt2
+    _, hf_config, weights, _ = gpt2
     tied = dict(weights, **{"lm_head.weight": weights["transformer.wte.weight"].clone()})
     assert "lm_head.weight" not in convert(hf_config, tied).notes["ignored"]
     tied["lm_head.weight"] = tied["lm_head.weight"] + 1
@@ -87,14 +97,14 @@ def test_a_copy_of_the_tied_head_is_accepted_only_if_it_is_the_embedding(gpt2):
     ("add_cross_attention", True), ("activation_function", "quick_gelu"),
 ])
 def test_unsupported_options_are_refused_by_name(gpt2, option, value):
-    _, hf_config, weights = gpt2
+    _, hf_config, weights, _ = gpt2
     with pytest.raises(BadInput, match=option) as error:
         convert(dict(hf_config, **{option: value}), weights)
     assert "\n" not in str(error.value)
 
 
 def test_key_accounting_names_the_first_offending_key(gpt2):
-    _, hf_config, weights = gpt2
+    _, hf_config, weights, _ = gpt2
     missing = {k: v for k, v in weights.items() if k != "transformer.h.1.mlp.c_fc.weight"}
     with pytest.raises(BadInput, match=r"missing key 'transformer\.h\.1\.mlp\.c_fc\.weight'"):
         convert(hf_config, missing)

@@ -14,22 +14,21 @@ import torch
 
 from hf_helpers import (
     N_NEW, assert_within, hf_greedy, input_ids, make_hf, max_diff, parity, run_traced, save_and_read,
-    tracer_greedy, tracer_model, transformers,
+    trace_parity, traced_and_checked, tracer_generate, tracer_model, transformers,
 )
 from tracer.errors import BadInput
 from tracer.nn.convert import convert
 
 VOCAB = 61
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+              num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None, pad_token_id=0)  # greedy never stops early
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 100000.0, "factor": 8.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # short enough to rescale this model's RoPE
 
 
 def build(tmp_path_factory, model_class, config_class, **options):
     hf = make_hf(model_class, config_class(**{**COMMON, **options}))
-    hf_config, weights = save_and_read(hf, tmp_path_factory.mktemp(config_class.model_type))
-    return hf, hf_config, weights
+    return (hf, *save_and_read(hf, tmp_path_factory.mktemp(config_class.model_type)))
 
 
 @pytest.fixture(scope="module")
@@ -63,22 +62,33 @@ def check_parity(hf, converted, ids=None):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_matches_transformers_at_every_step(family, request):
-    hf, hf_config, weights = request.getfixturevalue(family)
+    hf, hf_config, weights, folder = request.getfixturevalue(family)
     diffs, taps = check_parity(hf, convert(hf_config, weights))
     assert_within(diffs)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_greedy_decoding_matches_generate(family, request):
-    hf, hf_config, weights = request.getfixturevalue(family)
+    hf, hf_config, weights, folder = request.getfixturevalue(family)
     ids = input_ids(VOCAB, seed=2, n=20)
-    ours = tracer_greedy(tracer_model(convert(hf_config, weights)), ids, N_NEW)
+    ours = tracer_generate(folder, ids, N_NEW)
     assert ours == hf_greedy(hf, ids, N_NEW)
     assert len(set(ours)) > 1
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_traced_as_tracer_run_traces_it_the_trace_matches_and_checks(family, request):
+    """Through tracer's loader, tokenizer and capture; `tracer check`'s GQA and RMSNorm relations hold."""
+    hf, _, _, folder = request.getfixturevalue(family)
+    ids = input_ids(VOCAB, seed=3)
+    trace = traced_and_checked(folder, ids, max_new_tokens=2)
+    with torch.no_grad():
+        out = hf(ids, output_attentions=True)
+    assert_within(trace_parity(trace, out, at="@1", logits=out.logits[0, -1]))
+
+
 def test_grouped_query_attention_records_k_and_v_per_kv_head(llama):
-    hf, hf_config, weights = llama
+    hf, hf_config, weights, folder = llama
     converted = convert(hf_config, weights)
     assert (converted.cfg.n_heads, converted.cfg.kv_heads, converted.cfg.d_head) == (4, 2, 12)
     _, taps = check_parity(hf, converted)
@@ -96,7 +106,7 @@ def test_grouped_query_attention_records_k_and_v_per_kv_head(llama):
 
 def test_llama3_scaling_and_float32_softmax_are_both_needed(llama):
     """Each emulated detail is visible: dropping it breaks the 1e-10 bound."""
-    hf, hf_config, weights = llama
+    hf, hf_config, weights, folder = llama
     converted = convert(hf_config, weights)
     assert converted.cfg.rotary_scaling["type"] == "llama3" and converted.cfg.rotary_base == 1e5
     converted.cfg.rotary_scaling = None
@@ -108,7 +118,7 @@ def test_llama3_scaling_and_float32_softmax_are_both_needed(llama):
 
 def test_v4_config_layout_gives_the_same_model(llama):
     """transformers v4 wrote rope_theta and rope_scaling at the top level instead of rope_parameters."""
-    _, hf_config, weights = llama
+    _, hf_config, weights, _ = llama
     v4 = {k: v for k, v in hf_config.items() if k != "rope_parameters"}
     v4["rope_theta"] = LLAMA3["rope_theta"]
     v4["rope_scaling"] = {k: v for k, v in LLAMA3.items() if k != "rope_theta"}
@@ -116,20 +126,20 @@ def test_v4_config_layout_gives_the_same_model(llama):
 
 
 def test_qwen2_has_biases_on_q_k_v_only(qwen2):
-    _, hf_config, weights = qwen2
+    _, hf_config, weights, _ = qwen2
     state = convert(hf_config, weights).state_dict
     assert {"blocks.0.attn.W_Q.bias", "blocks.0.attn.W_K.bias", "blocks.0.attn.W_V.bias"} <= state.keys()
     assert not {"blocks.0.attn.W_O.bias", "blocks.0.mlp.W_in.bias", "W_U.weight"} & state.keys()
 
 
 def test_a_sliding_window_caps_the_positions(mistral):
-    _, hf_config, weights = mistral
+    _, hf_config, weights, _ = mistral
     converted = convert(hf_config, weights)
     assert converted.cfg.max_positions == 48 and "sliding window" in converted.notes["positions"]
 
 
 def test_unsupported_options_are_refused_by_name(llama):
-    _, hf_config, weights = llama
+    _, hf_config, weights, _ = llama
     yarn = dict(hf_config, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0})
     with pytest.raises(BadInput, match="rope type 'yarn' is not supported"):
         convert(yarn, weights)
@@ -140,7 +150,7 @@ def test_unsupported_options_are_refused_by_name(llama):
 
 
 def test_key_accounting_names_the_first_offending_key(llama):
-    _, hf_config, weights = llama
+    _, hf_config, weights, _ = llama
     with pytest.raises(BadInput, match=r"missing key 'lm_head\.weight'"):
         convert(hf_config, {k: v for k, v in weights.items() if k != "lm_head.weight"})
     with pytest.raises(BadInput, match=r"unexpected key 'model\.layers\.0\.self_attn\.q_norm\.weight'"):
