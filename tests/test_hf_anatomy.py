@@ -131,3 +131,24 @@ def test_key_value_heads_that_fit_no_grouping_are_damage(traces):
     trace = traces("llama")
     failures = failures_after(trace, "blocks.0.attn.hook_rot_k@1", lambda a: np.concatenate([a, a[:, :1]], axis=1))
     assert "cannot be recomputed" in failures["blocks.0.attn@1"]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_a_score_cell_is_explained_with_the_key_value_head_its_query_head_reads(traces, name):
+    """Under GQA the dot product behind a score uses the shared key/value head, not the query head's index."""
+    from tracer.trace.state import UIState
+    from tracer.tui.view import Viewer
+    from tracer.tui.view.explain import describe_cell
+
+    trace = traces(name)
+    H, Hkv = trace.model["config"]["n_heads"], trace.model["config"]["n_kv_heads"]
+    for head in range(H):
+        viewer = Viewer([trace], UIState(step="blocks.1.attn.hook_attn_raw@2", head=head))
+        text = describe_cell(trace, viewer.picture(), 3, 1)
+        kv_head = head // (H // Hkv)
+        assert f"(key/value head {kv_head + 1}/{Hkv})" in text
+        recorded = float(trace["blocks.1.attn.hook_attn_raw@2"][head, 3, 1])
+        shown = float(text.rsplit("q₃·k₁ = ", 1)[1])        # the dot product, as the panel rounds it
+        assert abs(shown - recorded) <= 1e-3 + 1e-3 * abs(recorded), text
+    words = explain(trace.step("blocks.0.attn.hook_k@1"), trace).words
+    assert ("query heads 1–2 share key/value head 1" if name == "llama" else "query heads 1–4 share key/value head 1") in words

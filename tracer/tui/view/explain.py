@@ -145,9 +145,11 @@ def _qkv(c: Context):
 
 
 def _kv_groups(H: int, Hkv: int) -> str:
-    """Which query heads share each key/value head, in words: "query heads 0–1 share key/value head 0, …"."""
+    """Which query heads share each key/value head, counted from 1 as the head picker does:
+    "query heads 1–2 share key/value head 1, …"."""
     g = H // Hkv
-    parts = [f"query heads {j * g}–{j * g + g - 1} share key/value head {j}" for j in range(Hkv)]
+    parts = [f"query heads {j * g + 1}–{j * g + g} share key/value head {j + 1}" if g > 1 else
+             f"query head {j + 1} has key/value head {j + 1}" for j in range(Hkv)]
     return ", ".join(parts[:3]) + (", …" if Hkv > 3 else "")
 
 
@@ -422,8 +424,16 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     if step.kind not in ATTENTION_SCORES or picture.head is None:
         return f"{picture.row_axis} {row_name} · {picture.col_axis} {col_name}{head}: {shown}"
     place = anatomy.Place.of(step.id, trace)
-    q = _vector(trace, anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace), row, picture.head)
-    k = _vector(trace, anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace), col, picture.head)
+    q_id = anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace)
+    k_id = anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace)
+    kv_head = picture.head
+    if q_id and k_id:  # grouped-query attention: query head h reads key/value head h // (heads per key/value head)
+        H, Hkv = trace.step(q_id).shape[1], trace.step(k_id).shape[1]
+        if 0 < Hkv < H and H % Hkv == 0:
+            kv_head = picture.head // (H // Hkv)
+            head += f" (key/value head {kv_head + 1}/{Hkv})"
+    q = _vector(trace, q_id, row, picture.head)
+    k = _vector(trace, k_id, col, kv_head)
     text = f"query {row_name} · key {col_name}{head}: "
     if q is None or k is None:
         return text + shown
