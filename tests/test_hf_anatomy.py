@@ -79,7 +79,7 @@ def test_each_bert_head_records_its_own_steps(traces):
     kinds = {name: {step.kind for step in traces(name).steps} for name in ("bert-mlm", "bert-pooled", "sentence")}
     shared = {"token_type_embed", "normalized"}
     assert shared | {"mlm_dense", "mlm_act", "logits", "probs"} <= kinds["bert-mlm"]
-    assert shared | {"pooled"} <= kinds["bert-pooled"] and "logits" not in kinds["bert-pooled"]
+    assert shared | {"pooler_out"} <= kinds["bert-pooled"] and "logits" not in kinds["bert-pooled"]
     assert shared | {"mean_pooled", "sentence_embedding"} <= kinds["sentence"] and "logits" not in kinds["sentence"]
     assert traces("sentence")["hook_sentence_embedding"].shape == (32,)
     assert abs(np.linalg.norm(traces("sentence")["hook_sentence_embedding"]) - 1) < 1e-5
@@ -113,7 +113,7 @@ TAMPER = [
     ("bert-mlm", "ln_embed.hook_normalized", lambda a: a + np.arange(a.shape[-1]) * 0.01 * np.arange(len(a))[:, None], "ln_embed.hook_normalized"),
     ("bert-mlm", "hook_mlm_act", lambda a: np.maximum(a, 0.0), "hook_mlm_act"),
     ("bert-mlm", "hook_token_type_embed", lambda a: a + np.eye(len(a), a.shape[1]), "hook_token_type_embed"),
-    ("bert-pooled", "hook_pooled", lambda a: a * 3, "hook_pooled"),
+    ("bert-pooled", "pooler.hook_pooler_out", lambda a: a * 3, "pooler.hook_pooler_out"),
     ("sentence", "hook_mean_pooled", lambda a: a + 0.1, "hook_mean_pooled"),
     ("sentence", "hook_sentence_embedding", lambda a: a * 1.1, "hook_sentence_embedding"),
 ]

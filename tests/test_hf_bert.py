@@ -78,7 +78,7 @@ def test_traced_as_tracer_run_traces_it_the_trace_matches_and_checks(mlm, encode
     trace = traced_and_checked(folder, ids)
     with torch.no_grad():
         out = hf(ids, output_attentions=True)
-    assert_within({**trace_parity(trace, out), "pooled": max_diff(torch.as_tensor(trace["hook_pooled"]), out.pooler_output[0])})
+    assert_within({**trace_parity(trace, out), "pooled": max_diff(torch.as_tensor(trace["pooler.hook_pooler_out"]), out.pooler_output[0])})
     sentence = shutil.copytree(folder, tmp_path / "sentence")
     (sentence / "modules.json").write_text(json.dumps(MODULES))
     (sentence / "1_Pooling").mkdir()

@@ -78,5 +78,5 @@ def test_bert_switches_add_their_taps_and_nothing_else():
                             "hook_mlm_act", "ln_mlm.hook_normalized"}
     pooled = set(hook_points(build_model(ModelConfig(**base, output="pooled").validate())))
     sentence = set(hook_points(build_model(ModelConfig(**base, output="sentence").validate())))
-    assert pooled - plain == {"hook_pooled"} and sentence - plain == {"hook_mean_pooled", "hook_sentence_embedding"}
+    assert pooled - plain == {"pooler.hook_pooler_out"} and sentence - plain == {"hook_mean_pooled", "hook_sentence_embedding"}
     assert "hook_logits" not in pooled | sentence

@@ -242,6 +242,18 @@ class Block(nn.Module):
         return self.sublayer(x, ffn_norm, self.mlp, self.hook_mlp_out, self.hook_resid_post)
 
 
+class Pooler(nn.Module):
+    """BertModel's pooled output: the first token's ([CLS]) final vector through a dense layer and tanh."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.hook_pooler_out = HookPoint()       # [d_model] tanh(W·h[CLS] + b), TransformerLens's name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_pooler_out(torch.tanh(self.dense(x[:, 0])))             # (B, d)
+
+
 class Stack(nn.Module):
     """Token embedding, positions, N blocks, a final norm (pre-norm only) and an optional output head.
 
@@ -285,8 +297,7 @@ class Stack(nn.Module):
         if cfg.norm == "pre":
             self.ln_final = make_norm(cfg)
         if head and cfg.output == "pooled":
-            self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
-            self.hook_pooled = HookPoint()       # [d_model] tanh(W·h[CLS] + b)
+            self.pooler = Pooler(cfg)
         elif head and cfg.output == "sentence":
             self.hook_mean_pooled = HookPoint()  # [d_model] mean of the last hidden states over the tokens
             self.hook_sentence_embedding = HookPoint()  # [d_model] divided by its length (L2 norm 1)
@@ -342,7 +353,7 @@ class Stack(nn.Module):
         if not self.head:
             return x
         if self.cfg.output == "pooled":
-            return self.hook_pooled(torch.tanh(self.pooler(x[:, 0])))               # (B, d)
+            return self.pooler(x)                                                   # (B, d)
         if self.cfg.output == "sentence":
             return self.sentence_embedding(x, valid)                                # (B, d)
         if self.causal and not all_positions:

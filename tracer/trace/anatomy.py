@@ -233,7 +233,7 @@ _KINDS = (
     Kind("logits", VOCAB, "next-token scores (encoder-only: every position's)", "logits", "out", "logits",
          (rule("stack:ln_mlm.hook_normalized | stack:output"),)),
     Kind("probs", VOCAB, "softmax of the logits", "probabilities", "out", "probs", (rule("stack:hook_logits"),)),
-    Kind("pooled", VECTOR, "BERT's pooled output: tanh(W·h[CLS] + b)", "pooled [CLS]", "pooled", "pooled",
+    Kind("pooler_out", VECTOR, "BERT's pooled output: tanh(W·h[CLS] + b)", "pooled [CLS]", "pooled", "pooler_out",
          (rule("stack:output"),)),
     Kind("mean_pooled", VECTOR, "mean of the last hidden states over the tokens (sentence-transformers)",
          "mean pooling", "pooled", "mean_pooled", (rule("stack:output"),)),

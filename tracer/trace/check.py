@@ -317,7 +317,7 @@ RELATIONS = {
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
-              "pooled": _Checker.tanh_range, "token_type_embed": _Checker.same_row_everywhere}
+              "pooler_out": _Checker.tanh_range, "token_type_embed": _Checker.same_row_everywhere}
 
 
 def check_trace(trace: Trace) -> CheckReport:

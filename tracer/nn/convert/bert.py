@@ -117,7 +117,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         else:
             ckpt.move("cls.predictions.decoder.weight", "W_U.weight")
     elif head == "pooled":
-        linear(f"{p}pooler.dense", "pooler")
+        linear(f"{p}pooler.dense", "pooler.dense")
     state = ckpt.finish()
     notes = {"head": head, "ignored": ckpt.ignored(),
              **{key: hf.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}}

@@ -345,7 +345,7 @@ def _mlm_act(c: Context):
     return "MLM head: activation", words, f"{name}(dense): {_size(c.n, c.d)}"
 
 
-def _pooled(c: Context):
+def _pooler_out(c: Context):
     words = ("BertModel's pooled output: the final vector of the first token ([CLS]) through a dense layer "
              "and tanh. It is one vector for the whole text, the input BERT's sentence classifiers were trained on.")
     return "Pooled output ([CLS])", words, f"tanh(W·h[CLS] + b): ({c.d}) → ({c.d})"
@@ -375,7 +375,7 @@ WORDS = {
     "attn_scores": _attn_scores, "pattern": _pattern, "z": _z, "concat": _concat, "attn_out": _attn_out,
     "residual": _residual, "normalized": _normalized, "pre": _pre, "pre_linear": _pre_linear, "post": _post,
     "mlp_out": _mlp_out, "logits": _logits, "probs": _probs,
-    "token_type_embed": _token_type_embed, "mlm_dense": _mlm_dense, "mlm_act": _mlm_act, "pooled": _pooled,
+    "token_type_embed": _token_type_embed, "mlm_dense": _mlm_dense, "mlm_act": _mlm_act, "pooler_out": _pooler_out,
     "mean_pooled": _mean_pooled, "sentence_embedding": _sentence_embedding,
 }
 """Explanation key (a kind's `explanation` in tracer.trace.anatomy) -> (title, words, formula)."""
