@@ -124,7 +124,7 @@ def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, b
         raise BadInput("--lora-targets needs --lora R")
     request_options = dict(
         target=target, label=label, labels=comma_list(labels, "--labels") if labels is not None else None,
-        steps=steps, lr=lr, weight_decay=weight_decay, betas=comma_floats(betas, "--betas", 2), seed=seed,
+        steps=steps, lr=lr, weight_decay=weight_decay, betas=parse_betas(betas), seed=seed,
         lora_rank=lora_rank, lora_alpha=lora_alpha,
     )
     if lora_targets is not None:
@@ -166,15 +166,15 @@ def comma_list(value: str, option: str) -> list[str]:
     return items
 
 
-def comma_floats(value: str, option: str, count: int) -> tuple[float, ...]:
+def parse_betas(value: str) -> tuple[float, float]:
     from tracer.errors import BadInput
 
     try:
         numbers = tuple(float(item) for item in value.split(","))
     except ValueError:
         numbers = ()
-    if len(numbers) != count:
-        raise BadInput(f"{option} {value!r}: give {count} numbers separated by a comma, e.g. 0.9,0.999")
+    if len(numbers) != 2:
+        raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
     return numbers
 
 

@@ -48,7 +48,12 @@ def print_summary(trace: Trace, console: Console | None = None) -> None:
 def print_training(trace: Trace, console: Console) -> None:
     """A `tracer finetune` trace: what was taught, then the loss at each step and after the last."""
     training, target = trace.output["training"], trace.input.get("target") or {}
-    taught = f"label {target.get('label')}" if "label" in target else f"target {target.get('text', '')}"
+    if "label" in target:
+        taught = f"label {target.get('label')}"
+    elif training.get("task") == "causal-lm":
+        taught = "each next token"
+    else:
+        taught = f"target {target.get('text', '')}"
     optimizer = training.get("optimizer") or {}
     how = f"{training.get('task', '?')}, {taught}, AdamW lr {optimizer.get('lr')}"
     lora = training.get("lora")

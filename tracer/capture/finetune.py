@@ -227,20 +227,33 @@ class TrainingRecorder(Recorder):
     """A Recorder that also hooks each tapped tensor for its gradient (`Tensor.register_hook`).
 
     Tensor hooks, not module backward hooks: a tap's value is one tensor, and autograd calls
-    its hook once, with dL/d(value) summed over every place the value is used. The gradients
-    of all recorders share one list, so they keep the order autograd produced them in.
+    its hook once, with dL/d(value) summed over every place the value is used. The recorders
+    of one run share `grads`, so gradients keep the order autograd produced them in, and
+    `hooked`, so a tensor seen by two taps (a pre-norm block's output is the next block's
+    input) gets one hook that records the later tap first, as the chain rule reaches it.
     """
 
-    def __init__(self, model: nn.Module, grads: list, prefix: str = ""):
+    def __init__(self, model: nn.Module, grads: list, hooked: dict, prefix: str = ""):
         super().__init__(model)
-        self.grads, self.prefix = grads, prefix
+        self.grads, self.hooked, self.prefix = grads, hooked, prefix
 
     def record(self, name: str, value: torch.Tensor) -> None:
         name = self.prefix + name
         super().record(name, value)
-        if value.requires_grad:
-            # cloned: autograd may hand the same buffer on and accumulate into it later
-            value.register_hook(lambda grad, name=name: self.grads.append((name, grad.detach().clone())))
+        if not value.requires_grad:
+            return
+        seen = self.hooked.get(id(value))
+        if seen is not None and seen[0] is value:
+            seen[1].append(name)
+            return
+        names = [name]
+        self.hooked[id(value)] = (value, names)  # holding the tensor keeps its id from being reused
+
+        def hook(grad, names=names):
+            grad = grad.detach().clone()  # cloned: autograd may hand the buffer on and add into it
+            self.grads.extend((each, grad) for each in reversed(names))
+
+        value.register_hook(hook)
 
 
 def to_host(values: list[tuple[str, torch.Tensor]], batch: bool = True) -> list[tuple[str, np.ndarray]]:
@@ -341,8 +354,9 @@ def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
     labels = head.labels if head is not None else None
 
     grads: list[tuple[str, torch.Tensor]] = []
-    recorder = TrainingRecorder(model, grads)
-    head_recorder = TrainingRecorder(head, grads, prefix="classifier.") if head is not None else None
+    hooked: dict = {}
+    recorder = TrainingRecorder(model, grads, hooked)
+    head_recorder = TrainingRecorder(head, grads, hooked, prefix="classifier.") if head is not None else None
     steps: list[Step] = []
     losses: list[float] = []
     with contextlib.ExitStack() as hooks:
@@ -373,6 +387,7 @@ def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
                 seen = by_name[name]
                 steps.append(Step.from_array(f"{name}.grad@s{s}", array, seen.axes, seen.labels))
             grads.clear()
+            hooked.clear()
             steps.extend(update_steps(optimizer.step(), s, labels))
             losses.append(float(loss.detach()))
     with torch.no_grad():
