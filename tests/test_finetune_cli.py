@@ -178,3 +178,19 @@ def test_bad_combinations_are_one_line_exit_2(model, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+
+
+async def test_the_ui_opens_on_a_training_trace_and_steps_through_every_kind(gpt_model):
+    """Forward, loss, backward and update steps all draw (the UI has no words for them yet)."""
+    from tracer.tui.app import TracerApp
+
+    trace = finetune(load_model(gpt_model), FinetuneRequest("the cat drank the milk", lora_rank=2)).trace
+    wanted = ["hook_loss@s1", "blocks.0.attn.hook_pattern.grad@s1", "blocks.0.attn.W_Q.hook_lora_a@s1",
+              "blocks.0.attn.W_Q.lora_A.weight.grad@s1", "blocks.0.attn.W_Q.lora_B.weight.adam_step@s1"]
+    app = TracerApp([trace])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        for step_id in wanted:
+            app.trace_screen.go(step_id)
+            await pilot.press("n", "p")  # a move away and back redraws it from the key path
+            assert app.trace_screen.step_id == step_id
