@@ -242,3 +242,16 @@ def test_training_names_parse_into_their_parts():
     assert parse_name("W_E.weight.grad")["component"] is None
     assert parse_name("blocks.0.attn.W_V.hook_lora_out")["module"] == "W_V"
     assert parse_name("blocks.0.attn.hook_pattern")["of"] is None
+
+
+def test_the_model_side_pieces_never_import_the_trace_or_the_ui():
+    import subprocess
+    import sys
+
+    code = "import sys, tracer.nn.lora, tracer.nn.classifier, tracer.train.adamw; print('\\n'.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split())
+    assert not {m for m in loaded if m.startswith(("tracer.trace", "tracer.tui", "tracer.capture", "textual"))}
+    help_code = ("import sys; from click.testing import CliRunner; from tracer.cli import cli; "
+                 "r = CliRunner().invoke(cli, ['finetune', '--help']); print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", help_code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == ["0", "False"]
