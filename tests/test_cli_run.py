@@ -139,3 +139,30 @@ def test_python_m_tracer_runs(seq2seq_model):
                              "--no-tui", "--max-new-tokens", "1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ich | bin | piyush" in result.stdout
+
+
+def without_a_terminal(*args, timeout=60):
+    """`python -m tracer ARGS < /dev/null > pipe`, as `tracer run TEXT < /dev/null > out.txt` is."""
+    return subprocess.run([sys.executable, "-m", "tracer", *map(str, args)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_without_a_terminal_prints_the_summary_instead_of_starting_the_ui(seq2seq_model):
+    """It started the UI anyway: escape codes into the file, and no keys to ever quit it."""
+    done = without_a_terminal("run", "ich bin piyush", "--model", seq2seq_model, "--max-new-tokens", "2")
+    assert done.returncode == 0, done.stderr
+    assert "ich | bin | piyush" in done.stdout and "decoding steps" in done.stdout
+    assert "\x1b[?1049h" not in done.stdout  # no alternate screen: the UI never started
+    assert done.stderr.strip().splitlines() == [
+        "stdin and stdout are not a terminal: printing the summary (as --no-tui) instead of opening the UI"
+    ]
+
+
+def test_replay_without_a_terminal_prints_the_summary_too(seq2seq_trace, tmp_path):
+    from tracer.trace.session import SessionStore
+
+    SessionStore(tmp_path / "s").save("piyush", [seq2seq_trace])
+    done = without_a_terminal("replay", "piyush", "--play", "--sessions-dir", tmp_path / "s")
+    assert done.returncode == 0, done.stderr
+    assert "ich | bin | piyush" in done.stdout and "\x1b[?1049h" not in done.stdout
+    assert "not a terminal: printing the summary" in done.stderr

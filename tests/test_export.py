@@ -98,3 +98,57 @@ def test_an_export_gets_ordinary_file_permissions(seq2seq_trace, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 8), (2, 0), (1, 0, 0), (2, 0, 3), (3, 1, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_zero_size_tensors_of_any_shape_round_trip(tmp_path, shape, dtype):
+    """orjson writes a (1, 0, 0) tensor as `[[]]`, which parses as (1, 0): the reader must still
+    take it back as (1, 0, 0) (it refused such exports; found by tests/test_fuzz_schema.py)."""
+    axes = tuple(f"a{i}" for i in range(len(shape)))
+    write_json(tiny_trace((np.zeros(shape, dtype=dtype), "empty", axes)), tmp_path / "t.json")
+    back = read_json(tmp_path / "t.json").steps[0]
+    assert back.data.shape == shape and back.data.dtype == dtype
+
+
+def test_an_empty_list_does_not_stand_in_for_a_tensor_with_values(tmp_path):
+    write_json(tiny_trace((np.zeros((2, 3), dtype=np.float32), "x", ("a", "b"))), tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["steps"][0]["data"] = [[], []]
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(DamagedFile, match=r"data has shape \[2, 0\], metadata says \[2, 3\]"):
+        read_json(tmp_path / "t.json")
+
+
+def test_an_export_records_its_precision_and_a_reader_keeps_it(tmp_path):
+    """`tracer check` needs to know an export's floats are rounded (it failed 10 of 266 checks on
+    a --precision 4 export): the header says `"precision": N`, and `Trace.precision` carries it on."""
+    from tracer.trace.session import SessionStore
+
+    values = np.array([0.123456, 2.0, -7.654321], dtype=np.float32)
+    full, rounded = tmp_path / "full.json", tmp_path / "p4.json"
+    write_json(tiny_trace((values, "attn_raw", ("key",))), full)
+    assert "precision" not in json.loads(full.read_text()) and read_json(full).precision is None
+    write_json(tiny_trace((values, "attn_raw", ("key",))), rounded, precision=4)
+    assert json.loads(rounded.read_text())["precision"] == 4
+    back = read_json(rounded)
+    assert back.precision == 4 and back.steps[0].data.tolist() == pytest.approx([0.1235, 2.0, -7.654], rel=1e-6)
+
+    # a session saved from the rounded trace stays rounded, and so does any export of it
+    reopened = SessionStore(tmp_path / "s").load(SessionStore(tmp_path / "s").save("p4", [back]))
+    assert reopened.trace.precision == 4
+    for asked, recorded in ((None, 4), (6, 4), (2, 2)):
+        again = tmp_path / f"again-{asked}.json"
+        write_json(reopened.trace, again, precision=asked)
+        assert json.loads(again.read_text())["precision"] == recorded
+
+
+@pytest.mark.parametrize("value", [0, 10, 4.0, "4", True])
+def test_an_export_with_a_nonsense_precision_is_refused(tmp_path, value):
+    path = tmp_path / "t.json"
+    write_json(tiny_trace((np.zeros(2, dtype=np.float32), "x", ("key",))), path)
+    doc = json.loads(path.read_text())
+    doc["precision"] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DamagedFile, match="'precision' must be a number of significant digits from 1 to 9"):
+        read_json(path)

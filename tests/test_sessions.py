@@ -119,6 +119,7 @@ def test_run_save_then_replay_without_the_model(store, monkeypatch):
 
     opened = {}
     monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: opened.update(traces=traces, **kw))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     store.save("piyush", store.load("piyush").traces, force=True,
                state=UIState(step="decoder.1.attn.hook_pattern@2", head=1, bookmarks=[Bookmark(0, "encoder.hook_embed", "x")]))
     assert invoke("replay", "piyush", "--play").exit_code == 0
@@ -306,6 +307,7 @@ def test_replay_ui_saves_into_the_given_sessions_dir(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: seen.update(
         root=SessionStore(None).root, name=kw["session_name"], count=len(traces)))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     assert invoke("replay", "here", "--sessions-dir", other).exit_code == 0
     assert seen == {"root": other, "name": "here", "count": 2}
 

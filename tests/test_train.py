@@ -124,3 +124,46 @@ def test_train_smoke_run(tmp_path, name, text):
 def test_train_refuses_unknown_model():
     result = CliRunner().invoke(cli, ["train", "gpt-5"])
     assert result.exit_code == 2
+
+
+def folder_bytes(folder) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_train_without_out_leaves_the_bundled_model_byte_identical(tmp_path, monkeypatch):
+    """It used to write over models/de-en-tiny (a 3-step model that translates nothing)."""
+    from tracer.train.trainer import bundled_folder
+
+    bundled = bundled_folder("de-en-tiny")
+    before = folder_bytes(bundled)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "de-en-tiny", "--steps", "2", "--eval-size", "2"]
+    first, second = CliRunner().invoke(cli, args), CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert folder_bytes(bundled) == before
+    assert "training de-en-tiny into trained/de-en-tiny (the bundled model is left as it is)" in first.output
+    assert "into trained/de-en-tiny-2" in second.output  # a second run does not replace the first either
+    for folder in ("de-en-tiny", "de-en-tiny-2"):
+        assert (tmp_path / "trained" / folder / "model.safetensors").is_file()
+
+
+def test_train_replaces_a_model_only_with_force(tmp_path):
+    from tracer.train.trainer import bundled_folder
+
+    bundled = bundled_folder("de-en-tiny")
+    before = folder_bytes(bundled)
+    refused = CliRunner().invoke(cli, ["train", "de-en-tiny", "--out", str(bundled), "--steps", "2"])
+    assert refused.exit_code == 2
+    assert "already holds the model bundled with tracer; add --force to replace it" in refused.output
+    assert folder_bytes(bundled) == before
+
+    out = tmp_path / "mine"
+    args = ["train", "de-en-tiny", "--out", str(out), "--steps", "2", "--eval-size", "2"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    first = folder_bytes(out)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "already holds a model; add --force" in again.output
+    assert folder_bytes(out) == first
+    replaced = CliRunner().invoke(cli, [*args, "--seed", "7", "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert folder_bytes(out)["model.safetensors"] != first["model.safetensors"]

@@ -18,3 +18,18 @@ def load_session(source, sessions_dir=None):
     from tracer.trace.session import open_source
 
     return open_source(source, sessions_dir)
+
+
+def diff(a, b, tol=None, sessions_dir=None):
+    """Compare trace `b` with trace `a`, step by step: a TraceDiff of numpy figures.
+
+    `a` and `b` are Traces or what `load` takes (a session name or folder, a JSON export).
+    `d.first_over_tol`, `d.most_changed(10)`, `d["encoder.0.attn.hook_pattern"].rel_l2`,
+    `d.equal`; `tracer.trace.diff.delta(step_a, step_b)` is one step's B − A. Numpy only, no torch.
+    """
+    from os import PathLike
+
+    from tracer.trace.diff import DEFAULT_TOL, diff as diff_traces
+
+    a, b = (load(x, sessions_dir) if isinstance(x, (str, PathLike)) else x for x in (a, b))
+    return diff_traces(a, b, DEFAULT_TOL if tol is None else tol)

@@ -46,7 +46,7 @@ def cli():
               help="Write the trace as JSON to this file.")
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
-@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
@@ -66,7 +66,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
@@ -107,7 +107,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
               help="Write the trace as JSON to this file.")
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
-@click.option("--no-tui", is_flag=True, help="Print the loss per step instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print the loss per step instead of opening the UI (as when stdin or stdout is not a terminal).")
 def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, betas, seed, lora_rank, lora_alpha,
              lora_targets, out, device, save_name, force, sessions_dir, export_path, precision, no_tui):
     """Trace training steps on one example: forward, loss, the gradient at every tap, each AdamW update.
@@ -146,7 +146,7 @@ def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, b
         from tracer.trace.session import SessionStore
 
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
@@ -177,6 +177,17 @@ def parse_betas(value: str) -> tuple[float, float]:
         raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
     return numbers
 
+def ui_can_run() -> bool:
+    """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
+    on the other); if not, say in one line on stderr that the summary is printed instead."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        click.echo(f"{' and '.join(missing)} {verb} not a terminal: printing the summary (as --no-tui) "
+                   "instead of opening the UI", err=True)
+    return not missing
+
 
 def write_export(trace, path, precision) -> None:
     from tracer.trace.export import write_json
@@ -189,11 +200,29 @@ def write_export(trace, path, precision) -> None:
 
 @cli.command()
 @click.argument("source", metavar="SESSION|FILE.json")
-def check(source):
+@click.option("--against", "reference", default=None, metavar="SESSION[:N]|FILE.json",
+              help="Instead, compare the trace with a reference trace of the same input (another device or "
+                   "dtype), reported as `tracer diff REFERENCE SOURCE` does (exit 0 equal, 1 differ, 2 trouble).")
+@click.option("--tol", type=click.FloatRange(min=0), default=None, help="With --against: the tolerance, as in `tracer diff`.")
+def check(source, reference, tol):
     """Verify a trace's internal consistency from its own recorded tensors.
 
     Exit 0 when every relation holds, 1 when any step fails (each is named).
+
+    \b
+    Example:
+      tracer check piyush
+      tracer check piyush-cuda --against piyush-cpu
     """
+    if reference is not None:
+        from tracer.diff_report import run_diff
+        from tracer.trace.diff import DEFAULT_TOL
+
+        sys.exit(run_diff(reference, source, tol=DEFAULT_TOL if tol is None else tol, top=10, as_json=False, same_input=True))
+    if tol is not None:
+        from tracer.errors import BadInput
+
+        raise BadInput("--tol applies only with --against")
     from tracer.trace.check import check_trace
     from tracer.trace.session import open_source
 
@@ -235,26 +264,30 @@ def models():
 @cli.command()
 @click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Folder to write the model to (default: the bundled models/MODEL).")
+              help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
+@click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: the recipe's); a few make a quick smoke run.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for the corpus, initialisation and batches.")
 @click.option("--eval-size", type=click.IntRange(min=1), default=None,
               help="Score only this many test sentences at the end (default: the whole test split).")
-def train(model_name, out, steps, seed, eval_size):
-    """Rebuild a bundled model from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
+def train(model_name, out, steps, seed, eval_size, force):
+    """Train a bundled model's recipe from scratch: corpus, tokenizer, training, test metrics, MODEL.md.
 
     \b
     Example:
-      tracer train de-en-tiny --out /tmp/de-en
+      tracer train de-en-tiny --steps 200           # into ./trained/de-en-tiny
+      tracer train de-en-tiny --out models/de-en-tiny --force   # rebuild the bundled one
     """
-    from tracer.train.trainer import train as train_model
+    from tracer.train.trainer import destination, train as train_model
 
-    result = train_model(model_name, out=out, steps=steps, seed=seed, eval_size=eval_size)
+    folder = destination(model_name, out, force)
+    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details)")
+    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -265,7 +298,7 @@ SESSIONS_DIR_OPTION = dict(
 
 @cli.command()
 @click.argument("source", metavar="SESSION|PATH|FILE.json")
-@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI.")
+@click.option("--no-tui", is_flag=True, help="Print the summary of each trace instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 @click.option("--play", is_flag=True, help="Step through automatically (space pauses, +/- change speed).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def replay(source, no_tui, play, sessions_dir):
@@ -282,7 +315,7 @@ def replay(source, no_tui, play, sessions_dir):
     # every core when numpy loads and that spins while the first frame is drawn (~60 ms of a
     # 0.6 s start on a 2-core machine, benchmarks/replay.py). Set before numpy is imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if no_tui:
+    if no_tui or not ui_can_run():
         from tracer.summary import print_summary
         from tracer.trace.session import open_source
 
@@ -334,6 +367,40 @@ def export(source, output, precision, trace_number, sessions_dir):
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
     click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("diff")
+@click.argument("source_a", metavar="A")
+@click.argument("source_b", metavar="B")
+@click.option("--tol", type=click.FloatRange(min=0), default=None,
+              help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
+def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+    """Compare two traces step by step: what changed, how much, and where first.
+
+    A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
+    export. Steps are aligned by id; token axes of different lengths are compared over the
+    positions both have; decoding steps while both decodes chose the same tokens. Exit 0 when
+    equal within the tolerance, 1 when not, 2 for bad usage or a file that cannot be read.
+
+    --json prints one object: "a", "b" (source, trace, model, device, input, output),
+    "tol", "equal", "first_over_tol", "parted_at", "parted_tokens", "input_lengths",
+    "decode_lengths", "counts", "only_in_a", "only_in_b", and "steps" (per step: id, kind,
+    status, over_tol, shapes, max_abs, rel_l2, cosine, changed, cells, nonfinite_differ;
+    probability steps add kl and predictions). Figures that are not finite are null.
+
+    \b
+    Example:
+      tracer diff hungrig suess
+      tracer diff piyush:1 piyush:2 --json
+    """
+    from tracer.diff_report import run_diff
+    from tracer.trace.diff import DEFAULT_TOL
+
+    sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                      sessions_dir=sessions_dir))
 
 
 @cli.group(cls=TracerGroup, invoke_without_command=True)

@@ -52,10 +52,18 @@ def step_json(step, precision: int | None = None) -> bytes:
 
 
 def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None) -> None:
-    """Stream the trace to `path` one step at a time, atomically."""
+    """Stream the trace to `path` one step at a time, atomically.
+
+    With `precision`, floats are rounded to that many significant digits and the header says
+    `"precision": N` (the fewest digits any rounding so far kept: a trace read from a rounded
+    export stays rounded).
+    """
     if precision is not None and not 1 <= precision <= 9:
         raise ValueError("precision must be between 1 and 9 significant digits")
-    header = orjson.dumps(trace.header(), option=_OPTIONS)
+    header = trace.header()
+    if precision is not None:  # recorded, so that a reader (and `tracer check`) knows the floats are rounded
+        header["precision"] = min(precision, trace.precision or precision)
+    header = orjson.dumps(header, option=_OPTIONS)
     with atomic_write(path) as out:
         out.write(header[:-1] + b',"steps":[')
         for position, step in enumerate(trace.steps):

@@ -14,40 +14,39 @@ atomically where the OS can (Linux `renameat2(RENAME_EXCHANGE)`), else renames t
 aside first, puts the new one in, and deletes the old; a writer killed between those two
 renames leaves the old session aside, and the next use of the store puts it back. So a
 crash never leaves a half-written session listed and never damages the one that was there.
+(The file-system steps themselves are in tracer.trace.atomic.)
 
-Loading checks everything before the first tensor is read (manifest, metadata, and each
-safetensors header against that metadata), then reads tensors lazily, one at a time, through
-`safetensors.safe_open(..., framework="np")`. A damaged or hostile session is refused with a
-DamagedFile that names the problem. No pickle anywhere.
+Loading checks everything before the first tensor is read (the manifest; the metadata, with the
+checks the JSON reader uses, tracer.trace.schema; each safetensors header against that
+metadata), then reads tensors lazily, one at a time (tracer.trace.tensor_file). A damaged or
+hostile session is refused with a DamagedFile that names the problem. No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import re
-import shutil
-import struct
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import orjson
 
 from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.text import human_size
-from tracer.trace.atomic import current_umask, fsync_dir
-from tracer.trace.load import DTYPES, validate_extra, validate_header, validate_meta
+from tracer.trace.atomic import fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
+from tracer.trace.schema import validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
-from tracer.trace.step import META_KEYS, Step, split_id
+from tracer.trace.step import META_KEYS, Step
+from tracer.trace.tensor_file import TensorFile, write_tensors
 from tracer.trace.trace import Trace, utc_now
+
+# Called through these module names (not `atomic.exchange`) so that the crash tests can stand in
+# for a kernel without RENAME_EXCHANGE and for a full disk by replacing them here.
+from tracer.trace.atomic import exchange as _exchange, write_json as _write_json
 
 FORMAT = "tracer-session"
 VERSION = 1
@@ -56,16 +55,17 @@ MANIFEST = "session.json"
 ENV_DIR = "TRACER_SESSIONS_DIR"
 DEFAULT_DIR = "sessions"
 
-# safetensors dtype codes for the dtypes a trace may hold
-ST_DTYPES = {"float16": "F16", "float32": "F32", "float64": "F64", "int32": "I32", "int64": "I64", "bool": "BOOL"}
-assert set(ST_DTYPES) == DTYPES
-MAX_HEADER_BYTES = 100 * 1024**2      # what safetensors itself accepts
 MAX_META_BYTES = 512 * 1024**2        # a metadata JSON larger than this is not a trace
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _FILE = re.compile(r"^trace-\d{1,6}\.(meta\.json|safetensors)$")
 # hidden work folders beside a session: .NAME.tmp-PID-xxxx (being written),
 # .NAME.old-PID-xxxx (the replaced session, about to be deleted), .NAME.rm-PID-xxxx (being removed)
 _WORK = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|rm)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _work_prefix(name: str, kind: str) -> str:
+    """The start of a hidden work folder's name for session `name`, as `_WORK` reads it back."""
+    return f".{name}.{kind}-{os.getpid()}-"
 
 
 def sessions_root(root: str | os.PathLike | None = None) -> Path:
@@ -143,66 +143,6 @@ def _step_meta(step: Step, label_sets: dict) -> dict:
     return meta
 
 
-_ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
-
-
-def _nbytes(shape, dtype: str) -> int:
-    return math.prod(shape) * _ITEMSIZE[dtype]
-
-
-def _fsync_file(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def write_tensors(steps: list[Step], path: Path) -> None:
-    """Stream every step's tensor into a safetensors file, one tensor at a time.
-
-    The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-endian
-    header length, a JSON header padded with spaces to 8 bytes, then the raw little-endian
-    data), but written straight from each array's buffer: no second in-memory copy of the
-    whole trace, and steps loaded lazily from another session are read, written and dropped
-    one by one.
-    """
-    header, offset = {}, 0
-    for step in steps:
-        if step.dtype not in ST_DTYPES:
-            raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
-        size = _nbytes(step.shape, step.dtype)
-        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = orjson.dumps(header)
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb", buffering=0) as out:
-        out.write(struct.pack("<Q", len(raw)) + raw)
-        for step in steps:
-            was_loaded = step._array is not None
-            try:
-                array = step.data
-            except ValueError as exc:
-                raise TracerError(str(exc)) from None
-            if tuple(array.shape) != tuple(step.shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
-                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.shape)}")
-            array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
-            if array.size:
-                view = memoryview(array).cast("B")
-                while view:  # a raw write may be partial
-                    written = out.write(view)
-                    view = view[written:]
-            if not was_loaded:
-                step.release()
-        os.fsync(out.fileno())
-
-
-def _write_json(path: Path, document: dict, indent: bool = False) -> None:
-    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
-    with open(path, "wb") as out:
-        out.write(orjson.dumps(document, option=option))
-        if indent:
-            out.write(b"\n")
-        _fsync_file(out)
-
-
 def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UIState, created: str | None = None) -> dict:
     """Write a complete session into `folder` (which must exist and be empty); returns the manifest."""
     entries = []
@@ -229,58 +169,6 @@ def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UI
     _write_json(folder / MANIFEST, manifest, indent=True)
     fsync_dir(folder)
     return manifest
-
-
-# -- atomic folder swaps ----------------------------------------------------------------
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOENT, errno.EXDEV):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
-
-
-def _work_path(root: Path, name: str, kind: str) -> Path:
-    """A new empty hidden folder beside the session, named for the writer's pid; once renamed
-    into place it has the permissions `mkdir` would give it (mkdtemp makes it private)."""
-    path = Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=root))
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o777 & ~current_umask())
-    return path
-
-
-def _aside_name(root: Path, name: str, kind: str) -> Path:
-    """A fresh hidden name to rename a session folder to (nothing is created)."""
-    return root / f".{name}.{kind}-{os.getpid()}-{os.urandom(6).hex()}"
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -327,17 +215,17 @@ class SessionStore:
             with contextlib.suppress(Exception):
                 created = _read_json(target / MANIFEST, 1024**2).get("created")
         try:
-            work = _work_path(self.root, name, "tmp")
+            work = make_hidden_folder(self.root, _work_prefix(name, "tmp"))
         except OSError as exc:
             raise TracerError(f"cannot write in {self.root}: {exc.strerror or exc}") from None
         try:
             write_session_folder(work, name, traces, state, created if isinstance(created, str) else None)
             self._commit(work, target, name, force)
         except OSError as exc:
-            _rmtree(work)
+            rmtree(work)
             raise TracerError(f"cannot save session {name!r}: {exc.strerror or exc}") from None
         except BaseException:
-            _rmtree(work)
+            rmtree(work)
             raise
         return target
 
@@ -361,7 +249,7 @@ class SessionStore:
             if _exchange(work, target):
                 asides.append(work)  # work now holds the old session
                 break
-            aside = _aside_name(self.root, name, "old")
+            aside = hidden_name(self.root, _work_prefix(name, "old"))
             try:
                 os.rename(target, aside)
             except FileNotFoundError:
@@ -371,7 +259,7 @@ class SessionStore:
             raise TracerError(f"cannot save session {name!r}: other writers keep replacing it")
         fsync_dir(self.root)
         for aside in asides:
-            _rmtree(aside)
+            rmtree(aside)
 
     def recover(self, name: str | None = None) -> None:
         """Tidy up after writers that died: delete their temp folders, put back a session left aside."""
@@ -381,7 +269,7 @@ class SessionStore:
             return
         for entry in entries:
             match = _WORK.match(entry.name)
-            if not match or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
+            if not match or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
                 continue
             path = Path(entry.path)
             target = self.root / match["name"]
@@ -389,7 +277,7 @@ class SessionStore:
                 with contextlib.suppress(OSError):
                     os.rename(path, target)
                     continue
-            _rmtree(path)
+            rmtree(path)
 
     # -- loading -----------------------------------------------------------------------
     def load(self, name_or_path: str | os.PathLike) -> Session:
@@ -433,12 +321,12 @@ class SessionStore:
             raise BadInput(f"no session named {name!r} in {self.root}")
         if not (target / MANIFEST).is_file():
             raise TracerError(f"{target} is not a session folder (no {MANIFEST}); not removing it")
-        doomed = _aside_name(self.root, name, "rm")
+        doomed = hidden_name(self.root, _work_prefix(name, "rm"))
         try:
             os.rename(target, doomed)  # disappears from listings at once
         except OSError as exc:
             raise TracerError(f"cannot remove session {name!r}: {exc.strerror or exc}") from None
-        _rmtree(doomed)
+        rmtree(doomed)
 
 
 def _folder_size(path: Path) -> int:
@@ -501,137 +389,6 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-class TensorFile:
-    """One trace's safetensors file: header checked up front, tensors read one at a time."""
-
-    def __init__(self, path: Path, steps: list[Step]):
-        self.path = path
-        self._handle = None
-        self._check(steps)
-
-    def _fail(self, message: str):
-        raise DamagedFile(f"{self.path}: {message}")
-
-    def _check(self, steps: list[Step]) -> None:
-        """Validate the header against the metadata without reading any tensor data."""
-        try:
-            if self.path.is_symlink():
-                self._fail("is a symbolic link; a session holds plain files only")
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < 8:
-                    self._fail(f"truncated ({size} bytes; not even a safetensors header)")
-                (header_len,) = struct.unpack("<Q", handle.read(8))
-                if header_len > MAX_HEADER_BYTES:
-                    self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
-                if 8 + header_len > size:
-                    self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
-                raw = handle.read(header_len)
-        except FileNotFoundError:
-            raise DamagedFile(f"{self.path.parent}: missing file {self.path.name}") from None
-        except OSError as exc:
-            raise DamagedFile(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-        try:
-            header = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            self._fail("the safetensors header is not valid JSON")
-        if not isinstance(header, dict):
-            self._fail("the safetensors header is not an object")
-        data_len = size - 8 - header_len
-        expected = {step.id for step in steps}
-        extra = set(header) - expected - {"__metadata__"}
-        if extra:
-            self._fail(f"holds tensor(s) the metadata does not list: {', '.join(sorted(extra)[:3])}")
-        spans = []
-        for step in steps:
-            entry = header.get(step.id)
-            if not isinstance(entry, dict):
-                self._fail(f"tensor {step.id!r} is missing")
-            shape, dtype, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
-            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-                self._fail(f"tensor {step.id!r} has an invalid shape {shape!r}")
-            if tuple(shape) != tuple(step.shape):
-                self._fail(f"tensor {step.id!r} has shape {shape}, its metadata says {list(step.shape)}")
-            if dtype != ST_DTYPES[step.dtype]:
-                self._fail(f"tensor {step.id!r} is {dtype!r}, its metadata says {step.dtype}")
-            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
-                    and 0 <= offsets[0] <= offsets[1]):
-                self._fail(f"tensor {step.id!r} has invalid data offsets {offsets!r}")
-            need = _nbytes(shape, step.dtype)
-            if offsets[1] - offsets[0] != need:
-                self._fail(f"tensor {step.id!r} claims {human_size(offsets[1] - offsets[0])} for a {need}-byte tensor")
-            if offsets[1] > data_len:
-                self._fail(f"truncated: tensor {step.id!r} ({human_size(need)}) ends at byte {offsets[1]}, "
-                           f"but the file holds only {data_len} bytes of data")
-            spans.append(offsets)
-        spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:]):
-            if start < end:
-                self._fail("tensors overlap in the file")
-
-    def _open(self):
-        if self._handle is None:
-            from safetensors import safe_open
-
-            try:
-                self._handle = safe_open(str(self.path), framework="np")
-            except Exception as exc:  # SafetensorError, OSError: the Rust side's errors
-                raise DamagedFile(f"{self.path}: cannot open ({_first_line(exc)})") from None
-        return self._handle
-
-    def loader(self, step: Step):
-        step_id, shape, dtype = step.id, tuple(step.shape), step.dtype
-
-        def load() -> np.ndarray:
-            try:
-                array = self._open().get_tensor(step_id)
-            except DamagedFile:
-                raise
-            except Exception as exc:
-                raise DamagedFile(f"{self.path}: cannot read tensor {step_id!r} ({_first_line(exc)})") from None
-            if tuple(array.shape) != shape or str(array.dtype) != dtype:
-                raise DamagedFile(f"{self.path}: tensor {step_id!r} is {array.dtype}{list(array.shape)}, metadata says {dtype}{list(shape)}")
-            return array
-
-        return load
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-
-
-def _plainly_valid(item: dict, position: int, good_axes: set) -> bool:
-    """A fast check that passes only metadata `validate_meta` would accept (thousands of steps
-    open in milliseconds); anything it does not pass goes through `validate_meta` for the message."""
-    step_id, shape, axes = item.get("id"), item.get("shape"), item.get("axes")
-    if type(step_id) is not str or not step_id or item.get("index", position) != position:
-        return False
-    if "@" in step_id:
-        try:
-            split_id(step_id)
-        except ValueError:
-            return False
-    dtype = item.get("dtype")
-    if type(shape) is not list or type(dtype) is not str or dtype not in DTYPES or type(axes) is not list or len(axes) != len(shape):
-        return False
-    for n in shape:
-        if type(n) is not int or n < 0:
-            return False
-    key = tuple(axes)
-    try:
-        seen = key in good_axes
-    except TypeError:  # a list or dict among the axes: not valid, and not hashable
-        return False
-    if not seen:
-        if not all(type(a) is str for a in axes):
-            return False
-        good_axes.add(key)
-    return True
-
-
 def _read_trace(folder: Path, entry: dict) -> Trace:
     meta_path = folder / entry["meta"]
     document = _read_json(meta_path, MAX_META_BYTES)
@@ -653,15 +410,12 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
     ):
         fail("'label_sets' must be a list of lists of strings")
     steps = []
-    good_axes: set = set()
+    seen_axes: set = set()
     for position, item in enumerate(body["steps"]):
         if not isinstance(item, dict):
             fail(f"step {position} is not an object")
-        refs = item.pop("labels", {})
-        if _plainly_valid(item, position, good_axes):
-            step_id, shape, dtype, axes = item["id"], tuple(item["shape"]), item["dtype"], tuple(item["axes"])
-        else:  # the shared validation names the problem
-            step_id, shape, dtype, axes = validate_meta(item, position, fail)
+        refs = item.pop("labels", {})  # indices into label_sets, checked below
+        step_id, shape, dtype, axes = validate_meta(item, position, fail, seen_axes)
         if type(refs) is not dict or not all(type(i) is int and 0 <= i < len(label_sets) for i in refs.values()):
             fail(f"step {step_id!r} has invalid labels")
         extra = {key: value for key, value in item.items() if key not in META_KEYS}
@@ -681,6 +435,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
             output=body["output"], created=str(body.get("created") or "") or None,
             tracer_version=str(body.get("tracer_version", "unknown")),
+            precision=body.get("precision"),
         )
     except ValueError as exc:
         fail(str(exc))

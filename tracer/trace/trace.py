@@ -35,6 +35,7 @@ class Trace:
         output: dict,
         created: str | None = None,
         tracer_version: str = __version__,
+        precision: int | None = None,
     ):
         self.steps: list[Step] = list(steps)
         for index, step in enumerate(self.steps):
@@ -48,6 +49,9 @@ class Trace:
         self.output = output
         self.created = created or utc_now()
         self.tracer_version = tracer_version
+        # significant digits its floats were rounded to (read from an export written with
+        # --precision N); None: full precision, as recorded
+        self.precision = precision
 
     # -- lookups -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -91,8 +95,8 @@ class Trace:
         return self.model.get("arch", "unknown")
 
     def header(self) -> dict:
-        """Everything but the steps, in DESIGN.md's JSON layout."""
-        return {
+        """Everything but the steps, in DESIGN.md's JSON layout (`precision` only when rounded)."""
+        header = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "tracer_version": self.tracer_version,
@@ -102,6 +106,9 @@ class Trace:
             "input": self.input,
             "output": self.output,
         }
+        if self.precision is not None:
+            header["precision"] = self.precision
+        return header
 
     def predictions(self) -> list[dict]:
         """What the model chose, in order: one entry per decoding step (or masked position).

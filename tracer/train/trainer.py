@@ -43,21 +43,48 @@ class TrainResult:
     errors: list = field(default_factory=list)
 
 
-def default_folder(name: str) -> Path:
+MODEL_FILES = ("tokenizer.json", "config.json", "model.safetensors", "MODEL.md")
+TRAINED_DIR = Path("trained")   # where a model is written without --out, under the current folder
+
+
+def bundled_folder(name: str) -> Path:
+    """The model tracer ships as `name` (models/NAME in the project)."""
     return Path(__file__).resolve().parents[2] / "models" / name
 
 
-def train(name: str, out: str | Path | None = None, **kwargs) -> TrainResult:
-    """Rebuild a bundled model from its recipe; deterministic for a given seed and step count.
+def new_folder(name: str, parent: Path = TRAINED_DIR) -> Path:
+    """`trained/NAME`, else `trained/NAME-2`, `-3` …: the first that does not exist yet."""
+    folder, number = parent / name, 2
+    while folder.exists() or folder.is_symlink():
+        folder, number = parent / f"{name}-{number}", number + 1
+    return folder
+
+
+def destination(name: str, out: str | Path | None = None, force: bool = False) -> Path:
+    """Where `train` writes: `out`, or a new folder. A folder that already holds a model (a
+    bundled one above all) is replaced only with `force`."""
+    if out is None:
+        return new_folder(name)
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--out {folder} is a file, not a folder")
+    if not force and folder.is_dir() and any((folder / file).exists() for file in MODEL_FILES):
+        bundled = folder.resolve() == bundled_folder(folder.name).resolve()
+        what = "the model bundled with tracer" if bundled else "a model"
+        raise BadInput(f"--out {folder} already holds {what}; add --force to replace it, or choose a new folder")
+    return folder
+
+
+def train(name: str, out: str | Path | None = None, force: bool = False, **kwargs) -> TrainResult:
+    """Train a model from its recipe into `destination(name, out, force)`; deterministic for a
+    given seed and step count.
 
     Work happens in a hidden folder beside the destination, so an interrupted run never leaves
     a model folder whose tokenizer does not match its weights.
     """
     if name not in RECIPES:
         raise BadInput(f"unknown model {name!r}: tracer can train {', '.join(RECIPES)}")
-    folder = Path(out) if out is not None else default_folder(name)
-    if folder.exists() and not folder.is_dir():
-        raise BadInput(f"--out {folder} is a file, not a folder")
+    folder = destination(name, out, force)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-training-", dir=folder.parent))
@@ -152,7 +179,7 @@ def _train(name: str, folder: Path, work: Path, steps: int | None = None, seed: 
 def _publish(work: Path, folder: Path) -> Path:
     """Move the finished files into place; until now the old model (if any) was untouched."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "config.json", "model.safetensors", "MODEL.md"):
+    for name in MODEL_FILES:
         os.replace(work / name, folder / name)
     return folder
 

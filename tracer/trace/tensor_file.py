@@ -1,0 +1,170 @@
+"""A trace's tensors in one safetensors file: a streaming writer and a checked lazy reader.
+
+The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-endian header
+length, a JSON header padded with spaces to 8 bytes, then the raw little-endian data), so any
+safetensors reader opens it. Reading checks the whole header against the trace's metadata
+before the first tensor is read, then reads tensors one at a time through
+`safetensors.safe_open(..., framework="np")`. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from tracer.errors import DamagedFile, TracerError
+from tracer.text import human_size
+from tracer.trace.schema import DTYPES
+from tracer.trace.step import Step
+
+# safetensors dtype codes for the dtypes a trace may hold
+ST_DTYPES = {"float16": "F16", "float32": "F32", "float64": "F64", "int32": "I32", "int64": "I64", "bool": "BOOL"}
+assert set(ST_DTYPES) == DTYPES
+MAX_HEADER_BYTES = 100 * 1024**2      # what safetensors itself accepts
+
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
+
+
+def _nbytes(shape, dtype: str) -> int:
+    return math.prod(shape) * _ITEMSIZE[dtype]
+
+
+def write_tensors(steps: list[Step], path: Path) -> None:
+    """Stream every step's tensor into a safetensors file, one tensor at a time, and fsync it.
+
+    Written straight from each array's buffer: no second in-memory copy of the whole trace,
+    and steps loaded lazily from another session are read, written and dropped one by one.
+    """
+    header, offset = {}, 0
+    for step in steps:
+        if step.dtype not in ST_DTYPES:
+            raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
+        size = _nbytes(step.shape, step.dtype)
+        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = orjson.dumps(header)
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb", buffering=0) as out:
+        out.write(struct.pack("<Q", len(raw)) + raw)
+        for step in steps:
+            was_loaded = step._array is not None
+            try:
+                array = step.data
+            except ValueError as exc:
+                raise TracerError(str(exc)) from None
+            if tuple(array.shape) != tuple(step.shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
+                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.shape)}")
+            array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
+            if array.size:
+                view = memoryview(array).cast("B")
+                while view:  # a raw write may be partial
+                    written = out.write(view)
+                    view = view[written:]
+            if not was_loaded:
+                step.release()
+        os.fsync(out.fileno())
+
+
+class TensorFile:
+    """One trace's safetensors file: header checked up front, tensors read one at a time."""
+
+    def __init__(self, path: Path, steps: list[Step]):
+        self.path = path
+        self._handle = None
+        self._check(steps)
+
+    def _fail(self, message: str):
+        raise DamagedFile(f"{self.path}: {message}")
+
+    def _check(self, steps: list[Step]) -> None:
+        """Validate the header against the metadata without reading any tensor data."""
+        try:
+            if self.path.is_symlink():
+                self._fail("is a symbolic link; a session holds plain files only")
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < 8:
+                    self._fail(f"truncated ({size} bytes; not even a safetensors header)")
+                (header_len,) = struct.unpack("<Q", handle.read(8))
+                if header_len > MAX_HEADER_BYTES:
+                    self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
+                if 8 + header_len > size:
+                    self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
+                raw = handle.read(header_len)
+        except FileNotFoundError:
+            raise DamagedFile(f"{self.path.parent}: missing file {self.path.name}") from None
+        except OSError as exc:
+            raise DamagedFile(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            header = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self._fail("the safetensors header is not valid JSON")
+        if not isinstance(header, dict):
+            self._fail("the safetensors header is not an object")
+        data_len = size - 8 - header_len
+        expected = {step.id for step in steps}
+        extra = set(header) - expected - {"__metadata__"}
+        if extra:
+            self._fail(f"holds tensor(s) the metadata does not list: {', '.join(sorted(extra)[:3])}")
+        spans = []
+        for step in steps:
+            entry = header.get(step.id)
+            if not isinstance(entry, dict):
+                self._fail(f"tensor {step.id!r} is missing")
+            shape, dtype, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
+            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+                self._fail(f"tensor {step.id!r} has an invalid shape {shape!r}")
+            if tuple(shape) != tuple(step.shape):
+                self._fail(f"tensor {step.id!r} has shape {shape}, its metadata says {list(step.shape)}")
+            if dtype != ST_DTYPES[step.dtype]:
+                self._fail(f"tensor {step.id!r} is {dtype!r}, its metadata says {step.dtype}")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+                    and 0 <= offsets[0] <= offsets[1]):
+                self._fail(f"tensor {step.id!r} has invalid data offsets {offsets!r}")
+            need = _nbytes(shape, step.dtype)
+            if offsets[1] - offsets[0] != need:
+                self._fail(f"tensor {step.id!r} claims {human_size(offsets[1] - offsets[0])} for a {need}-byte tensor")
+            if offsets[1] > data_len:
+                self._fail(f"truncated: tensor {step.id!r} ({human_size(need)}) ends at byte {offsets[1]}, "
+                           f"but the file holds only {data_len} bytes of data")
+            spans.append(offsets)
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                self._fail("tensors overlap in the file")
+
+    def _open(self):
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="np")
+            except Exception as exc:  # SafetensorError, OSError: the Rust side's errors
+                raise DamagedFile(f"{self.path}: cannot open ({_first_line(exc)})") from None
+        return self._handle
+
+    def loader(self, step: Step):
+        step_id, shape, dtype = step.id, tuple(step.shape), step.dtype
+
+        def load() -> np.ndarray:
+            try:
+                array = self._open().get_tensor(step_id)
+            except DamagedFile:
+                raise
+            except Exception as exc:
+                raise DamagedFile(f"{self.path}: cannot read tensor {step_id!r} ({_first_line(exc)})") from None
+            if tuple(array.shape) != shape or str(array.dtype) != dtype:
+                raise DamagedFile(f"{self.path}: tensor {step_id!r} is {array.dtype}{list(array.shape)}, metadata says {dtype}{list(shape)}")
+            return array
+
+        return load
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
