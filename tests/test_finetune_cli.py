@@ -194,3 +194,16 @@ async def test_the_ui_opens_on_a_training_trace_and_steps_through_every_kind(gpt
             app.trace_screen.go(step_id)
             await pilot.press("n", "p")  # a move away and back redraws it from the key path
             assert app.trace_screen.step_id == step_id
+
+
+def test_diff_compares_the_base_model_with_the_finetuned_one(tmp_path):
+    """The bundled GPT continues "the cat drank the" with "water"; three steps on "…the milk" change that."""
+    out = tmp_path / "milk"
+    assert run("finetune", "the cat drank the milk", "--model", "en-gpt-tiny", "--steps", "3", "--out", str(out),
+               "--no-tui").exit_code == 0
+    base = run("run", "the cat drank the", "--model", "en-gpt-tiny", "--save", "base", "--no-tui")
+    assert "milk" not in base.output.split("output:")[1].splitlines()[0]
+    tuned = run("run", "the cat drank the", "--model", str(out), "--save", "tuned", "--no-tui")
+    assert "milk" in tuned.output.split("output:")[1].splitlines()[0]
+    diff = run("diff", "base", "tuned")
+    assert diff.exit_code == 1 and "B chose 'milk'" in diff.output
