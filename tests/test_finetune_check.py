@@ -1,0 +1,93 @@
+"""The relations of a training trace (tracer/trace/check_training.py): they hold on what finetune
+records, and an altered gradient, update or adapter output fails, naming the step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tracer.capture.finetune import FinetuneRequest, finetune
+from tracer.nn.loading import load_model
+from tracer.trace.check_training import check_training
+
+
+@pytest.fixture(scope="module")
+def traces(seq2seq_model, gpt_model, bert_model):
+    """One training trace per architecture: full fine-tuning with weight decay, LoRA, a classifier."""
+    return {
+        "translation": finetune(load_model(seq2seq_model), FinetuneRequest(
+            "ich bin piyush", target="i am tired", steps=3, weight_decay=0.1)).trace,
+        "lora": finetune(load_model(gpt_model), FinetuneRequest(
+            "the cat drank the milk", steps=3, lora_rank=2, lora_alpha=8.0, lr=1e-2)).trace,
+        "classification": finetune(load_model(bert_model), FinetuneRequest(
+            "the cat drank the milk", label="b", labels=["a", "b", "c"], steps=2)).trace,
+    }
+
+
+def altered(trace, step_id: str, change) -> None:
+    """Change one value of a step in place (the trace is rebuilt per test where that matters)."""
+    step = trace.step(step_id)
+    data = np.array(step.data, copy=True)
+    change(data)
+    step._array = data
+
+
+@pytest.mark.parametrize("name", ["translation", "lora", "classification"])
+def test_the_relations_hold_on_what_finetune_records(traces, name):
+    checked, failures = check_training(traces[name])
+    assert failures == []
+    trace = traces[name]
+    params = len(trace.output["training"]["trained_parameters"])
+    assert checked >= 6 * params * trace.output["training"]["steps"]  # every update quantity, every step
+
+
+def test_a_plain_trace_has_no_training_relations(seq2seq_trace):
+    assert check_training(seq2seq_trace) == (0, [])
+
+
+@pytest.fixture
+def fresh(gpt_model):
+    return finetune(load_model(gpt_model), FinetuneRequest("the cat drank the milk", steps=2, lora_rank=2)).trace
+
+
+def only_failure_ids(trace) -> list[str]:
+    return [step_id for step_id, _ in check_training(trace)[1]]
+
+
+def test_an_altered_logits_gradient_fails_naming_it(fresh):
+    altered(fresh, "hook_logits.grad@s1", lambda a: a.__setitem__((0, 3), a[0, 3] + 1e-3))
+    assert only_failure_ids(fresh) == ["hook_logits.grad@s1"]
+
+
+def test_an_altered_residual_gradient_fails_at_the_branch_it_feeds(fresh):
+    altered(fresh, "blocks.1.hook_resid_post.grad@s2", lambda a: a.__setitem__((1, 0), a[1, 0] * 1.5 + 1e-3))
+    assert "blocks.1.hook_mlp_out.grad@s2" in only_failure_ids(fresh)
+
+
+def test_an_altered_weight_gradient_fails_at_the_moments_computed_from_it(fresh):
+    name = "blocks.0.attn.W_V.lora_B.weight"
+    altered(fresh, f"{name}.grad@s2", lambda a: a.__setitem__((4, 1), a[4, 1] * 1.01))
+    assert only_failure_ids(fresh) == [f"{name}.adam_m@s2", f"{name}.adam_v@s2"]
+
+
+def test_an_altered_update_fails_at_the_step_and_the_new_value(fresh):
+    name = "blocks.1.attn.W_Q.lora_B.weight"
+    altered(fresh, f"{name}.adam_step@s1", lambda a: a.__setitem__((0, 0), a[0, 0] + 1e-5))
+    assert only_failure_ids(fresh) == [f"{name}.adam_step@s1", f"{name}.new@s1"]
+
+
+def test_a_new_value_that_is_not_the_next_steps_value_fails(fresh):
+    name = "blocks.0.attn.W_Q.lora_A.weight"
+    altered(fresh, f"{name}.value@s2", lambda a: a.__setitem__((0, 0), np.nextafter(a[0, 0], np.float32(1))))
+    assert f"{name}.value@s2" in only_failure_ids(fresh)
+
+
+def test_an_altered_lora_output_fails(fresh):
+    prefix = "blocks.0.attn.W_Q"
+    altered(fresh, f"{prefix}.hook_lora_out@s2", lambda a: a.__setitem__((0, 0), a[0, 0] + 1e-2))
+    assert set(only_failure_ids(fresh)) == {f"{prefix}.hook_lora_out@s2", f"{prefix}.hook_adapted_out@s2"}
+
+
+def test_an_altered_loss_fails(fresh):
+    altered(fresh, "hook_token_losses@s1", lambda a: a.__setitem__(0, a[0] * 1.01))
+    assert only_failure_ids(fresh) == ["hook_token_losses@s1"]  # the loss itself is recomputed from the logits
