@@ -110,10 +110,12 @@ def build_example(loaded: LoadedModel, request: FinetuneRequest, head: Classific
         if not target_ids:
             raise BadInput("the target has no tokens this model knows")
         start = tok.bos_id if tok.bos_id is not None else 0   # as tracer.capture.run starts decoding
-        if tok.eos_id is not None:                            # teacher forcing: read start + y, predict y + end
-            decoder_in, predict = [start] + target_ids, target_ids + [tok.eos_id]
-        else:
-            decoder_in, predict = [start] + target_ids[:-1], target_ids
+        if tok.eos_id is not None and target_ids[-1] != tok.eos_id:
+            target_ids_end = target_ids + [tok.eos_id]        # the model must also learn to stop
+        else:                                                 # (a tokenizer may append the end itself)
+            target_ids_end = target_ids
+        # teacher forcing: the decoder reads start + y and predicts y + end, one position ahead
+        decoder_in, predict = [start] + target_ids_end[:-1], target_ids_end
         check_length(cfg, len(ids), "the text")
         check_length(cfg, len(decoder_in), "the target")
         src, tgt = tensor(ids), tensor(decoder_in)
@@ -127,7 +129,8 @@ def build_example(loaded: LoadedModel, request: FinetuneRequest, head: Classific
         return Example(task, {"text": request.text, "tokens": tokens, "ids": ids, "target": target},
                        predict, [tok.token(i) for i in predict], forward)
     if task == "causal-lm":
-        sequence = ([tok.bos_id] if tok.bos_id is not None else []) + ids
+        bos = getattr(tok, "decoder_bos_id", tok.bos_id)     # what `tracer run` puts before a decoder's text
+        sequence = ([bos] if bos is not None else []) + ids
         if len(sequence) < 2:
             raise BadInput("a causal LM step needs at least two tokens: each one is predicted from those before it")
         check_length(cfg, len(sequence) - 1, "the text")
