@@ -41,7 +41,6 @@ from tracer.capture.recorder import Recorder, batched_to_host, host_array
 from tracer.capture.run import device_label, record_pass
 from tracer.errors import BadInput, TracerError
 from tracer.nn.classifier import ClassificationHead, encoder_hidden, load_head, save_head, valid_labels
-from tracer.nn.hooks import hooks_attached
 from tracer.nn.loading import LoadedModel, models_dirs, save_model
 from tracer.nn.lora import DEFAULT_TARGETS, add_lora, merge_lora
 from tracer.trace import Step, Trace
@@ -335,7 +334,9 @@ def update_steps(updates: list[AdamWUpdate], s: int, labels: list[str] | None) -
 
 # -- training ----------------------------------------------------------------------------
 def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
-    """Train on one example for `request.steps` steps, recording every step; returns the trace."""
+    """Train on one example for `request.steps` steps, recording every step; returns the trace.
+
+    The loaded model is trained in place (wrapped with LoRA adapters first, if asked)."""
     validate_request(loaded, request)
     torch.manual_seed(request.seed)
     model = loaded.model
