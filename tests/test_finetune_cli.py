@@ -207,3 +207,14 @@ def test_diff_compares_the_base_model_with_the_finetuned_one(tmp_path):
     assert "milk" in tuned.output.split("output:")[1].splitlines()[0]
     diff = run("diff", "base", "tuned")
     assert diff.exit_code == 1 and "B chose 'milk'" in diff.output
+
+
+def test_without_no_tui_the_training_trace_opens_in_the_ui(gpt_model, monkeypatch):
+    opened = {}
+    monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: opened.update(traces=traces, **kw))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
+    result = run("finetune", "the cat drank the milk", "--model", str(gpt_model), "--save", "ui")
+    assert result.exit_code == 0, result.output
+    (trace,) = opened["traces"]
+    assert opened["session_name"] == "ui" and "hook_loss@s1" in trace
+    assert "step 1" not in result.output  # the summary is not printed when the UI opens
