@@ -102,8 +102,8 @@ def test_the_steps_of_one_training_step_come_in_order(bert_model):
         if not phases or phases[-1] != (step.train_step, phase):
             phases.append((step.train_step, phase))
     assert phases == [(s, p) for s in (1, 2) for p in ("forward", "loss", "backward", "update")]
-    assert trace.step("classifier.hook_logits@s1").axes == ("label",)
-    assert trace.step("classifier.hook_logits@s1").labels == {"label": LABELS}
+    assert trace.step("classifier.hook_class_logits@s1").axes == ("label",)
+    assert trace.step("classifier.hook_class_logits@s1").labels == {"label": LABELS}
 
 
 def test_dl_dlogits_is_softmax_minus_one_hot_over_n(seq2seq_model):

@@ -91,3 +91,10 @@ def test_an_altered_lora_output_fails(fresh):
 def test_an_altered_loss_fails(fresh):
     altered(fresh, "hook_token_losses@s1", lambda a: a.__setitem__(0, a[0] * 1.01))
     assert only_failure_ids(fresh) == ["hook_token_losses@s1"]  # the loss itself is recomputed from the logits
+
+
+def test_an_altered_classifier_gradient_fails_naming_it(bert_model):
+    trace = finetune(load_model(bert_model), FinetuneRequest("the cat", label="a", labels=["a", "b"])).trace
+    assert check_training(trace)[1] == []
+    altered(trace, "classifier.hook_class_logits.grad@s1", lambda a: a.__setitem__(0, a[0] + 1e-3))
+    assert only_failure_ids(trace) == ["classifier.hook_class_logits.grad@s1"]

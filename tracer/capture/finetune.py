@@ -284,7 +284,7 @@ def forward_step(step: Step, s: int, source: list[str] | None) -> Step:
 
 
 def head_step(name: str, array: np.ndarray, s: int, labels: list[str]) -> Step:
-    """A classification head's tap: `classifier.hook_cls` [d_model], `hook_logits`/`hook_probs` [label]."""
+    """A classification head's tap: `classifier.hook_cls` [d_model], `hook_class_logits`/`hook_class_probs` [label]."""
     if parse_name(name)["kind"] == "cls":
         return Step.from_array(f"{name}@s{s}", np.array(array, copy=True), ("d_model",))
     return Step.from_array(f"{name}@s{s}", np.array(array, copy=True), ("label",), {"label": labels})

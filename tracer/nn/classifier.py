@@ -30,7 +30,7 @@ FORMAT = "tracer-classifier"
 
 
 class ClassificationHead(nn.Module):
-    """Logits over `labels` from the hidden state at position 0; taps `hook_cls`, `hook_logits`, `hook_probs`."""
+    """Logits over `labels` from the hidden state at position 0; taps `hook_cls`, `hook_class_logits`, `hook_class_probs`."""
 
     def __init__(self, d_model: int, labels: list[str], seed: int = 0):
         super().__init__()
@@ -41,13 +41,13 @@ class ClassificationHead(nn.Module):
             self.W_cls.weight.copy_(torch.randn(self.W_cls.weight.shape, generator=generator) * 0.02)
             self.W_cls.bias.zero_()
         self.hook_cls = HookPoint()      # [d_model]  h₀, what the head reads
-        self.hook_logits = HookPoint()   # [label]
-        self.hook_probs = HookPoint()    # [label]    softmax of the logits
+        self.hook_class_logits = HookPoint()   # [label]
+        self.hook_class_probs = HookPoint()    # [label]    softmax of the logits
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:                          # hidden: (B, T, d)
         cls = self.hook_cls(hidden[:, 0])                                              # (B, d)
-        logits = self.hook_logits(self.W_cls(cls))                                     # (B, labels)
-        self.hook_probs(logits.softmax(dim=-1))
+        logits = self.hook_class_logits(self.W_cls(cls))                                     # (B, labels)
+        self.hook_class_probs(logits.softmax(dim=-1))
         return logits
 
 

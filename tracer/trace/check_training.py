@@ -24,6 +24,7 @@ from tracer.trace.step import PARAM_KINDS, parse_name
 from tracer.trace.trace import Trace
 
 RTOL = 1e-4          # float32 values recomputed in float64
+LOGITS = ("logits", "class_logits")   # what the loss reads: a vocabulary head's, or a classifier's
 RESIDUAL_BRANCHES = {"hook_attn_out": "hook_resid_mid", "hook_cross_attn_out": "hook_resid_mid_cross",
                      "hook_mlp_out": "hook_resid_post"}
 
@@ -90,7 +91,7 @@ class TrainingChecker:
     # -- the relations -----------------------------------------------------------------
     def loss(self, s: int, names: list[str]) -> None:
         targets = self.get("hook_targets", s)
-        logits_name = next((n for n in names if parse_name(n)["kind"] == "logits"), None)
+        logits_name = next((n for n in names if parse_name(n)["kind"] in LOGITS), None)
         if targets is None or logits_name is None:
             return
         logits = self.get(logits_name, s).astype(np.float64).reshape(len(targets), -1)
@@ -103,7 +104,7 @@ class TrainingChecker:
         targets = self.get("hook_targets", s)
         for name in names:
             parts = parse_name(name)
-            if parts["kind"] != "grad" or parts["of"] != "logits" or targets is None:
+            if parts["kind"] != "grad" or parts["of"] not in LOGITS or targets is None:
                 continue
             logits = self.get(name.removesuffix(".grad"), s)
             probs = _softmax(logits.astype(np.float64).reshape(len(targets), -1))
