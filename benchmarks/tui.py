@@ -78,7 +78,7 @@ async def measure(presses: int) -> dict:
         keys = ["h", "right_square_bracket", "h", "left_square_bracket", "n", "p"]
         for i in range(presses):
             key = keys[i % len(keys)]
-            screen._pictures.clear()  # every press draws a fresh picture (no cache hits)
+            app.viewer.forget_pictures()  # every press draws a fresh picture (no cache hits)
             await pilot.pause()
             start, start_cpu = time.perf_counter(), time.process_time()
             await pilot.press(key)

@@ -13,6 +13,13 @@ def isolated_sessions(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def isolated_hub_cache(tmp_path, monkeypatch):
+    """No test reads the user's Hugging Face cache or reaches the hub: an empty cache, offline."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def make_model(tmp_path_factory):
     """make_model(arch=..., positional=..., ...) -> folder of a small random model (cached)."""

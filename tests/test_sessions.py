@@ -306,7 +306,7 @@ def test_replay_ui_saves_into_the_given_sessions_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACER_SESSIONS_DIR", str(tmp_path / "default"))  # restored after the test
     seen = {}
     monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: seen.update(
-        root=SessionStore(None).root, name=kw["session_name"], count=len(traces)))
+        root=kw["store"].root, name=kw["session_name"], count=len(traces)))  # the store handed to the UI
     monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
     assert invoke("replay", "here", "--sessions-dir", other).exit_code == 0
     assert seen == {"root": other, "name": "here", "count": 2}

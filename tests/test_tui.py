@@ -154,7 +154,7 @@ async def test_numbers_view_and_masked_cells():
 
 
 async def test_cell_inspection_shows_the_dot_product():
-    from tracer.tui.picture import format_number
+    from tracer.tui.view.picture import format_number
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -470,3 +470,184 @@ async def test_switching_steps_draws_what_opening_them_directly_draws():
         async with fresh.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             assert screen_text(fresh) == text, step_id
+
+
+# -- issue 12: what a new user hit ------------------------------------------------------------
+@pytest.mark.parametrize("step_id", ["encoder.hook_embed", "encoder.0.mlp.hook_pre", "decoder.hook_logits@1"])
+async def test_arrows_change_the_step_on_a_tensor_wider_than_the_view(step_id):
+    """→ / ← scrolled a wide tensor (ScrollView's bindings) instead of moving to the next/previous step."""
+    app = make_app()
+    async with app.run_test(size=(50, 20)) as pilot:
+        screen = app.trace_screen
+        screen.go(step_id)
+        await pilot.pause()
+        view = screen.query_one("#tensor")
+        assert view.has_focus and view.virtual_size.width > view.size.width  # really wider than the view
+        index = screen.step.index
+        await pilot.press("right")
+        assert screen.step.index == index + 1
+        await pilot.press("left")
+        assert screen.step_id == step_id
+        assert view.scroll_offset.x == 0
+        # columns still scroll, with the cell cursor (shift+→ or .; ctrl+→ a screenful)
+        await pilot.press("ctrl+right", "ctrl+right", "full_stop")
+        await pilot.pause()
+        assert view.cursor[1] > 0 and view.scroll_offset.x > 0 and screen.step_id == step_id
+
+
+def contrast_ratio(foreground, background) -> float:
+    """WCAG contrast ratio of two rich colours (1 … 21)."""
+    def luminance(colour):
+        channels = []
+        for c in colour.get_truecolor():
+            c /= 255
+            channels.append(c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4)
+        return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+@pytest.mark.parametrize("step_id", ["decoder.1.cross_attn.hook_pattern@2", "encoder.0.attn.hook_attn_raw", "encoder.hook_tokens"])
+async def test_numbers_are_readable_on_any_terminal_background(step_id):
+    """Numbers were drawn in their heat-map colour on the terminal's own background: small weights
+    (navy, black) vanished on a dark terminal. Each number now brings its own background."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go(step_id)
+        if screen.view != "numbers" and screen.step.kind != "tokens":
+            await pilot.press("v")
+        await pilot.pause()
+        view = screen.query_one("#tensor")
+        cursor_row, cursor_col = view.cursor
+        numbers = 0
+        for y in range(1, view.picture.rows + 1):
+            for segment in view.render_line(y):
+                text, style = segment.text.strip(), segment.style
+                if not any(ch.isdigit() for ch in text) or style is None or style.reverse:
+                    continue  # row labels, the gap between numbers, the cursor cell
+                if text in ("−∞", "·"):
+                    continue
+                numbers += 1
+                assert style.bgcolor is not None and style.color is not None, (text, style)
+                assert contrast_ratio(style.color, style.bgcolor) >= 3.0, (text, style)
+        assert numbers >= view.picture.rows - 1  # every row but the cursor's holds a number at least
+
+
+async def test_other_trace_keeps_the_place():
+    """`o` jumped back to Tokenize; comparing one tensor across two sentences needs the same step."""
+    app = TracerAppWith(2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("decoder.1.cross_attn.hook_pattern@2")
+        await pilot.press("h")
+        await pilot.press("o")
+        assert screen.trace_index == 1
+        assert (screen.step_id, screen.head) == ("decoder.1.cross_attn.hook_pattern@2", 1)
+        assert "decoder.1.cross_attn.hook_pattern@2   head 2/4" in static_text(app, "#tensor-title")
+        assert "Decoder step 2" in screen_text(app) and "softmax ◂" in screen_text(app)
+
+
+def TracerAppWith(count: int, text: str = "ich bin piyush"):
+    from tracer.tui.app import TracerApp
+
+    traces = []
+    for number in range(count):
+        trace = fixture_trace()
+        trace.input = dict(trace.input, text=text if number == 0 else f"{text} ({number + 1})")
+        traces.append(trace)
+    return TracerApp(traces)
+
+
+async def test_title_keeps_its_indicators_and_shortens_the_sentence():
+    """A long sentence pushed `trace 2/3` and `▶ playing` off the title bar."""
+    long_text = "der hund schläft unter dem großen alten baum im garten hinter dem haus " * 2
+    app = TracerAppWith(3, long_text)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o", "a")
+        await pilot.pause()
+        title = screen_text(app).splitlines()[0]
+        assert "trace 2/3" in title and "▶ playing" in title, title
+        assert '"der hund' in title and "…" in title  # the sentence gave way
+        await pilot.resize_terminal(120, 24)
+        await pilot.pause()
+        title = screen_text(app).splitlines()[0]
+        assert "trace 2/3" in title and "▶ playing, 0.8 s/step (a pause, +/- speed)" in title, title
+
+
+async def test_bookmark_stays_in_sight_with_a_long_note():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.1.attn.hook_pattern")
+        screen.add_bookmark(screen.step_id, "the masked cells are where the future would be " * 3)
+        await pilot.pause()
+        first_line = screen_text(app).splitlines()[1]
+        assert "encoder.1.attn.hook_pattern   head 1/4" in first_line
+        assert "★ the masked" in first_line
+
+
+async def test_layer_zero_says_this_is_the_first_layer():
+    app = make_app()
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.0.attn.hook_pattern")
+        await pilot.press("left_square_bracket")
+        await pilot.pause()
+        assert screen.step_id == "encoder.0.attn.hook_pattern"
+        text = screen_text(app)
+        assert "this is the first layer" in text and "layer -1" not in text
+
+
+async def test_decoding_step_from_an_encoder_step_keeps_its_kind():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.trace_screen
+        screen.go("encoder.1.attn.hook_pattern")
+        await pilot.press("t")
+        assert screen.step_id == "decoder.1.attn.hook_pattern@1"
+
+
+async def test_decoding_step_labels_keep_the_chosen_token_at_80x24():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        for t, token in enumerate(app.traces[0].output["tokens"], start=1):
+            assert f'step {t} → "{token}"' in text, (t, text)
+
+
+async def test_save_writes_into_the_store_the_app_was_handed(tmp_path, isolated_sessions):
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(tmp_path / "elsewhere")
+    app = make_app(store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        app.screen.query_one("Input").value = "handed"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session_name == "handed"
+    assert store.path_of("handed").exists()
+    assert not SessionStore(isolated_sessions).path_of("handed").exists()  # not the environment's folder
+
+
+def test_replay_hands_its_sessions_folder_to_the_ui(tmp_path, monkeypatch):
+    """The sessions folder reaches the UI as a SessionStore, not through os.environ."""
+    import os
+
+    from click.testing import CliRunner
+
+    import tracer.tui
+    from tracer.cli import cli
+    from tracer.trace.session import ENV_DIR
+
+    opened = {}
+    monkeypatch.setattr(tracer.tui, "open_traces", lambda traces, **kwargs: opened.update(kwargs, traces=traces))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
+    before = os.environ.get(ENV_DIR)
+    result = CliRunner().invoke(cli, ["replay", str(FIXTURE), "--sessions-dir", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    assert opened["store"].root == tmp_path / "mine"
+    assert os.environ.get(ENV_DIR) == before

@@ -35,7 +35,7 @@ def synthetic_trace(n: int = 100, heads: int = 2):
 
 
 def test_picture_of_a_pattern_marks_forbidden_cells():
-    from tracer.tui.picture import build_picture
+    from tracer.tui.view.picture import build_picture
 
     trace = synthetic_trace(6)
     step = trace.step("blocks.0.attn.hook_pattern@1")
@@ -48,7 +48,7 @@ def test_picture_of_a_pattern_marks_forbidden_cells():
 
 
 def test_picture_of_signed_values_is_diverging_and_centred():
-    from tracer.tui.picture import build_picture
+    from tracer.tui.view.picture import build_picture
 
     step = fixture_trace().step("encoder.0.attn.hook_attn_raw")
     picture = build_picture(step, head=0)
@@ -56,7 +56,7 @@ def test_picture_of_signed_values_is_diverging_and_centred():
 
 
 def test_long_vectors_wrap_without_inventing_masked_cells():
-    from tracer.tui.picture import WRAP, build_picture
+    from tracer.tui.view.picture import WRAP, build_picture
 
     step = fixture_trace().step("decoder.hook_probs@1")  # 120 values
     picture = build_picture(step)
@@ -67,7 +67,7 @@ def test_long_vectors_wrap_without_inventing_masked_cells():
 
 
 def test_explanations_name_real_sizes_and_inputs():
-    from tracer.tui.explain import explain, inputs_of
+    from tracer.tui.view.explain import explain, inputs_of
 
     trace = fixture_trace()  # post-norm encoder-decoder, d_model 16, 4 heads, 3 source tokens
     raw = explain(trace.step("encoder.0.attn.hook_attn_raw"), trace)
@@ -88,7 +88,7 @@ def test_explanations_name_real_sizes_and_inputs():
 
 
 def test_outline_follows_computation_order():
-    from tracer.tui.outline import build_outline
+    from tracer.tui.view.outline import build_outline
 
     trace = fixture_trace()
     root = build_outline(trace)

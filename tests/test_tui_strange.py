@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tui_helpers import screen_lines
+
 from tracer.trace import Step, Trace
 from tracer.tui.app import TracerApp
 from tracer.tui.widgets.tensor_view import TensorView
@@ -95,7 +97,7 @@ async def test_control_characters_in_trace_text_never_reach_the_terminal():
     async with app.run_test(size=(100, 30)) as pilot:
         for _ in range(len(trace)):
             await pilot.press("tab", "down", "tab")     # a cell description too
-            shown = "".join(segment.text for strip in app.screen._compositor.render_strips() for segment in strip)
+            shown = "".join(screen_lines(app))  # every character sent, control characters included
             assert not any(ch in shown for ch in "\x1b\x00\x07"), app.trace_screen.step_id
             await pilot.press("n")
         assert "\\x1b[31m" in shown   # shown literally, as an escape

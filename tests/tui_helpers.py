@@ -21,7 +21,10 @@ def make_app(**kwargs):
 
 
 def screen_lines(app) -> list[str]:
-    """The terminal's rows as plain text, as the compositor would paint them now."""
+    """The terminal's rows as plain text, as the compositor would paint them now.
+
+    Textual has no public way to read the composed screen (App.export_screenshot itself reads
+    Screen._compositor and gives SVG): this is the one place the tests reach inside."""
     return [strip.text for strip in app.screen._compositor.render_strips()]
 
 

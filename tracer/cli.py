@@ -9,6 +9,7 @@ import click
 from tracer import __version__
 from tracer.errors import TracerError
 from tracer.text import human_size
+from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
@@ -33,8 +34,9 @@ def cli():
 
 @cli.command()
 @click.argument("text")
-@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH",
-              help="Bundled model name or a model folder (default: de-en-tiny).")
+@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH|ORG/NAME",
+              help="Bundled model name, a model folder (tracer's or Hugging Face's), or a Hugging Face hub name "
+                   "(ORG/NAME[@REVISION], from the local cache; default: de-en-tiny).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--max-new-tokens", type=int, default=None, help="Stop decoding after this many tokens.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Candidates recorded at each decoding step.")
@@ -47,7 +49,11 @@ def cli():
 @click.option("--precision", type=click.IntRange(1, 9), default=None,
               help="With --export: significant digits for floats (default: full float32).")
 @click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
-def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui):
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
+@click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
+        dtype, chat):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -58,8 +64,8 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.capture.device import resolve_device
     from tracer.nn.loading import load_model
 
-    loaded = load_model(model_name, resolve_device(device))
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k)
+    loaded = load_model(model_name, resolve_device(device), dtype=dtype)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -71,11 +77,12 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
 
         print_summary(trace)
     else:
+        from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        use_sessions_dir(sessions_dir)
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k),
-                    session_name=save_name)
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
+                                                                 chat=chat),
+                    session_name=save_name, store=SessionStore(sessions_dir))
 
 
 @cli.command()
@@ -228,41 +235,69 @@ def check(source, reference, tol):
 
     traces = open_source(source).traces  # a session may hold several traces: check them all
     checked = failed = 0
+    skipped: list[str] = []
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
         checked, failed = checked + report.checked, failed + len(report.failures)
+        skipped += report.skipped_kinds
     if not failed:
         click.echo(f"ok: {checked} checks passed")
     else:
         click.echo(f"{failed} of {checked} checks failed")
+    if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
+        kinds = sorted(set(skipped))
+        click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+    if failed:
         sys.exit(1)
 
 
 @cli.command()
 def models():
-    """List the models tracer can find (bundled ones and $TRACER_MODELS_DIR)."""
+    """List the models tracer can find (bundled ones, $TRACER_MODELS_DIR, and the Hugging Face cache)."""
     import json
 
+    from tracer.errors import BadInput
+    from tracer.nn.config import ModelConfig
+    from tracer.nn.hub import cache_dir, cached_models
     from tracer.nn.loading import available_models
 
     found = available_models()
-    if not found:
+    cached = cached_models()
+    if not found and not cached:
         click.echo("No models installed. Run `tracer train de-en-tiny` or pass --model PATH.")
         return
     for folder in found:
         try:
-            cfg = json.loads((folder / "config.json").read_text())
-            detail = f"{cfg.get('arch', '?')}, {cfg.get('n_layers', '?')} layers, d_model {cfg.get('d_model', '?')}"
+            cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
         except (OSError, ValueError):
             detail = "unreadable config.json"
+        except BadInput as exc:
+            detail = f"unusable {exc}"
         click.echo(f"{folder.name:16} {detail}  ({folder})")
+    try:
+        from tracer.nn.convert import SUPPORTED
+    except ImportError:
+        SUPPORTED = None
+    loadable = [m for m in cached if m.has_weights and m.model_type is not None
+                and (SUPPORTED is None or m.model_type in SUPPORTED)]
+    if loadable:
+        click.echo(f"Hugging Face cache ({cache_dir()}):")
+    for model in loadable:
+        detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
+        click.echo(f"{model.name:16} {detail}  ({model.path})")
+    skipped = len(cached) - len(loadable)
+    if skipped:
+        click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
+                   f"tracer cannot convert)")
 
 
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["de-en-tiny", "en-gpt-tiny", "en-bert-tiny"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
 @click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
@@ -328,22 +363,11 @@ def replay(source, no_tui, play, sessions_dir):
     from tracer.tui import open_traces
 
     with collector_paused():  # numpy, the session's metadata and the UI all load with the collector off
-        from tracer.trace.session import open_source
+        from tracer.trace.session import SessionStore, open_source
 
         session = open_source(source, sessions_dir)
-        use_sessions_dir(sessions_dir)
         open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None,
-                    play=play)
-
-
-def use_sessions_dir(sessions_dir) -> None:
-    """The UI saves into SessionStore(None): make that the folder this command was given."""
-    if sessions_dir:
-        import os
-
-        from tracer.trace.session import ENV_DIR
-
-        os.environ[ENV_DIR] = str(sessions_dir)
+                    play=play, store=SessionStore(sessions_dir))
 
 
 @cli.command()
@@ -355,7 +379,7 @@ def use_sessions_dir(sessions_dir) -> None:
               help="Which of the session's traces to export (1 = the first; default: the first).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
 def export(source, output, precision, trace_number, sessions_dir):
-    """Write a session's trace as DESIGN.md's JSON (replayable with `tracer replay FILE.json`)."""
+    """Write a session's trace as JSON, the format in docs/format.md (replayable with `tracer replay FILE.json`)."""
     from tracer.errors import BadInput
     from tracer.trace.session import open_source
 

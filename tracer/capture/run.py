@@ -11,45 +11,11 @@ import torch
 from tracer.capture.recorder import Recorder
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
-from tracer.trace import Step, Trace
+from tracer.trace import Step, Trace, anatomy
 from tracer.trace.step import parse_name
 
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_NEW_TOKENS = 40
-
-_AXES = {
-    "tokens": ("pos",),
-    "q": ("pos", "head", "d_head"), "k": ("pos", "head", "d_head"), "v": ("pos", "head", "d_head"),
-    "rot_q": ("pos", "head", "d_head"), "rot_k": ("pos", "head", "d_head"), "z": ("pos", "head", "d_head"),
-    "attn_raw": ("head", "query", "key"), "attn_scaled": ("head", "query", "key"),
-    "attn_scores": ("head", "query", "key"), "pattern": ("head", "query", "key"),
-    "mask": ("query", "key"),
-    "pre": ("pos", "d_ff"), "post": ("pos", "d_ff"), "pre_linear": ("pos", "d_ff"),
-}
-
-
-def axes_for(kind: str, ndim: int) -> tuple[str, ...]:
-    if kind in _AXES:
-        return _AXES[kind]
-    if kind in ("logits", "probs"):
-        return ("vocab",) if ndim == 1 else ("pos", "vocab")
-    return ("pos", "d_model")
-
-
-def labels_for(name: str, axes, own: list[str], source: list[str] | None) -> dict[str, list[str]]:
-    """Token strings for the token axes; cross-attention keys and values are source tokens."""
-    parts = parse_name(name)
-    cross = parts["component"] == "cross_attn"
-    labels = {}
-    for axis in axes:
-        if axis == "query":
-            labels[axis] = own
-        elif axis == "key":
-            labels[axis] = source if cross else own
-        elif axis == "pos":
-            labels[axis] = source if cross and parts["kind"] in ("k", "v") else own
-    return labels
-
 
 @dataclass
 class GenerationResult:
@@ -64,10 +30,13 @@ class GenerationResult:
     trace: Trace | None = None
 
 
-def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k) -> tuple[list[int], list[str], int, int]:
+def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
+                     chat: bool = False) -> tuple[list[int], list[str], int, int]:
+    """Check a request against the model; the text's ids as the model's tokenizer policy gives them
+    (tracer's own decoders get BOS later, in `generate`; a Hugging Face tokenizer adds what it adds)."""
     if not isinstance(text, str) or not text.strip():
         raise BadInput("the text is empty; give a sentence to trace, e.g. \"ich bin piyush\"")
-    ids, tokens = loaded.tokenizer.encode(text)
+    ids, tokens = loaded.tokenizer.encode(text, chat=chat)
     if not ids:
         raise BadInput("the text has no tokens this model knows")
     cfg = loaded.cfg
@@ -77,7 +46,7 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k) -> t
         raise BadInput(f"--top-k must be at least 1, not {top_k}")
     if top_k > cfg.vocab_size:
         raise BadInput(f"--top-k {top_k} is more than the vocabulary's {cfg.vocab_size} tokens")
-    prefix = len(ids) + (1 if loaded.tokenizer.bos_id is not None and cfg.arch == "decoder" else 0)
+    prefix = len(ids) + (1 if loaded.tokenizer.decoder_bos_id is not None and cfg.arch == "decoder" else 0)
     if prefix > cfg.max_positions:
         raise BadInput(f"the text is {len(ids)} tokens; the model has only {cfg.max_positions} positions")
     room = {"encoder-decoder": cfg.max_positions - 1, "decoder": cfg.max_positions - prefix, "encoder": 0}[cfg.arch]
@@ -101,9 +70,11 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 
 @torch.no_grad()
-def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False) -> GenerationResult:
-    """Greedy decoding; with `traced`, every tap of every forward pass is recorded."""
-    ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k)
+def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
+             chat: bool = False) -> GenerationResult:
+    """Greedy decoding; with `traced`, every tap of every forward pass is recorded; with `chat`, the
+    text is one user message in the model's chat template."""
+    ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     recorder = Recorder(model) if traced else None
     steps: list[Step] = []
@@ -143,7 +114,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                 prefix = [tok.bos_id if tok.bos_id is not None else 0]
                 step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
             else:
-                prefix = ([tok.bos_id] if tok.bos_id is not None else []) + list(ids)
+                prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
                 step_fn = lambda seq: model(tensor(seq))  # noqa: E731
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
@@ -152,7 +123,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                 predictions.append({"step": t, "top_k": top, "chosen": chosen})
                 if traced:
                     last_probs(steps).extra.update(top_k=top, chosen=chosen)
-                if chosen["id"] == tok.eos_id:
+                if chosen["id"] in tok.stop_ids:
                     break
                 generated.append(chosen["id"])
     output_tokens = [tok.token(i) for i in generated]
@@ -161,9 +132,10 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
-                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+                   "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                   "source": loaded.source, "tokenization": tok.policy(arch, chat)},
             device=device_label(device),
-            input={"text": text, "tokens": tokens, "ids": ids},
+            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
         )
     return result
@@ -176,9 +148,9 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
-        axes = axes_for(parse_name(name)["kind"], array.ndim)
-        step_id = name if t is None else f"{name}@{t}"
-        steps.append(Step.from_array(step_id, array, axes, labels_for(name, axes, own, source)))
+        axes = anatomy.axes_for(parse_name(name)["kind"], array.ndim)
+        labels = anatomy.token_labels(name, axes, own, source, array.shape)
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels))
     return out, steps
 
 
@@ -187,9 +159,9 @@ def last_probs(steps: list[Step]) -> Step:
     return next(step for step in reversed(steps) if step.kind == "probs")
 
 
-def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None) -> Trace:
-    """Run greedy decoding on `text` and return its full Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True).trace
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False) -> Trace:
+    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
 
 
 def device_label(device: torch.device) -> str:

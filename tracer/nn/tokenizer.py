@@ -1,17 +1,36 @@
-"""A thin wrapper around a `tokenizers` tokenizer.json, with the model's special tokens."""
+"""A thin wrapper around a `tokenizers` tokenizer.json, with the model's special tokens.
+
+Two policies for special tokens, recorded in the trace header (`model.tokenization`):
+- tracer's own folders (`TextTokenizer`): `encode` adds none; the decoder path prepends BOS itself.
+- Hugging Face folders (`HFTokenizer`): `encode` runs tokenizer.json's post-processor, as transformers
+  does (`[CLS] … [SEP]` for BERT, BOS for Llama-2/3, nothing for GPT-2 or SmolLM), and nothing is
+  prepended later; with `chat`, the folder's chat template is rendered first and, as transformers'
+  `apply_chat_template` does, the result is encoded without the post-processor (the template writes
+  its own special tokens).
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
 from tracer.errors import BadInput
 from tracer.nn.config import ModelConfig
 
+if TYPE_CHECKING:
+    from tracer.nn.hf_folder import HFFolder
+
+SPECIAL_NAMES = ("pad", "bos", "eos", "unk", "mask")
+# The named special tokens transformers passes to a chat template (its SPECIAL_TOKENS_ATTRIBUTES).
+TEMPLATE_SPECIALS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
 
 class TextTokenizer:
-    """Text <-> ids, and the strings the trace shows for each id."""
+    """Text <-> ids, and the strings the trace shows for each id (tracer's own folders)."""
 
     def __init__(self, tokenizer: Tokenizer, cfg: ModelConfig):
         self.tokenizer = tokenizer
@@ -23,6 +42,13 @@ class TextTokenizer:
         self.eos_id = tokenizer.token_to_id(cfg.eos_token)
         self.unk_id = tokenizer.token_to_id(cfg.unk_token)
         self.mask_id = tokenizer.token_to_id(cfg.mask_token)
+        self.stop_ids = {self.eos_id} - {None}   # decoding stops when it chooses one of these
+
+    @property
+    def decoder_bos_id(self) -> int | None:
+        """The id a decoder-only run puts before the text's ids: BOS for tracer's own models (None when
+        the tokenizer has none)."""
+        return self.bos_id
 
     @classmethod
     def from_file(cls, path: str | Path, cfg: ModelConfig) -> "TextTokenizer":
@@ -33,10 +59,17 @@ class TextTokenizer:
                 raise
             raise BadInput(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
 
-    def encode(self, text: str) -> tuple[list[int], list[str]]:
+    def encode(self, text: str, chat: bool = False) -> tuple[list[int], list[str]]:
         """Ids and their token strings, without special tokens added."""
+        if chat:
+            raise BadInput("--chat: this model has no chat template (tracer's own models are not chat models)")
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
         return list(encoding.ids), [self.token(i) for i in encoding.ids]
+
+    def policy(self, arch: str, chat: bool = False) -> dict:
+        """How special tokens are added, for the trace header."""
+        bos = self.token(self.bos_id) if self.bos_id is not None and arch != "encoder" else None
+        return {"specials": "tracer", "bos": bos}
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -45,6 +78,141 @@ class TextTokenizer:
         """The token's string as the tokenizer knows it (`<id 123>` for ids it does not)."""
         text = self.tokenizer.id_to_token(int(token_id))
         return text if text is not None else f"<id {int(token_id)}>"
+
+
+class HFTokenizer(TextTokenizer):
+    """A Hugging Face folder's tokenizer, run as transformers runs it: tokenizer.json's post-processor
+    decides the special tokens; the named ones come from tokenizer_config.json (or the legacy
+    special_tokens_map.json) and config.json's ids; decoding stops at generation_config.json's eos."""
+
+    decoder_bos_id = None  # the post-processor (or the chat template) has already put in what the model expects
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, specials: dict[str, str | None],
+                 stop_ids: set[int], chat_template: str | None = None, chat_template_file: str | None = None):
+        self.tokenizer = tokenizer
+        # transformers encodes without padding or truncation unless asked; a tokenizer.json may enable both
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if self.vocab_size > vocab_size:
+            raise BadInput(f"tokenizer has {self.vocab_size} tokens but the model only {vocab_size}")
+        self.specials = specials
+        ids = {name: tokenizer.token_to_id(token) if token else None for name, token in specials.items()}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id = (ids.get(name) for name in SPECIAL_NAMES)
+        self.stop_ids = set(stop_ids) or ({self.eos_id} - {None})
+        self.chat_template, self.chat_template_file = chat_template, chat_template_file
+
+    @classmethod
+    def from_folder(cls, folder: "HFFolder", vocab_size: int) -> "HFTokenizer":
+        try:
+            tokenizer = Tokenizer.from_file(str(folder.tokenizer_file))
+        except Exception as exc:  # the Rust side raises plain Exceptions for bad files
+            raise BadInput(f"{folder.tokenizer_file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+        specials = hf_special_tokens(folder, tokenizer)
+        stop_ids = hf_stop_ids(folder)
+        return cls(tokenizer, vocab_size, specials, stop_ids, folder.chat_template, folder.chat_template_file)
+
+    def encode(self, text: str, chat: bool = False) -> tuple[list[int], list[str]]:
+        """Ids and token strings as transformers' tokenizer(text) gives them (or apply_chat_template, with chat)."""
+        if chat:
+            text = self.render_chat(text)
+        encoding = self.tokenizer.encode(text, add_special_tokens=not chat)
+        return list(encoding.ids), [self.token(i) for i in encoding.ids]
+
+    def render_chat(self, text: str) -> str:
+        """The folder's chat template applied to one user message, with the generation prompt."""
+        if self.chat_template is None:
+            raise BadInput("--chat: this model's folder has no chat template (chat_template.jinja or "
+                           "tokenizer_config.json's chat_template)")
+        specials = {f"{name}_token": self.specials[name] for name in TEMPLATE_SPECIALS if self.specials.get(name)}
+        return render_chat_template(self.chat_template, [{"role": "user", "content": text}], **specials)
+
+    def policy(self, arch: str, chat: bool = False) -> dict:
+        if chat:
+            return {"specials": "chat-template", "template": self.chat_template_file, "stop": sorted(self.stop_ids)}
+        probe = self.tokenizer.encode("a", add_special_tokens=True)
+        mask = list(probe.special_tokens_mask)
+        lead = next((i for i, m in enumerate(mask) if not m), len(mask))
+        tail = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+        prefix, suffix = probe.tokens[:lead], probe.tokens[len(mask) - tail:] if tail else []
+        bos = self.specials.get("bos")
+        return {"specials": "post-processor", "prefix": prefix, "suffix": suffix,
+                "bos": bos if bos is not None and bos in prefix else None, "stop": sorted(self.stop_ids)}
+
+
+def token_content(value) -> str | None:
+    """A special token as the tokenizer files write it: a string, or an AddedToken object with `content`."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def hf_special_tokens(folder: "HFFolder", tokenizer: Tokenizer) -> dict[str, str | None]:
+    """bos/eos/pad/unk/mask (and cls/sep for templates) as transformers' tokenizer names them.
+
+    tokenizer_config.json first; special_tokens_map.json overrides it where transformers still reads it
+    (a config without `added_tokens_decoder`, the older layout); config.json's `*_token_id` fills gaps."""
+    names = sorted(set(SPECIAL_NAMES) | set(TEMPLATE_SPECIALS))
+    found = {name: token_content(folder.tokenizer_config.get(f"{name}_token")) for name in names}
+    if "added_tokens_decoder" not in folder.tokenizer_config:
+        for name in names:
+            found[name] = token_content(folder.special_tokens_map.get(f"{name}_token")) or found[name]
+    for name in names:
+        token_id = folder.config.get(f"{name}_token_id")
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        if found[name] is None and isinstance(token_id, int):
+            found[name] = tokenizer.id_to_token(token_id)
+    return found
+
+
+def hf_stop_ids(folder: "HFFolder") -> set[int]:
+    """The ids decoding stops at: generation_config.json's eos_token_id, else config.json's (as transformers)."""
+    for source in (folder.generation_config, folder.config):
+        value = source.get("eos_token_id")
+        values = value if isinstance(value, list) else [value]
+        ids = {v for v in values if isinstance(v, int) and not isinstance(v, bool)}
+        if ids:
+            return ids
+    return set()
+
+
+def render_chat_template(template: str, messages: list[dict], **specials: str) -> str:
+    """Render a chat template as transformers does (`render_jinja_template`): a sandboxed jinja2
+    environment with trim_blocks/lstrip_blocks, loop controls, its `tojson`, `raise_exception` and
+    `strftime_now`, the named special tokens, and `add_generation_prompt=True`."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(Extension):
+        """`{% generation %}…{% endgeneration %}` (assistant-mask markers): rendered as their body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(messages=messages, tools=None, documents=None,
+                                                add_generation_prompt=True, **specials)
+    except jinja2.TemplateError as exc:
+        raise BadInput(f"--chat: the chat template failed ({str(exc).splitlines()[0][:160]})") from None
 
 
 def train_tokenizer(texts, vocab_size: int, cfg: ModelConfig) -> Tokenizer:

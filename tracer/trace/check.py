@@ -1,14 +1,17 @@
 """Verify a trace from its own recorded tensors: every relation the model promises must hold.
 
-Each check recomputes a step from the steps it was computed from (in float64) and compares.
+Each check recomputes a step from the steps it was computed from (in float64) and compares;
+which steps those are is the anatomy's dataflow (tracer/trace/anatomy.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracer.trace import anatomy
+from tracer.trace.step import Step, parse_name, split_id
 from tracer.trace.trace import Trace
 
 
@@ -22,10 +25,16 @@ class Failure:
 class CheckReport:
     checked: int
     failures: list[Failure]
+    skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def skipped_kinds(self) -> list[str]:
+        """The kind of each skipped step."""
+        return [parse_name(split_id(step_id)[0])["kind"] for step_id in self.skipped]
 
 
 def _tolerance(*arrays: np.ndarray) -> float:
@@ -67,113 +76,112 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class _Checker:
+    """Walks the trace's steps; each known kind's relation is recomputed from the steps the
+    anatomy says it is computed from. Which step feeds which is the anatomy's; what the
+    numbers must satisfy is written here."""
+
     def __init__(self, trace: Trace):
         self.trace = trace
         self.failures: list[Failure] = []
+        self.skipped: list[str] = []
         self.checked = 0
+        self._broken: set[tuple[str, int | None]] = set()
 
     def get(self, name: str, t: int | None) -> np.ndarray | None:
-        step_id = name if t is None else f"{name}@{t}"
+        step_id = anatomy.with_step(name, t)
         return self.trace[step_id] if step_id in self.trace else None
 
-    def expect(self, name: str, t, expected: np.ndarray, what: str, *inputs: np.ndarray) -> None:
-        actual = self.get(name, t)
-        if actual is None:
+    def expect(self, step: Step, expected: np.ndarray, what: str, *inputs: np.ndarray) -> None:
+        self.checked += 1
+        ok, detail = _close(step.data, expected, _tolerance(step.data, *inputs))
+        if not ok:
+            self.fail(step.id, f"{what}: {detail}")
+
+    def fail(self, step_id: str, message: str) -> None:
+        self.failures.append(Failure(step_id, message))
+
+    def step(self, step: Step) -> None:
+        """Check one step: its relation to its sources, and what its own values must satisfy."""
+        if not anatomy.is_known(step.kind):
+            self.skipped.append(step.id)
+            return
+        relation = RELATIONS.get(step.kind)
+        prop = PROPERTIES.get(step.kind)
+        if relation is None and prop is None:
+            return
+        try:
+            if relation is not None:
+                what, recompute = relation
+                ids = anatomy.sources(step.id, self.trace)
+                if ids and all(ids):
+                    inputs = [self.trace[step_id] for step_id in ids]
+                    expected = recompute(self, step, *inputs)
+                    if expected is not None:  # None: a step it also needs is not recorded
+                        self.expect(step, expected, what, *inputs)
+            if prop is not None:
+                prop(self, step)
+        except (ValueError, IndexError, TypeError) as exc:
+            # Steps that cannot even be combined (mismatched shapes in a damaged file) fail the
+            # check, named once by the module they sit in (`encoder.0.attn`).
+            module = step.name.rpartition(".hook_")[0] or step.name
+            if (module, step.decode_step) not in self._broken:
+                self._broken.add((module, step.decode_step))
+                self.fail(anatomy.with_step(module, step.decode_step),
+                          f"cannot be recomputed from its inputs ({str(exc).splitlines()[0][:120]})")
+
+    def sibling(self, step: Step, ref: str) -> np.ndarray | None:
+        """A step beside this one that is not among its sources (e.g. its attention's queries)."""
+        step_id = anatomy.resolve(ref, anatomy.Place.of(step.id, self.trace), self.trace)
+        return self.trace[step_id] if step_id else None
+
+    # -- the relations: a step recomputed from its sources ----------------------------
+    def total(self, step: Step, *parts: np.ndarray) -> np.ndarray:
+        return sum((part.astype(np.float64) for part in parts[1:]), parts[0].astype(np.float64))
+
+    def scores_raw(self, step: Step, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
+
+    def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
+        q = self.sibling(step, "{attn}.hook_q")  # d_head is the length of a query
+        if q is None:
+            return None
+        return raw.astype(np.float64) / np.sqrt(q.shape[-1])
+
+    def scores_masked(self, step: Step, scaled: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.where(mask[None], scaled.astype(np.float64), -np.inf)
+
+    def softmax(self, step: Step, scores: np.ndarray) -> np.ndarray:
+        return _softmax(scores)
+
+    def weighted_values(self, step: Step, pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64))
+
+    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
+        return z.reshape(z.shape[0], -1).astype(np.float64)
+
+    # -- the properties: what a step's own values must satisfy ------------------------
+    def weights(self, step: Step) -> None:
+        """Attention weights: each row sums to 1, and a masked position has no weight."""
+        self.checked += 1
+        pattern = step.data
+        sums = pattern.astype(np.float64).sum(-1)
+        if not np.allclose(sums, 1.0, atol=_tolerance(pattern)):
+            self.fail(step.id, f"rows sum to {sums.min():.6g}…{sums.max():.6g}, not 1")
+        mask = self.sibling(step, "{attn}.hook_mask")
+        if mask is not None and np.any(pattern[:, ~mask] != 0):
+            self.fail(step.id, "masked positions have non-zero weight")
+
+    def causal_mask(self, step: Step) -> None:
+        if step.component != "attn" or not anatomy.Place.of(step.id, self.trace).causal:
             return
         self.checked += 1
-        ok, detail = _close(actual, expected, _tolerance(actual, *inputs))
-        if not ok:
-            self.fail(name, t, f"{what}: {detail}")
+        mask = step.data
+        if not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool))):
+            self.fail(step.id, "a decoder's self-attention mask must be causal")
 
-    def fail(self, name: str, t, message: str) -> None:
-        self.failures.append(Failure(name if t is None else f"{name}@{t}", message))
-
-    # -- the relations -------------------------------------------------------------
-    def attention(self, prefix: str, t) -> None:
-        g = lambda kind: self.get(f"{prefix}.hook_{kind}", t)  # noqa: E731
-        q, k, v = g("rot_q") if g("rot_q") is not None else g("q"), g("rot_k") if g("rot_k") is not None else g("k"), g("v")
-        raw, scaled, mask, scores, pattern, z = (g(kind) for kind in ("attn_raw", "attn_scaled", "mask", "attn_scores", "pattern", "z"))
-        name = lambda kind: f"{prefix}.hook_{kind}"  # noqa: E731
-        if q is not None and k is not None:
-            self.expect(name("attn_raw"), t, np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64)), "Q·Kᵀ", q, k)
-        if raw is not None and q is not None:
-            self.expect(name("attn_scaled"), t, raw.astype(np.float64) / np.sqrt(q.shape[-1]), "Q·Kᵀ/√d_head", raw)
-        if scaled is not None and mask is not None:
-            self.expect(name("attn_scores"), t, np.where(mask[None], scaled.astype(np.float64), -np.inf), "masked scores", scaled)
-        if pattern is not None:
-            self.checked += 1
-            sums = pattern.astype(np.float64).sum(-1)
-            if not np.allclose(sums, 1.0, atol=_tolerance(pattern)):
-                self.fail(name("pattern"), t, f"rows sum to {sums.min():.6g}…{sums.max():.6g}, not 1")
-            if mask is not None and np.any(pattern[:, ~mask] != 0):
-                self.fail(name("pattern"), t, "masked positions have non-zero weight")
-            if scores is not None:
-                self.expect(name("pattern"), t, _softmax(scores), "softmax of the scores", scores)
-            if v is not None:
-                self.expect(name("z"), t, np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64)), "pattern·V", pattern, v)
-        if z is not None:
-            self.expect(name("concat"), t, z.reshape(z.shape[0], -1).astype(np.float64), "heads side by side", z)
-
-    def block(self, prefix: str, t, pre_norm: bool, previous_out: np.ndarray | None) -> np.ndarray | None:
-        """Residual adds of one block; returns the block's output (the next block's input)."""
-        g = lambda n: self.get(f"{prefix}.{n}", t)  # noqa: E731
-        resid_pre = g("hook_resid_pre")
-        if resid_pre is None:
-            return None
-        if previous_out is not None:
-            self.expect(f"{prefix}.hook_resid_pre", t, previous_out.astype(np.float64), "previous layer's output", previous_out)
-        cross = g("hook_cross_attn_out") is not None
-        x = resid_pre
-        sublayers = [("hook_attn_out", "hook_resid_mid", "ln1")]
-        if cross:
-            sublayers.append(("hook_cross_attn_out", "hook_resid_mid_cross", "ln2"))
-        sublayers.append(("hook_mlp_out", "hook_resid_post", "ln3" if cross else "ln2"))
-        for out_name, sum_name, norm in sublayers:
-            out, total = g(out_name), g(sum_name)
-            if out is None or total is None:
-                return None
-            self.expect(f"{prefix}.{sum_name}", t, x.astype(np.float64) + out, "residual add", x, out)
-            x = total if pre_norm else g(f"{norm}.hook_normalized")
-            if x is None:
-                return None
-        return x
-
-    def stack(self, prefix: str, t, pre_norm: bool) -> None:
-        dot = f"{prefix}." if prefix else ""
-        embed, pos = self.get(f"{dot}hook_embed", t), self.get(f"{dot}hook_pos_embed", t)
-        previous = None
-        if embed is not None:
-            previous = embed.astype(np.float64) + (pos if pos is not None else 0.0)
-        layer = 0
-        block_prefix = f"{dot}" if prefix else "blocks."
-        while self.get(f"{block_prefix}{layer}.hook_resid_pre", t) is not None:
-            for attn in ("attn", "cross_attn"):
-                self.guarded(f"{block_prefix}{layer}.{attn}", t, self.attention)
-            mask = self.get(f"{block_prefix}{layer}.attn.hook_mask", t)
-            if mask is not None and self.causal(prefix):
-                self.checked += 1
-                if not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool))):
-                    self.fail(f"{block_prefix}{layer}.attn.hook_mask", t, "a decoder's self-attention mask must be causal")
-            previous = self.guarded(f"{block_prefix}{layer}", t, self.block, pre_norm, previous)
-            layer += 1
-        logits, probs = self.get(f"{dot}hook_logits", t), self.get(f"{dot}hook_probs", t)
-        if logits is not None and probs is not None:
-            self.expect(f"{dot}hook_probs", t, _softmax(logits), "softmax of the logits", logits)
-            self.predictions(f"{dot}hook_probs", t, probs)
-
-    def guarded(self, prefix: str, t, relation, *args):
-        """Steps that cannot even be combined (mismatched shapes in a damaged file) fail the check."""
-        try:
-            return relation(prefix, t, *args)
-        except (ValueError, IndexError, TypeError) as exc:
-            self.fail(prefix, t, f"cannot be recomputed from its inputs ({str(exc).splitlines()[0][:120]})")
-            return None
-
-    def causal(self, prefix: str) -> bool:
-        return prefix == "decoder" or (prefix == "" and self.trace.arch == "decoder")
-
-    def predictions(self, name: str, t, probs: np.ndarray) -> None:
-        step = self.trace.step(name if t is None else f"{name}@{t}")
+    def predictions(self, step: Step) -> None:
+        """Greedy decoding: the chosen token is the argmax, and the top-k are the probabilities."""
+        probs = step.data
         rows = []
         if "chosen" in step.extra:
             rows.append((probs, step.extra["chosen"], step.extra.get("top_k", [])))
@@ -185,45 +193,61 @@ class _Checker:
             self.checked += 1
             best = int(np.argmax(row))
             if not isinstance(chosen, dict) or chosen.get("id") != best:
-                self.fail(name, t, f"chosen token {chosen!r} is not the argmax (id {best}) under greedy decoding")
+                self.fail(step.id, f"chosen token {chosen!r} is not the argmax (id {best}) under greedy decoding")
             for entry in top_k:
                 token_id = entry.get("id") if isinstance(entry, dict) else None
                 if not isinstance(token_id, int) or not 0 <= token_id < len(row) or abs(float(row[token_id]) - float(entry.get("prob", -1))) > 1e-5:
-                    self.fail(name, t, f"top-k entry {entry!r} does not match the probabilities")
+                    self.fail(step.id, f"top-k entry {entry!r} does not match the probabilities")
                     break
-
 
     def tokens(self) -> None:
         """Input ids are what was traced; each decoding step feeds back the token chosen before it."""
+        stacks = anatomy.STACKS.get(self.trace.arch, (None,))
+        first, last = anatomy.step_name(stacks[0], None, "hook_tokens"), anatomy.step_name(stacks[-1], None, "hook_tokens")
+        probs_name = anatomy.step_name(stacks[-1], None, "hook_probs")
         input_ids = self.trace.input.get("ids")
-        first = "encoder.hook_tokens" if self.trace.arch == "encoder-decoder" else "hook_tokens"
-        tokens_name = "decoder.hook_tokens" if self.trace.arch == "encoder-decoder" else "hook_tokens"
-        recorded = self.get(first, None if self.trace.arch != "decoder" else 1)
+        recorded = self.get(first, None)
         if recorded is not None and isinstance(input_ids, list) and self.trace.arch != "decoder":
             self.checked += 1
             if recorded.tolist() != input_ids:
-                self.fail(first, None, f"token ids {recorded.tolist()} differ from the input's {input_ids}")
+                self.fail(first, f"token ids {recorded.tolist()} differ from the input's {input_ids}")
         steps = self.trace.decode_steps
         for before, t in zip(steps, steps[1:]):
-            previous, current = self.get(tokens_name, before), self.get(tokens_name, t)
-            probs = self.trace.step(f"{tokens_name.replace('tokens', 'probs')}@{before}") if f"{tokens_name.replace('tokens', 'probs')}@{before}" in self.trace else None
+            previous, current = self.get(last, before), self.get(last, t)
+            probs_id = anatomy.with_step(probs_name, before)
+            probs = self.trace.step(probs_id) if probs_id in self.trace else None
             if previous is None or current is None or probs is None or "chosen" not in probs.extra:
                 continue
             self.checked += 1
             if current.tolist() != previous.tolist() + [probs.extra["chosen"].get("id")]:
-                self.fail(tokens_name, t, "the decoder's input is not the previous input plus the token chosen")
+                self.fail(anatomy.with_step(last, t), "the decoder's input is not the previous input plus the token chosen")
+
+
+# kind -> (what the relation is, how to recompute it from the kind's sources in the anatomy)
+RELATIONS = {
+    "resid_pre": ("previous layer's output", _Checker.total),
+    "resid_mid": ("residual add", _Checker.total),
+    "resid_mid_cross": ("residual add", _Checker.total),
+    "resid_post": ("residual add", _Checker.total),
+    "attn_raw": ("Q·Kᵀ", _Checker.scores_raw),
+    "attn_scaled": ("Q·Kᵀ/√d_head", _Checker.scores_scaled),
+    "attn_scores": ("masked scores", _Checker.scores_masked),
+    "pattern": ("softmax of the scores", _Checker.softmax),
+    "z": ("pattern·V", _Checker.weighted_values),
+    "concat": ("heads side by side", _Checker.heads_side_by_side),
+    "probs": ("softmax of the logits", _Checker.softmax),
+}
+# kind -> a check of the step's own values
+PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions}
 
 
 def check_trace(trace: Trace) -> CheckReport:
-    """Recompute every relation the trace's steps must satisfy; list each failing step by id."""
+    """Recompute every relation the trace's steps must satisfy; list each failing step by id.
+
+    Steps of a kind the anatomy does not know (a newer tracer's, an imported model's extra
+    tap) are not checked; `skipped` lists them."""
     checker = _Checker(trace)
     checker.tokens()
-    pre_norm = (trace.model.get("config") or {}).get("norm") == "pre"
-    passes = [None] + trace.decode_steps
-    for t in passes:
-        if trace.arch == "encoder-decoder":
-            for prefix in ("encoder", "decoder"):
-                checker.stack(prefix, t, pre_norm)
-        else:
-            checker.stack("", t, pre_norm)
-    return CheckReport(checker.checked, checker.failures)
+    for step in trace.steps:
+        checker.step(step)
+    return CheckReport(checker.checked, checker.failures, checker.skipped)

@@ -21,6 +21,7 @@ class UIState:
     head: int = 0                   # head shown for per-head tensors
     view: str = "heatmap"           # heatmap | numbers
     bookmarks: list[Bookmark] = field(default_factory=list)
+    cell: tuple[int, int] = (0, 0)  # the cell cursor (row, column) in the tensor shown
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +38,9 @@ class UIState:
             state.step = data["step"]
         if isinstance(data.get("head"), int) and data["head"] >= 0:
             state.head = data["head"]
+        cell = data.get("cell")
+        if isinstance(cell, (list, tuple)) and len(cell) == 2 and all(isinstance(v, int) and v >= 0 for v in cell):
+            state.cell = (cell[0], cell[1])
         if data.get("view") in VIEWS:
             state.view = data["view"]
         for item in data.get("bookmarks") or []:

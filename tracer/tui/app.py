@@ -1,4 +1,4 @@
-"""TracerApp: holds the open traces, bookmarks and session name; the TraceScreen does the rest."""
+"""TracerApp: builds the Viewer (where the user is) and the TraceScreen (keys and drawing)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from textual.app import App
 from textual.screen import Screen
 
 from tracer.trace import Trace
-from tracer.trace.state import VIEWS, Bookmark, UIState
+from tracer.trace.state import Bookmark, UIState
 from tracer.tui.commands import StepFinder
 from tracer.tui.screens.trace_screen import TraceScreen
+from tracer.tui.view import Viewer
 
 
 class TracerApp(App[None]):
-    """Step through one or more traces. Exposes and restores its state as a `UIState`."""
+    """Step through one or more traces. Exposes and restores its state as a `UIState`.
+
+    `store`: the `tracer.trace.session.SessionStore` that `s` saves into, handed over by the
+    CLI (None: the store's default folder).
+    """
 
     CSS_PATH = "app.tcss"
     TITLE = "tracer"
@@ -28,17 +33,13 @@ class TracerApp(App[None]):
         state: UIState | None = None,
         session_name: str | None = None,
         play: bool = False,
+        store=None,
     ) -> None:
         super().__init__()
         if not traces:
             raise ValueError("TracerApp needs at least one trace")
-        self.traces: list[Trace] = list(traces)
-        self.retrace = retrace
-        self.session_name = session_name
-        self.play = play
-        self.bookmarks: list[Bookmark] = []
-        self._initial_state = state or UIState()
-        self.trace_screen: TraceScreen | None = None
+        self.viewer = Viewer(traces, state)
+        self.trace_screen = TraceScreen(self.viewer, retrace=retrace, store=store, session_name=session_name, play=play)
 
     def on_ready(self) -> None:
         if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
@@ -46,34 +47,25 @@ class TracerApp(App[None]):
             gc.enable()
 
     def get_default_screen(self) -> Screen:
-        self.trace_screen = TraceScreen()
         return self.trace_screen
 
-    def trace_screen_ready(self) -> None:
-        """Called by the TraceScreen once its widgets exist: open the first trace."""
-        self.restore(self._initial_state)
-        if self.play:
-            self.trace_screen.start_playing()
+    @property
+    def traces(self) -> list[Trace]:
+        return self.viewer.traces
+
+    @property
+    def bookmarks(self) -> list[Bookmark]:
+        return self.viewer.bookmarks
+
+    @property
+    def session_name(self) -> str | None:
+        """The session `s` saves into without asking (set once saved)."""
+        return self.trace_screen.session_name
 
     def restore(self, state: UIState) -> None:
-        """Go back to a saved place: trace, step, head, view and bookmarks (bad values are ignored)."""
-        screen = self.trace_screen
-        self.bookmarks = [
-            Bookmark(b.trace, b.step, b.note) for b in state.bookmarks
-            if 0 <= b.trace < len(self.traces) and b.step in self.traces[b.trace]
-        ]
-        screen.head = max(0, state.head)
-        screen.view = state.view if state.view in VIEWS else "heatmap"
-        index = state.trace if 0 <= state.trace < len(self.traces) else 0
-        screen.open_trace(index, state.step)
+        """Go back to a saved place: trace, step, head, cell, view and bookmarks (bad values are ignored)."""
+        self.trace_screen.draw(self.viewer.restore(state))
 
     def ui_state(self) -> UIState:
         """Where the user is and what they marked, for a session to save."""
-        screen = self.trace_screen
-        return UIState(
-            trace=screen.trace_index,
-            step=screen.step_id,
-            head=screen.head,
-            view=screen.view,
-            bookmarks=[Bookmark(b.trace, b.step, b.note) for b in self.bookmarks],
-        )
+        return self.viewer.to_state()

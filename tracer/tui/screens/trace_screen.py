@@ -1,13 +1,14 @@
-"""TraceScreen: coordinates the navigator, the tensor view and the panels for one open trace.
+"""TraceScreen: maps keys to the Viewer's moves and draws what they changed.
 
-Widgets draw what this screen hands them and post what the user did (a node selected, a
-cell highlighted); the screen owns where we are (trace, step, head, view) and every key.
+The Viewer (tracer.tui.view) owns where we are (trace, step, head, cell, view) and the
+bookmarks; widgets draw what this screen hands them and post what the user did (a node
+selected, a cell highlighted). The screen knows nothing of the app that holds it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import Callable, ClassVar
 
 from rich.text import Text
 
@@ -22,20 +23,19 @@ from textual.widgets import Static
 from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
-from tracer.trace.state import Bookmark
 from tracer.tui.commands import StepFinder
-from tracer.tui.explain import describe_cell, explain
-from tracer.tui.outline import build_outline, quoted
-from tracer.tui.picture import Picture, build_picture, head_count
+from tracer.tui.view.explain import describe_cell, explain
+from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.screens.help import HelpScreen
+from tracer.tui.view import Change, Viewer
+from tracer.tui.view.picture import Picture
+from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
 from tracer.tui.widgets.navigator import StepNavigator
 from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
-
-if TYPE_CHECKING:
-    from tracer.tui.app import TracerApp
+from tracer.tui.widgets.title_bar import FittedLine
 
 # Seconds per step for autoplay, slowest first; + and - move along this list.
 SPEEDS = (3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.15, 0.08)
@@ -68,7 +68,7 @@ class TraceScreen(Screen[None]):
         Binding("plus,equals_sign", "speed(1)", "play faster", show=False, key_display="+"),
         Binding("minus", "speed(-1)", "play slower", show=False, key_display="-"),
         Binding("i", "new_input", "new input"),
-        Binding("o", "other_trace", "other trace", show=False),
+        Binding("o", "other_trace", "other trace, same step", show=False),
         Binding("s", "save", "save"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
@@ -85,7 +85,7 @@ class TraceScreen(Screen[None]):
     | b / B | Bookmark this step (with a note) or remove its bookmark / go to the next bookmark. |
     | v | Heat map / numbers. |
     | a, + / - | Autoplay on/off, faster / slower. |
-    | i | Trace a new sentence; o switches between traces. |
+    | i | Trace a new sentence; o switches to the next trace, at the same step. |
     | s | Save the session. |
     | ? | Help.  q: quit. |
     """
@@ -93,36 +93,63 @@ class TraceScreen(Screen[None]):
     COMMANDS = {StepFinder}
     AUTO_FOCUS = "#tensor"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        viewer: Viewer,
+        *,
+        retrace: Callable[[str], Trace] | None = None,
+        store=None,
+        session_name: str | None = None,
+        play: bool = False,
+    ) -> None:
+        """`retrace`: text -> Trace, for tracing a new sentence (None: no model here). `store`:
+        the `tracer.trace.session.SessionStore` that `s` saves into (None: its default folder)."""
         super().__init__()
-        self.trace_index = 0
-        self.step_id: str = ""
-        self.head = 0
-        self.view = "heatmap"
+        self.viewer = viewer
+        self.retrace = retrace
+        self.store = store
+        self.session_name = session_name
         self.playing = False
         self.speed = DEFAULT_SPEED
+        self._play_on_mount = play
         self._play_timer = None
-        self._pictures: dict[tuple, Picture] = {}
+
+    # -- where we are (the viewer's; kept here for tests and callers) --------------------
+    @property
+    def trace_index(self) -> int:
+        return self.viewer.trace_index
 
     @property
-    def tracer_app(self) -> "TracerApp":
-        return self.app  # type: ignore[return-value]
+    def step_id(self) -> str:
+        return self.viewer.step_id
+
+    @property
+    def head(self) -> int:
+        return self.viewer.head
+
+    @head.setter
+    def head(self, head: int) -> None:
+        self.viewer.head = head
+
+    @property
+    def view(self) -> str:
+        return self.viewer.view
 
     @property
     def trace(self) -> Trace:
-        return self.tracer_app.traces[self.trace_index]
+        return self.viewer.trace
 
     @property
     def step(self) -> Step:
-        return self.trace.step(self.step_id)
+        return self.viewer.step
 
     # -- layout --------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
+        yield FittedLine(id="title")
         with Horizontal(id="body"):
             yield StepNavigator(id="navigator")
             with Vertical(id="main"):
-                yield Static(id="tensor-title")
+                yield FittedLine(id="tensor-title")
                 yield TensorView(id="tensor")
                 yield Static(id="inspect")
                 with Horizontal(id="bottom"):
@@ -131,226 +158,145 @@ class TraceScreen(Screen[None]):
         yield KeyBar(self.BINDINGS)
 
     def on_mount(self) -> None:
-        self.tracer_app.trace_screen = self
-        self.tracer_app.trace_screen_ready()
+        self.draw(Change(trace=True, step=True, bookmarks=True))
+        if self._play_on_mount:
+            self.start_playing()
 
-    # -- where we are ---------------------------------------------------------------
-    def open_trace(self, index: int, step_id: str | None = None) -> None:
-        """Show trace `index` (from the app's list), at `step_id` or its first step."""
-        self.trace_index = index
-        self._pictures.clear()
-        trace = self.trace
-        self.query_one(StepNavigator).load(build_outline(trace))
-        self._update_bookmarks()
-        self._update_title()
-        if step_id is None or step_id not in trace:
-            step_id = trace.steps[0].id
-        self.step_id = ""  # force a full redraw, even of the same step id
-        self.go(step_id)
+    # -- drawing what a move changed -----------------------------------------------------
+    def apply(self, change: Change) -> Change:
+        """Tell the user what the viewer said, and redraw what the move changed."""
+        if change.message:
+            self._notify(change.message)
+        if change:
+            self.draw(change)
+        return change
+
+    def draw(self, change: Change) -> None:
+        viewer = self.viewer
+        trace, step = viewer.trace, viewer.step
+        navigator = self.query_one(StepNavigator)
+        if change.trace:
+            navigator.load(build_outline(trace))
+            self._update_title()
+        if change.trace or change.bookmarks:
+            navigator.set_bookmarks(viewer.bookmarked_steps())
+        picture = viewer.picture()
+        self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
+        self._update_tensor_title(picture)
+        self._update_inspect(picture, *viewer.cell)
+        if change.trace or change.step:  # another head or view: the panels and the tree have not changed
+            self.query_one(ExplainPanel).show(explain(step, trace), step)
+            self.query_one(NextTokenPanel).show(trace, step)
+            navigator.show_current(step.id)
 
     def go(self, step_id: str) -> None:
-        """Make `step_id` the current step and redraw everything that depends on it."""
-        if step_id not in self.trace:
-            return
-        same_step = step_id == self.step_id
-        self.step_id = step_id
-        step = self.step
-        picture = self.picture()
-        view = self.query_one(TensorView)
-        view.show(picture, self.view)
-        self._update_tensor_title(picture)
-        self._update_inspect(picture, *view.cursor)
-        if same_step:  # another head or view: the panels and the tree have not changed
-            return
-        self.query_one(ExplainPanel).show(explain(step, self.trace), step)
-        self.query_one(NextTokenPanel).show(self.trace, step)
-        self.query_one(StepNavigator).show_current(step_id)
-
-    def picture(self) -> Picture:
-        step = self.step
-        heads = head_count(step)
-        head = min(self.head, heads - 1) if heads else None
-        key = (self.trace_index, step.id, head)
-        picture = self._pictures.get(key)
-        if picture is None:
-            mask = None
-            if step.kind == "pattern":
-                mask_id = step.id.replace("hook_pattern", "hook_mask")
-                if mask_id in self.trace:
-                    mask = self.trace[mask_id]
-            picture = build_picture(step, self.head, mask)
-            if len(self._pictures) > 32:
-                self._pictures.pop(next(iter(self._pictures)))
-            self._pictures[key] = picture
-        return picture
+        """Open `step_id` (from the outline, the finder, or a caller that set the head or view)."""
+        change = self.viewer.go(step_id)
+        self.apply(change if change or change.message else Change(head=True))
 
     def _update_title(self) -> None:
-        trace = self.trace
-        text = Text()
-        text.append("tracer", style="bold")
-        text.append(visible(f" · {trace.model.get('name', '?')} · {trace.device} · "))
-        text.append(quoted(trace.input.get("text", "")))
-        output = trace.output.get("text")
-        if output is not None and trace.arch != "encoder":
-            text.append(" → ")
-            text.append(quoted(output))
-        elif trace.arch == "encoder" and trace.output.get("tokens"):
-            text.append(" → ")
-            text.append(quoted(" ".join(trace.output["tokens"])))
-        traces = len(self.tracer_app.traces)
-        if traces > 1:
-            text.append(f"   trace {self.trace_index + 1}/{traces}", style="dim")
+        viewer = self.viewer
+        playing = None
         if self.playing:
-            text.append(f"   ▶ playing, {SPEEDS[self.speed]:g} s/step (a pause, +/- speed)", style="bold green")
-        text.no_wrap, text.overflow = True, "ellipsis"
-        self.query_one("#title", Static).update(text, layout=False)  # fixed height: no relayout
+            speed = f"{SPEEDS[self.speed]:g} s/step"
+            playing = [f"▶ playing, {speed} (a pause, +/- speed)", f"▶ playing, {speed}", "▶ playing"]
+
+        def fit(width: int) -> Text:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            for part, style in screen_title(viewer.trace, viewer.trace_index + 1, len(viewer.traces), playing, width):
+                text.append(part, style=style)
+            return text
+
+        self.query_one("#title", FittedLine).show(fit)
 
     def _update_tensor_title(self, picture: Picture) -> None:
-        step = self.step
-        text = Text()
-        text.append(step.id, style="bold")
+        step = self.viewer.step
+        first: list[tuple[str, str, bool]] = [(step.id, "bold", False)]  # (text, style, may shorten)
         if picture.head is not None:
-            text.append(f"   head {picture.head + 1}/{picture.n_heads}", style="bold yellow")
-        text.append(f"   [{' × '.join(map(str, step.shape))}]", style="dim")
-        text.append(f"   {VIEW_NAMES[self.view]}", style="dim")
+            first.append((f"   head {picture.head + 1}/{picture.n_heads}", "bold yellow", False))
+        note = self.viewer.bookmark_for(step.id)
+        if note is not None:  # only the note gives way to keep ★ in sight; the details after it may be cut
+            first += [("   ★ ", "bold yellow", False), (visible(note.note) or "bookmarked", "", True)]
+        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[self.viewer.view]}"]
         if picture.wrap is not None:
-            text.append(f"   {picture.length} values, {picture.wrap} per row", style="dim")
-        note = self._bookmark_for(step.id)
-        if note is not None:
-            text.append("   ★ ", style="bold yellow")
-            text.append(note.note or "bookmarked")
-        text.append("\n")
-        text.append_text(legend_text(picture, self.view))
-        text.no_wrap, text.overflow = True, "ellipsis"  # two fixed lines, even at 80 columns
-        self.query_one("#tensor-title", Static).update(text, layout=False)
+            details.append(f"   {picture.length} values, {picture.wrap} per row")
+        legend = legend_text(picture, self.viewer.view)
+
+        def fit(width: int) -> Text:
+            text = Text(no_wrap=True, overflow="ellipsis")  # two fixed lines, even at 80 columns
+            for part, style in fit_parts(first, width):
+                text.append(part, style=style)
+            for part in details:
+                text.append(part, style="dim")
+            text.append("\n")
+            text.append_text(legend)
+            return text
+
+        self.query_one("#tensor-title", FittedLine).show(fit)
 
     # -- messages from widgets -------------------------------------------------------
     def on_step_navigator_step_chosen(self, event: StepNavigator.StepChosen) -> None:
         self.go(event.step_id)
 
     def on_tensor_view_cell_highlighted(self, event: TensorView.CellHighlighted) -> None:
+        self.viewer.set_cell(event.row, event.col)
         if event.view.picture is not None:
             self._update_inspect(event.view.picture, event.row, event.col)
 
     def _update_inspect(self, picture: Picture, row: int, col: int) -> None:
         line = Text()
         line.append("cell  ", style="bold cyan")
-        line.append(visible_token_line(describe_cell(self.trace, picture, row, col)))
+        line.append(visible_token_line(describe_cell(self.viewer.trace, picture, row, col)))
         self.query_one("#inspect", Static).update(line, layout=False)
 
-    # -- navigation -------------------------------------------------------------------
+    # -- keys: each is one of the viewer's moves ---------------------------------------------
     def _notify(self, message: str) -> None:
         """A short hint (end of trace, no such layer): replaces the previous one, never piles up."""
         self.app.clear_notifications()
         self.notify(message, timeout=2, markup=False)
 
     def action_next(self) -> bool:
-        index = self.step.index
-        if index + 1 >= len(self.trace):
-            self._notify("last step of the trace")
+        change = self.apply(self.viewer.next_step())
+        if not change:
             self._stop_playing()
-            return False
-        self.go(self.trace.steps[index + 1].id)
-        return True
+        return bool(change)
 
     def action_prev(self) -> None:
-        index = self.step.index
-        if index == 0:
-            self._notify("first step of the trace")
-            return
-        self.go(self.trace.steps[index - 1].id)
+        self.apply(self.viewer.previous_step())
 
     def action_layer(self, delta: int) -> None:
-        step = self.step
-        if step.layer is None:
-            self._notify("this step is not inside a layer")
-            return
-        matches = self.trace.find(kind=step.kind, component=step.component, stack=step.stack,
-                                  decode_step=step.decode_step, layer=step.layer + delta)
-        if not matches:
-            self._notify(f"no layer {step.layer + delta}")
-            return
-        self.go(matches[0].id)
+        self.apply(self.viewer.layer(delta))
 
     def action_head(self, delta: int) -> None:
-        heads = head_count(self.step)
-        if not heads:
-            self._notify("this step has no heads")
-            return
-        self.head = (min(self.head, heads - 1) + delta) % heads
-        self.go(self.step_id)
+        self.apply(self.viewer.next_head(delta))
 
     def action_decode(self, delta: int) -> None:
-        step, trace = self.step, self.trace
-        steps = trace.decode_steps
-        if not steps:
-            self._notify("this trace has no decoding steps")
-            return
-        t = step.decode_step
-        if t is None:
-            if delta > 0:
-                self.go(trace.find(decode_step=steps[0])[0].id)
-            else:
-                self._notify("the encoder runs before the first decoding step")
-            return
-        target = f"{step.name}@{t + delta}"
-        if target in trace:
-            self.go(target)
-        elif t + delta < steps[0] and trace.arch == "encoder-decoder":
-            self._notify("first decoding step (the encoder has no decoding steps)")
-        else:
-            self._notify(f"no decoding step {t + delta}")
+        self.apply(self.viewer.decoding_step(delta))
 
     def action_find(self) -> None:
         self.app.push_screen(CommandPalette(providers=[StepFinder], placeholder="Find a step… (e.g. cross_attn pattern@2)"))
 
     def action_toggle_view(self) -> None:
-        self.view = "numbers" if self.view == "heatmap" else "heatmap"
-        self.go(self.step_id)
+        self.apply(self.viewer.toggle_view())
 
     # -- bookmarks --------------------------------------------------------------------
-    def _bookmark_for(self, step_id: str) -> Bookmark | None:
-        for bookmark in self.tracer_app.bookmarks:
-            if bookmark.trace == self.trace_index and bookmark.step == step_id:
-                return bookmark
-        return None
-
-    def _update_bookmarks(self) -> None:
-        marked = {b.step for b in self.tracer_app.bookmarks if b.trace == self.trace_index}
-        self.query_one(StepNavigator).set_bookmarks(marked)
-
     def action_bookmark(self) -> None:
-        existing = self._bookmark_for(self.step_id)
-        if existing is not None:
-            self.tracer_app.bookmarks.remove(existing)
-            self._update_bookmarks()
-            self.go(self.step_id)
-            self._notify("bookmark removed")
+        if self.viewer.bookmark_for() is not None:
+            self.apply(self.viewer.remove_bookmark())
             return
-        step_id = self.step_id
+        step_id = self.viewer.step_id
 
         def add(note: str | None) -> None:
-            if note is None:
-                return
-            self.add_bookmark(step_id, note)
+            if note is not None:
+                self.add_bookmark(step_id, note)
 
         self.app.push_screen(TextPrompt(f"Bookmark {step_id}: note (optional)", placeholder="what is interesting here"), add)
 
     def add_bookmark(self, step_id: str, note: str = "") -> None:
-        self.tracer_app.bookmarks.append(Bookmark(self.trace_index, step_id, note.strip()))
-        self._update_bookmarks()
-        if step_id == self.step_id:
-            self.go(step_id)
+        self.apply(self.viewer.add_bookmark(note, step_id))
 
     def action_next_bookmark(self) -> None:
-        marked = [b.step for b in self.tracer_app.bookmarks if b.trace == self.trace_index and b.step in self.trace]
-        if not marked:
-            self._notify("no bookmarks in this trace (b adds one)")
-            return
-        order = sorted(marked, key=lambda step_id: self.trace.step(step_id).index)
-        current = self.step.index
-        later = [s for s in order if self.trace.step(s).index > current]
-        self.go((later or order)[0])
+        self.apply(self.viewer.next_bookmark())
 
     # -- autoplay ---------------------------------------------------------------------
     def action_autoplay(self) -> None:
@@ -390,7 +336,7 @@ class TraceScreen(Screen[None]):
 
     # -- other traces -------------------------------------------------------------------
     def action_new_input(self) -> None:
-        if self.tracer_app.retrace is None:
+        if self.retrace is None:
             self._notify("no model is loaded here (a replayed session): use `tracer run TEXT` to trace new input")
             return
 
@@ -404,7 +350,7 @@ class TraceScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="retrace")
     def _retrace(self, text: str) -> None:
         try:
-            trace = self.tracer_app.retrace(text)
+            trace = self.retrace(text)
         except TracerError as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
             return
@@ -414,43 +360,39 @@ class TraceScreen(Screen[None]):
         self.app.call_from_thread(self.add_trace, trace)
 
     def add_trace(self, trace: Trace) -> None:
-        self.tracer_app.traces.append(trace)
-        self.open_trace(len(self.tracer_app.traces) - 1)
+        self.apply(self.viewer.add_trace(trace))
 
     def action_other_trace(self) -> None:
-        traces = self.tracer_app.traces
-        if len(traces) < 2:
-            self._notify("only one trace is open (i traces a new sentence)")
-            return
-        self.open_trace((self.trace_index + 1) % len(traces))
+        self.apply(self.viewer.other_trace())
 
     # -- save, help, quit -----------------------------------------------------------------
     def action_save(self) -> None:
-        name = self.tracer_app.session_name
-        if name:
-            self._save(name, force=True)
+        if self.session_name:
+            self._save(self.session_name, force=True)
             return
 
         def answer(value: str | None) -> None:
             if value and value.strip():
                 self._save(value.strip(), force=False)
 
-        default = session_slug(self.tracer_app.traces[0].input.get("text", ""))
+        default = session_slug(self.viewer.traces[0].input.get("text", ""))
         self.app.push_screen(TextPrompt("Save session as", value=default), answer)
 
     def _save(self, name: str, force: bool) -> None:
+        store = self.store
+        if store is None:
+            try:
+                from tracer.trace.session import SessionStore
+            except ImportError:
+                self.notify("saving sessions is not available in this build", severity="error")
+                return
+            store = SessionStore(None)
         try:
-            from tracer.trace.session import SessionStore
-        except ImportError:
-            self.notify("saving sessions is not available in this build", severity="error")
-            return
-        app = self.tracer_app
-        try:
-            path = SessionStore(None).save(name, app.traces, state=app.ui_state(), force=force)
+            path = store.save(name, self.viewer.traces, state=self.viewer.to_state(), force=force)
         except TracerError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
-        app.session_name = name
+        self.session_name = name
         self.notify(f"saved session {name!r} ({path})", markup=False)
 
     def action_help(self) -> None:
@@ -475,4 +417,3 @@ def visible_token_line(text: str) -> str:
     """Cell descriptions quote tokens; keep a newline inside a token from breaking the line,
     and escape other control characters."""
     return visible(text.replace("\n", "⏎"))
-

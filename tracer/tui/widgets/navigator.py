@@ -22,7 +22,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tracer.tui.outline import Node
+from tracer.tui.view.outline import Node
+from tracer.tui.view.titles import fit_label
 
 CURRENT_MARK = " ◂"
 BOOKMARK_MARK = "★ "
@@ -187,7 +188,7 @@ class StepNavigator(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         if self._base is None:
             self._base = self.rich_style
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar: labels are fitted to what shows
         index = self.scroll_offset.y + y
         if index >= len(self._lines):
             return Strip.blank(width, self._base)
@@ -213,7 +214,10 @@ class StepNavigator(ScrollView, can_focus=True):
         if marked:
             segments.append(Segment(BOOKMARK_MARK, BOOKMARK_STYLE))
         # Labels are plain text (Segments are never parsed as markup): "[MASK]" shows as typed.
-        segments.append(Segment(node.label + (CURRENT_MARK if is_current else ""), label_style))
+        # A label too long for the outline keeps its end (the chosen token), not its start.
+        mark = CURRENT_MARK if is_current else ""
+        room = width - sum(segment.cell_length for segment in segments) - len(mark)
+        segments.append(Segment(fit_label(node.label, room) + mark, label_style))
         strip = Strip(segments).apply_style(base)
         if is_cursor:
             strip = strip.apply_style(CURSOR_STYLE)

@@ -12,9 +12,9 @@ from textual.strip import Strip
 
 from tracer.trace import Step, Trace
 from tracer.text import visible
-from tracer.tui.explain import Explanation
-from tracer.tui.outline import quoted
-from tracer.tui.picture import format_number
+from tracer.tui.view.explain import Explanation
+from tracer.tui.view.outline import quoted
+from tracer.tui.view.picture import format_number
 
 BAR_WIDTH = 12
 MARGIN = 1          # a column of space left of the text
@@ -91,7 +91,7 @@ class TextPanel(ScrollView, can_focus=False):
         virtual_size = Size(width + MARGIN, len(self._strips))
         if virtual_size != self.virtual_size:
             # The panel's size is set by the layout, not by its text: no relayout needed,
-            # only the scrollbar, sized in this frame.
+            # only the scrollbar, sized in this frame (no public call does that; see TensorView.show).
             self.set_reactive(ScrollView.virtual_size, virtual_size)
             self._scroll_update(virtual_size)
         self.refresh()

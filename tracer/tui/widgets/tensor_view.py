@@ -25,7 +25,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tracer.text import visible
-from tracer.tui.picture import MASKED_GLYPH, PALETTES, Picture, format_number
+from tracer.tui.view.picture import MASKED_GLYPH, PALETTES, Picture, format_number
 
 HEADER_ROWS = 1
 NUMBER_WIDTH = 9          # cells per value in numbers mode (8 characters and a gap)
@@ -38,10 +38,11 @@ CURSOR_LABEL_STYLE = Style(color="#ffffff", bold=True, reverse=True)
 
 @lru_cache(maxsize=None)
 def palette_styles(scale: str, numbers: bool) -> tuple[Style, ...]:
-    """Rich styles for every palette level: background colour (heat map) or text colour (numbers)."""
+    """Rich styles for every palette level: the level's colour as background; in numbers, the text
+    black or white, whichever reads on it (readable on dark and light terminals alike)."""
     palette = PALETTES["diverging" if scale == "diverging" else "sequential"]
     if numbers:
-        return tuple(Style(color=colour) for colour in palette)
+        return tuple(Style(color=contrast(colour), bgcolor=colour) for colour in palette)
     return tuple(Style(bgcolor=colour) for colour in palette)
 
 
@@ -84,11 +85,12 @@ def legend_text(picture: Picture, view: str, swatches: int = 16) -> Text:
     return text
 
 
-class TensorView(ScrollView, can_focus=True):
+class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
     """The current step's tensor: colour heat map (or numbers) with token labels and a cell cursor.
 
     Left/right arrows stay with the screen (previous/next step), so columns move with
-    shift+arrows or , and . while the view has focus.
+    shift+arrows or , and . while the view has focus. ScrollView's own bindings are not
+    inherited: its left/right would scroll a wide tensor instead of changing the step.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -143,8 +145,8 @@ class TensorView(ScrollView, can_focus=True):
         self._base_style: Style | None = None
 
     # -- what to show --------------------------------------------------------------
-    def show(self, picture: Picture | None, view: str | None = None) -> None:
-        """Draw a new picture (a step, a head) or the same one in another view."""
+    def show(self, picture: Picture | None, view: str | None = None, cursor: tuple[int, int] | None = None) -> None:
+        """Draw a new picture (a step, a head) or the same one in another view, the cursor at `cursor`."""
         previous = self.picture
         self.picture = picture
         if view is not None:
@@ -161,8 +163,8 @@ class TensorView(ScrollView, can_focus=True):
         else:
             widest = len(picture.row_name(picture.rows - 1))
         self._label_width = min(widest, MAX_LABEL) + 1
-        row, col = self.cursor
-        if previous is None or previous.values.shape != picture.values.shape:
+        row, col = self.cursor if cursor is None else cursor
+        if previous is None or previous.values.shape != picture.values.shape or cursor is not None:
             row, col = min(row, picture.rows - 1), min(col, picture.cols - 1)
         self.cursor = (max(row, 0), max(col, 0))
         virtual_size = Size(self._label_width + picture.cols * self._cell_width, HEADER_ROWS + picture.rows)
@@ -170,8 +172,10 @@ class TensorView(ScrollView, can_focus=True):
             self.virtual_size = virtual_size
         elif virtual_size != self.virtual_size:
             # The view's own size does not depend on its content, so skip the screen-wide
-            # relayout a virtual_size change asks for, and size the scrollbars in this frame
-            # (after a relayout Textual repaints them one frame later).
+            # relayout a virtual_size change asks for, and size the scrollbars in this frame.
+            # Textual has no public call for that: assigning virtual_size relayouts the screen
+            # and repaints the scrollbars a frame later (n/p in benchmarks/tui.py: ~14 → ~50 ms);
+            # _scroll_update is what ScrollView itself calls once its size is known.
             self.set_reactive(ScrollView.virtual_size, virtual_size)
             self._scroll_update(virtual_size)
         self.refresh()
@@ -285,26 +289,29 @@ class TensorView(ScrollView, can_focus=True):
         values = picture.values[row]
         valid_cols = picture.cols if picture.wrap is None else max(0, min(picture.cols, picture.length - row * picture.wrap))
         blank = " " * cw
-        masked_text = (MASKED_GLYPH * cw) if not numbers else ("·".rjust(cw - 1) + " ")
+        masked_text = MASKED_GLYPH * cw
         segments: list[Segment] = []
         append = segments.append
         if numbers:
+            # Each number on its level's colour, in black or white by contrast, then a plain gap.
             raw = picture.step.data
             is_mask = picture.step.kind == "mask"
+            gap = Segment(" ", self._base_style)
             for col in range(valid_cols):
                 if masked[col] and not is_mask:
                     value = raw[picture.index(row, col)]
-                    text = ("−∞" if value == float("-inf") else "·").rjust(cw - 1) + " "
+                    text = "−∞" if value == float("-inf") else "·"
                     style = MASKED_STYLE
                 elif is_mask:
-                    text, style = ("1" if not masked[col] else "0").rjust(cw - 1) + " ", (styles[levels[col]] if not masked[col] else MASKED_STYLE)
+                    text, style = ("1", styles[levels[col]]) if not masked[col] else ("0", MASKED_STYLE)
                 else:
                     value = float(values[col])
-                    text = (str(int(value)) if picture.scale == "ids" else format_number(value, cw - 1)).rjust(cw - 1) + " "
+                    text = str(int(value)) if picture.scale == "ids" else format_number(value, cw - 1)
                     style = styles[levels[col]]
                 if col == cursor_col:
                     style = style + Style(reverse=True, bold=True)
-                append(Segment(text, style))
+                append(Segment(text.rjust(cw - 1), style))
+                append(gap)
         else:
             # Runs of equal colour become one segment: an attention row is mostly near-zero
             # weights, so this cuts the segments the compositor handles several times over.

@@ -10,39 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.text import visible
-from tracer.trace import Step, Trace
+from tracer.trace import Step, Trace, anatomy
 
-LEAF_LABELS = {
-    "tokens": "tokens",
-    "embed": "token embedding",
-    "pos_embed": "positional encoding",
-    "resid_pre": "layer input x",
-    "q": "Q  queries",
-    "k": "K  keys",
-    "v": "V  values",
-    "rot_q": "Q rotated (RoPE)",
-    "rot_k": "K rotated (RoPE)",
-    "attn_raw": "Q·Kᵀ",
-    "attn_scaled": "÷ √dₖ",
-    "mask": "mask",
-    "attn_scores": "masked scores",
-    "pattern": "softmax",
-    "z": "weights · V",
-    "concat": "concat heads",
-    "attn_out": "output projection",
-    "cross_attn_out": "output projection",
-    "resid_mid": "residual add",
-    "resid_mid_cross": "residual add",
-    "normalized": "layer norm",
-    "pre": "linear 1",
-    "pre_linear": "linear (value branch)",
-    "mlp_out": "linear 2",
-    "resid_post": "residual add",
-    "logits": "logits",
-    "probs": "probabilities",
-}
 ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}
-SUBLAYER_LABELS = {"attn": "Self-attention", "masked": "Masked self-attention", "cross": "Cross-attention", "mlp": "Feed-forward"}
 
 
 @dataclass
@@ -76,6 +46,7 @@ def chosen_tokens(trace: Trace) -> dict[int, str]:
 
 
 def leaf_label(step: Step, trace: Trace) -> str:
+    """The step's line in the outline: its kind's label, with what this trace adds to it."""
     kind = step.kind
     if kind == "post":
         activation = trace.model.get("config", {}).get("activation", "")
@@ -88,25 +59,7 @@ def leaf_label(step: Step, trace: Trace) -> str:
         chosen = step.extra.get("chosen")
         if chosen:
             return f"probabilities → {quoted(chosen['token'])}"
-    return LEAF_LABELS.get(kind, kind)
-
-
-def sublayer_of(step: Step, has_cross: bool) -> str | None:
-    """Which sub-layer group a step inside a layer belongs to (None: the layer itself)."""
-    component, kind = step.component, step.kind
-    if component == "attn" or kind in ("attn_out", "resid_mid"):
-        return "attn"
-    if component == "cross_attn" or kind in ("cross_attn_out", "resid_mid_cross"):
-        return "cross"
-    if component == "mlp" or kind in ("mlp_out", "resid_post"):
-        return "mlp"
-    if component == "ln1":
-        return "attn"
-    if component == "ln2":
-        return "cross" if has_cross else "mlp"
-    if component == "ln3":
-        return "mlp"
-    return None
+    return anatomy.kind_of(kind).label
 
 
 def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -> list[tuple[str, str]]:
@@ -125,7 +78,7 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
         name = "Decoder step" if arch == "encoder-decoder" else "Step"
         path.append((f"t{t}", f"{name} {t}{arrow}"))
         prefix = f"t{t}."
-    kind = step.kind
+    group, group_label = anatomy.outline_group(step.kind, step.component, step.stack, arch) or (None, "")
     if step.layer is not None:
         stack = step.stack
         if stack == "encoder":
@@ -136,16 +89,10 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
             layer_label = f"Layer {step.layer}"
         layer_key = f"{prefix}{stack or 'blocks'}.{step.layer}"
         path.append((layer_key, layer_label))
-        has_cross = stack == "decoder" and arch == "encoder-decoder"
-        sub = sublayer_of(step, has_cross)
-        if sub is not None:
-            label_key = "masked" if sub == "attn" and (stack == "decoder" or arch == "decoder") else sub
-            path.append((f"{layer_key}.{sub}", SUBLAYER_LABELS[label_key]))
-    elif kind in ("embed", "pos_embed"):
-        path.append((f"{prefix}{step.stack}.embed", "Embedding + positions"))
-    elif kind in ("logits", "probs"):
-        label = "Logits and probabilities" if arch != "encoder" else "Masked-token predictions"
-        path.append((f"{prefix}{step.stack}.out", label))
+        if group is not None and group not in anatomy.STACK_GROUPS:
+            path.append((f"{layer_key}.{group}", group_label))
+    elif group in anatomy.STACK_GROUPS:
+        path.append((f"{prefix}{step.stack}.{group}", group_label))
     return path
 
 

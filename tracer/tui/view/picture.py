@@ -1,7 +1,7 @@
 """What the tensor view draws: a step turned into a 2-D grid of colour levels (numpy only).
 
-No Textual here (frogmouth's data/widgets split): the widget only turns levels into
-coloured cells, so this module is easy to test and fast to reason about.
+No Textual here (the headless view package): the widget only turns levels into coloured
+cells, so this module is easy to test and fast to reason about.
 """
 
 from __future__ import annotations
@@ -77,12 +77,15 @@ class Picture:
         if self.wrap is not None:
             return (row * self.wrap + col,)
         step = self.step
-        if len(step.axes) == 1:
-            return (row,)
+        if len(step.axes) <= 1:
+            return (row,)[:len(step.axes)]  # a scalar is drawn as one cell
+        shape = [size for axis, size in zip(step.axes, step.shape) if self.head is None or axis != "head"]
+        # more than two axes besides the head (a kind tracer does not know): build_picture
+        # flattened the trailing ones into the columns
+        rest = [row, *map(int, np.unravel_index(col, shape[1:]))] if len(shape) > 2 else [row, col]
         if self.head is None:
-            return (row, col)
+            return tuple(rest)
         at = step.axes.index("head")
-        rest = [row, col]
         return tuple(self.head if i == at else rest.pop(0) for i in range(len(step.axes)))
 
     def row_name(self, row: int) -> str:
@@ -145,7 +148,8 @@ def build_picture(step: Step, head: int = 0, mask: np.ndarray | None = None) -> 
             padded[:length] = data
             data, axes = padded.reshape(rows, wrap), [axes[0], axes[0]]
     elif data.ndim > 2:
-        # No recorded kind has more than one non-head axis beyond two; show the first slice.
+        # No kind tracer records has more than two axes besides the head; an unknown kind's
+        # trailing axes are flattened into the columns (Picture.index undoes it).
         data = data.reshape(data.shape[0], -1)
     values = data.astype(np.float64)
     if step.kind == "mask" or step.dtype == "bool":
