@@ -158,10 +158,10 @@ def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, b
 
         print_summary(trace)
     else:
+        from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        use_sessions_dir(sessions_dir)
-        open_traces([trace], session_name=save_name)
+        open_traces([trace], session_name=save_name, store=SessionStore(sessions_dir))
 
 
 def comma_list(value: str, option: str) -> list[str]:
