@@ -67,7 +67,7 @@ def test_every_recorded_gradient_is_autograds(arch_model, lora):
     expected = {name: g[0].numpy() for name, g in zip(differentiable, grads) if g is not None}
 
     recorded = {step.name.removesuffix(".grad"): step for step in trace.steps
-                if step.train_step == 1 and step.kind == "grad" and parse_name(step.name)["of"] is not None}
+                if step.train_step == 1 and parse_name(step.name)["of"] is not None}
     assert set(recorded) == set(expected)  # exactly the taps on the loss path
     assert "hook_probs" not in " ".join(recorded)  # the loss reads the logits, not the probabilities
     for name, g in expected.items():
@@ -80,7 +80,7 @@ def test_every_recorded_gradient_is_autograds(arch_model, lora):
 
 def test_gradients_come_in_the_order_the_chain_rule_visits_them(gpt_model):
     trace = finetune(load_model(gpt_model), request_for("decoder")).trace
-    order = [step.name for step in trace.steps if step.kind == "grad" and parse_name(step.name)["of"]]
+    order = [step.name for step in trace.steps if parse_name(step.name)["of"]]
     assert order[0] == "hook_logits.grad"          # dL/dlogits first: the loss reads them directly
     at = order.index
     for layer in (0, 1):
@@ -229,14 +229,14 @@ def test_step_ids_carry_the_training_step_and_old_ids_read_as_before():
         with pytest.raises(ValueError):
             split_step_id(bad)
     step = Step.from_array("blocks.0.attn.hook_pattern.grad@s2", np.zeros((1, 2, 2), np.float32), ("head", "query", "key"))
-    assert (step.train_step, step.decode_step, step.kind, step.layer, step.component) == (2, None, "grad", 0, "attn")
+    assert (step.train_step, step.decode_step, step.kind, step.layer, step.component) == (2, None, "pattern.grad", 0, "attn")
     assert step.meta()["train_step"] == 2
     assert "train_step" not in Step.from_array("decoder.hook_probs@1", np.zeros(3, np.float32), ("vocab",)).meta()
 
 
 def test_training_names_parse_into_their_parts():
     assert parse_name("decoder.1.cross_attn.hook_pattern.grad") == {
-        "stack": "decoder", "layer": 1, "component": "cross_attn", "kind": "grad", "of": "pattern", "param": None, "module": None}
+        "stack": "decoder", "layer": 1, "component": "cross_attn", "kind": "pattern.grad", "of": "pattern", "param": None, "module": None}
     assert parse_name("blocks.0.attn.W_Q.lora_A.weight.adam_m")["param"] == "W_Q.lora_A.weight"
     assert parse_name("blocks.0.ln1.weight.new")["component"] == "ln1"
     assert parse_name("W_E.weight.grad")["component"] is None

@@ -104,7 +104,7 @@ class TrainingChecker:
         targets = self.get("hook_targets", s)
         for name in names:
             parts = parse_name(name)
-            if parts["kind"] != "grad" or parts["of"] not in LOGITS or targets is None:
+            if parts["of"] not in LOGITS or targets is None:
                 continue
             logits = self.get(name.removesuffix(".grad"), s)
             probs = _softmax(logits.astype(np.float64).reshape(len(targets), -1))
@@ -116,7 +116,7 @@ class TrainingChecker:
         for name in names:
             parts = parse_name(name)
             branch = name.removesuffix(".grad").rpartition(".")[2]
-            if parts["kind"] != "grad" or branch not in RESIDUAL_BRANCHES:
+            if parts["of"] is None or branch not in RESIDUAL_BRANCHES:
                 continue
             total = self.get(name.removesuffix(branch + ".grad") + RESIDUAL_BRANCHES[branch] + ".grad", s)
             if total is not None:

@@ -14,7 +14,7 @@ import numpy as np
 _PREFIX = r"^(?:(?P<stack>encoder|decoder)\.)?(?:(?:blocks\.)?(?P<layer>\d+)\.)?"
 _TAP = r"(?:(?P<component>[a-z_0-9]+)\.)?(?:(?P<module>W_[A-Za-z_0-9]+)\.)?hook_"
 _NAME = re.compile(_PREFIX + _TAP + r"(?P<kind>[a-z_0-9]+)$")
-# A training trace's gradient at a tap: "blocks.0.attn.hook_pattern.grad" (kind "grad", of "pattern").
+# A training trace's gradient at a tap: "blocks.0.attn.hook_pattern.grad" (kind "pattern.grad", of "pattern").
 _TAP_GRAD = re.compile(_PREFIX + _TAP + r"(?P<of>[a-z_0-9]+)\.grad$")
 # A training trace's per-parameter quantities: "blocks.0.attn.W_Q.weight.adam_m" (component "attn",
 # param "W_Q.weight", kind "adam_m"). A weight module (W_…) is part of the parameter, not a component.
@@ -28,8 +28,9 @@ _PARAM = re.compile(
 def parse_name(name: str) -> dict:
     """Split a step name into stack, layer, component and kind (None where absent).
 
-    Training traces add two keys (None elsewhere): `of`, the kind of the tap a `grad` step is
-    the gradient of, and `param`, the parameter a per-parameter step belongs to; `module` is a
+    Training traces add keys (None elsewhere): a tap's gradient has kind `<tap kind>.grad` and
+    `of`, the tap's kind (`hook_pattern.grad`: kind `pattern.grad`, of `pattern`); a parameter's
+    steps have `param` (`W_Q.weight`) and kinds `value`, `grad`, `adam_m`, …; `module` is a
     LoRA-wrapped projection's name (`W_Q`). Callers must not change the dict (it is cached).
     """
     match = _NAME.match(name) or _TAP_GRAD.match(name) or _PARAM.match(name)
@@ -42,7 +43,7 @@ def parse_name(name: str) -> dict:
         "stack": parts["stack"],
         "layer": int(layer) if layer is not None else None,
         "component": parts["component"],
-        "kind": parts.get("kind") or "grad",
+        "kind": parts.get("kind") or f"{parts['of']}.grad",
         "of": parts.get("of"),
         "param": parts.get("param"),
         "module": parts.get("module"),
