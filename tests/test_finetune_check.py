@@ -98,3 +98,51 @@ def test_an_altered_classifier_gradient_fails_naming_it(bert_model):
     assert check_training(trace)[1] == []
     altered(trace, "classifier.hook_class_logits.grad@s1", lambda a: a.__setitem__(0, a[0] + 1e-3))
     assert only_failure_ids(trace) == ["classifier.hook_class_logits.grad@s1"]
+
+
+# -- through the anatomy and tracer check ----------------------------------------------------
+def test_every_kind_a_training_trace_records_is_described(traces):
+    from tracer.trace import anatomy
+    from tracer.tui.view.explain import WORDS, explain
+
+    for trace in traces.values():
+        for step in trace.steps:
+            assert anatomy.is_known(step.kind), step.id
+            kind = anatomy.KINDS[step.kind]
+            assert step.axes in kind.axes, (step.id, step.axes)
+            assert kind.explanation in WORDS and explain(step, trace).words != "A recorded intermediate value.", step.id
+            assert None not in anatomy.sources(step.id, trace), step.id
+        place = anatomy.Place.of("blocks.0.attn.hook_pattern@s2", trace)
+        assert (place.s, place.t) == (2, None)
+    lora = traces["lora"]
+    assert anatomy.sources("blocks.0.attn.W_Q.hook_adapted_out@s2", lora) == [
+        "blocks.0.attn.W_Q.hook_base_out@s2", "blocks.0.attn.W_Q.hook_lora_out@s2"]
+    assert anatomy.sources("hook_token_losses@s1", traces["translation"]) == ["decoder.hook_logits@s1", "hook_targets@s1"]
+
+
+def test_tracer_check_passes_a_training_trace_and_names_an_altered_gradient(gpt_model, tmp_path):
+    import orjson
+    from click.testing import CliRunner
+
+    from tracer.cli import cli
+
+    out = tmp_path / "t.json"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["finetune", "the cat drank the milk", "--model", str(gpt_model), "--steps", "2",
+                               "--no-tui", "--export", str(out)]).exit_code == 0
+    result = runner.invoke(cli, ["check", str(out)])
+    assert result.exit_code == 0, result.output
+    assert int(result.output.split("ok: ")[1].split()[0]) > 400  # forward, loss, gradients and every update
+    document = orjson.loads(out.read_bytes())
+    for item in document["steps"]:
+        if item["id"] in ("hook_logits.grad@s2", "blocks.1.attn.hook_pattern@s1"):
+            row = item["data"]
+            while isinstance(row[0], list):
+                row = row[0]
+            row[0] += 0.01 if item["id"].startswith("hook_logits") else 0.5  # a weight 0 may stay 0: move it far
+    out.write_bytes(orjson.dumps(document))
+    result = runner.invoke(cli, ["check", str(out)])
+    assert result.exit_code == 1
+    failed = {line.split()[1].rstrip(":") for line in result.output.splitlines() if line.startswith("FAIL")}
+    # the altered steps, and the one computed from the altered weights (z = pattern·V)
+    assert failed == {"blocks.1.attn.hook_pattern@s1", "blocks.1.attn.hook_z@s1", "hook_logits.grad@s2"}, result.output

@@ -268,16 +268,11 @@ def to_host(values: list[tuple[str, torch.Tensor]], batch: bool = True) -> list[
     return batched_to_host(values, pin=values[0][1].device.type == "cuda")
 
 
-AXES = {"lora_a": ("pos", "rank")}  # tap kinds `tracer.capture.run.axes_for` does not know
-
-
 def forward_step(step: Step, s: int, source: list[str] | None) -> Step:
-    """A recorded forward step, owning its data, its axes right for training kinds, tagged @s."""
+    """A recorded forward step (axes from the anatomy), owning its data, tagged @s."""
     parts = parse_name(step.name)
     data = np.array(step.data, copy=True)  # a copy: some taps are views of weights the update changes
     axes, tags = step.axes, dict(step.labels)
-    if parts["kind"] in AXES:
-        axes = AXES[parts["kind"]]
     if parts["module"] in ("W_K", "W_V") and parts["component"] == "cross_attn" and source is not None:
         tags = {"pos": source}  # a cross-attention key/value projection reads the source
     return Step.from_array(f"{step.name}@s{s}", data, axes, tags, step.extra)

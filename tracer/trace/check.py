@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.trace import anatomy
+from tracer.trace.check_training import check_training
 from tracer.trace.step import Step, parse_name, split_id
 from tracer.trace.trace import Trace
 
@@ -236,6 +237,7 @@ RELATIONS = {
     "z": ("pattern·V", _Checker.weighted_values),
     "concat": ("heads side by side", _Checker.heads_side_by_side),
     "probs": ("softmax of the logits", _Checker.softmax),
+    "class_probs": ("softmax of the class scores", _Checker.softmax),
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions}
@@ -250,4 +252,8 @@ def check_trace(trace: Trace) -> CheckReport:
     checker.tokens()
     for step in trace.steps:
         checker.step(step)
+    # a training trace's loss, gradients, LoRA paths and AdamW updates (tracer/trace/check_training.py)
+    checked, failures = check_training(trace)
+    checker.checked += checked
+    checker.failures += [Failure(step_id, message) for step_id, message in failures]
     return CheckReport(checker.checked, checker.failures, checker.skipped)
