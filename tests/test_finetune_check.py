@@ -146,3 +146,15 @@ def test_tracer_check_passes_a_training_trace_and_names_an_altered_gradient(gpt_
     failed = {line.split()[1].rstrip(":") for line in result.output.splitlines() if line.startswith("FAIL")}
     # the altered steps, and the one computed from the altered weights (z = pattern·V)
     assert failed == {"blocks.1.attn.hook_pattern@s1", "blocks.1.attn.hook_z@s1", "hook_logits.grad@s2"}, result.output
+
+
+def test_lora_a_is_checked_against_what_each_projection_read(seq2seq_model):
+    targets = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+    trace = finetune(load_model(seq2seq_model), FinetuneRequest("ich bin", target="i am", lora_rank=2, lora_targets=targets)).trace
+    assert check_training(trace)[1] == []
+    altered_ids = [f"{prefix}.hook_lora_a@s1" for prefix in (
+        "encoder.0.attn.W_Q", "decoder.1.cross_attn.W_K", "decoder.0.attn.W_O", "decoder.0.mlp.W_in", "encoder.1.mlp.W_out")]
+    for step_id in altered_ids:
+        altered(trace, step_id, lambda a: a.__setitem__((0, 1), a[0, 1] + 0.1))
+    failed = only_failure_ids(trace)
+    assert set(altered_ids) <= set(failed)

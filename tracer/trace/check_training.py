@@ -6,7 +6,7 @@ For each training step N (ids ending in `@sN`):
 - dL/dlogits = (softmax(logits) − one-hot(targets)) / n, n the number of positions in the loss;
 - the chain rule at a residual add y = x + f(x): the sum hands its gradient to both inputs unchanged,
   so dL/d(branch output) = dL/dy (`hook_attn_out.grad` = `hook_resid_mid.grad`, and so on);
-- LoRA: `hook_lora_a` = x·Aᵀ, `hook_lora_b` = (A·x)·Bᵀ, `hook_lora_out` = (α/r)·`hook_lora_b`,
+- LoRA: `hook_lora_a` = x·Aᵀ (x what the projection read, by the anatomy's dataflow), `hook_lora_b` = (A·x)·Bᵀ, `hook_lora_out` = (α/r)·`hook_lora_b`,
   `hook_adapted_out` = `hook_base_out` + `hook_lora_out`;
 - AdamW, per parameter, from the recorded gradient and the previous step's moments:
   m = β₁m' + (1−β₁)g, v = β₂v' + (1−β₂)g², m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ),
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracer.trace import anatomy
 from tracer.trace.step import PARAM_KINDS, parse_name
 from tracer.trace.trace import Trace
 
@@ -140,6 +141,28 @@ class TrainingChecker:
                 self.expect(f"{module}.hook_lora_out", s, scale * up.astype(np.float64), f"(α/r)·B·A·x, α/r = {scale:g}")
             if down is not None and B is not None:
                 self.expect(f"{module}.hook_lora_b", s, down.astype(np.float64) @ B.astype(np.float64).T, "B·(A·x)")
+            A, x = self.get(f"{module}.lora_A.weight.value", s), self.projection_input(module, s)
+            if A is not None and x is not None:
+                self.expect(f"{module}.hook_lora_a", s, x.reshape(x.shape[0], -1).astype(np.float64) @ A.astype(np.float64).T,
+                            "A·x, x the projection's input")
+
+    def projection_input(self, module: str, s: int) -> np.ndarray | None:
+        """What a wrapped projection read: the input of the tap it feeds, by the anatomy's dataflow."""
+        prefix, _, projection = module.rpartition(".")
+        fed = {"W_Q": "hook_q", "W_K": "hook_k", "W_V": "hook_v", "W_in": "hook_pre", "W_gate": "hook_pre"}
+        if projection == "W_O":
+            return self.get(f"{prefix}.hook_concat", s)
+        if projection == "W_out":
+            return self.get(f"{prefix}.hook_post", s)
+        if projection not in fed:
+            return None
+        tap = f"{prefix}.{fed[projection]}@s{s}"
+        if projection == "W_in" and self.get(f"{prefix}.hook_pre_linear", s) is not None:
+            tap = f"{prefix}.hook_pre_linear@s{s}"  # SwiGLU: W_in makes the ungated branch
+        if tap not in self.trace:
+            return None
+        found = [step_id for step_id in anatomy.sources(tap, self.trace) if step_id]
+        return self.trace[found[0]] if found else None
 
     def adamw(self, s: int, names: list[str]) -> None:
         optimizer = self.training.get("optimizer") or {}
