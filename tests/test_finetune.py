@@ -13,7 +13,7 @@ from tracer.nn.classifier import ClassificationHead, encoder_hidden
 from tracer.nn.hooks import hooks_attached
 from tracer.nn.loading import load_model
 from tracer.nn.lora import add_lora
-from tracer.trace import Step
+from tracer.trace import Step, anatomy
 from tracer.trace.step import parse_name, split_id, split_step_id
 from tracer.train.adamw import AdamW
 
@@ -99,6 +99,7 @@ def test_the_steps_of_one_training_step_come_in_order(bert_model):
         parts = parse_name(step.name)
         phase = "update" if parts["param"] else "backward" if parts["of"] else \
             "loss" if step.kind in ("targets", "token_losses", "loss") else "forward"
+        assert anatomy.phase_of(step.kind) == phase, step.id  # the anatomy says the same
         if not phases or phases[-1] != (step.train_step, phase):
             phases.append((step.train_step, phase))
     assert phases == [(s, p) for s in (1, 2) for p in ("forward", "loss", "backward", "update")]

@@ -288,6 +288,15 @@ _PARAM_KINDS = (
 KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS + _TRAINING_KINDS + _GRAD_KINDS + _PARAM_KINDS}
 """Every kind tracer knows, in computation order (a training trace's after a run's)."""
 
+PHASES = {"forward": "Forward pass", "loss": "Loss", "backward": "Backward pass", "update": "AdamW update"}
+"""The parts of one training step, in the order they are recorded."""
+
+
+def phase_of(kind: str) -> str:
+    """Which part of a training step a step of `kind` belongs to (a key of PHASES)."""
+    group = kind_of(kind).group
+    return group if group in ("loss", "backward", "update") else "forward"
+
 
 # -- reading it ----------------------------------------------------------------------------
 
