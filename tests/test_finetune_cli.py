@@ -218,3 +218,11 @@ def test_without_no_tui_the_training_trace_opens_in_the_ui(gpt_model, monkeypatc
     (trace,) = opened["traces"]
     assert opened["session_name"] == "ui" and "hook_loss@s1" in trace
     assert "step 1" not in result.output  # the summary is not printed when the UI opens
+
+
+def test_a_run_whose_updates_would_not_fit_in_memory_is_refused_before_training(monkeypatch):
+    monkeypatch.setattr("tracer.capture.finetune.MAX_UPDATE_BYTES", 10 * 1024**2)  # 10 MB instead of 4 GB
+    result = run("finetune", "the cat drank the milk", "--model", "en-gpt-tiny", "--steps", "3", "--no-tui")
+    assert result.exit_code == 2 and "--lora" in result.output and result.output.count("\n") == 1
+    assert run("finetune", "the cat drank the milk", "--model", "en-gpt-tiny", "--steps", "3", "--lora", "2",
+               "--no-tui").exit_code == 0

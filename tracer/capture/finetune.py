@@ -48,6 +48,9 @@ from tracer.trace.step import PARAM_KINDS, parse_name
 from tracer.train.adamw import AdamW, AdamWUpdate
 
 MAX_STEPS = 100
+# Each trained value is recorded eight times per step (value, grad, m, v, m̂, v̂, step, new), in
+# float32: full fine-tuning of a large model for a few steps would fill the memory.
+MAX_UPDATE_BYTES = 4 * 1024**3
 TASKS = {"encoder-decoder": "translation", "decoder": "causal-lm", "encoder": "classification"}
 
 
@@ -347,6 +350,7 @@ def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if head is not None:
         named += [(f"classifier.{name}", p) for name, p in head.named_parameters()]
+    check_update_size(named, request)
     optimizer = AdamW(named, lr=request.lr, betas=request.betas, eps=request.eps, weight_decay=request.weight_decay)
     device = loaded.device
     targets = torch.tensor(example.target_ids, dtype=torch.long, device=device)
@@ -404,6 +408,15 @@ def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
                 "training": training_header(example, request, losses, loss_after, named, lora_modules, labels)},
     )
     return FinetuneResult(trace, losses, loss_after, model, head, loaded, request, lora_modules)
+
+
+def check_update_size(named, request: FinetuneRequest) -> None:
+    values = sum(p.numel() for _, p in named)
+    size = values * len(PARAM_KINDS) * 4 * request.steps
+    if size > MAX_UPDATE_BYTES:
+        raise BadInput(f"recording {request.steps} update(s) of {values:,} trained values would take "
+                       f"{size / 1024**3:.1f} GB (the limit is {MAX_UPDATE_BYTES / 1024**3:.0f} GB); "
+                       "train LoRA adapters (--lora R) or fewer --steps")
 
 
 def loss_steps(example: Example, targets, token_losses, loss, s: int) -> list[Step]:
