@@ -56,7 +56,7 @@ def test_version_and_models(seq2seq_model, monkeypatch):
 
 
 def test_no_model_installed_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr("tracer.nn.loading.models_dirs", lambda: [tmp_path])
+    monkeypatch.setattr("tracer.nn.catalog.models_dirs", lambda: [tmp_path])
     result = run("run", "ich bin piyush", "--no-tui")
     assert result.exit_code == 2
     assert "no model installed" in result.output

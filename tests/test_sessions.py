@@ -357,7 +357,7 @@ def test_replay_export_list_check_run_without_torch(store, tmp_path):
     store.save("notorch", [model_trace("encoder-decoder")])
     out = tmp_path / "notorch.json"
     args = [["replay", "notorch", "--no-tui"], ["export", "notorch", "-o", str(out)], ["sessions"], ["sessions", "--json"],
-            ["check", "notorch"], ["replay", str(out), "--no-tui"], ["check", str(out)]]
+            ["check", "notorch"], ["replay", str(out), "--no-tui"], ["check", str(out)], ["models"]]
     code = TORCH_FREE.replace("ARGS", repr(args)).replace("SESSION", repr(str(store.root / "notorch")))
     env = dict(os.environ, TRACER_SESSIONS_DIR=str(store.root))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

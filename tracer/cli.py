@@ -263,7 +263,7 @@ def models():
     from tracer.errors import BadInput
     from tracer.nn.config import ModelConfig
     from tracer.nn.hub import cache_dir, cached_models
-    from tracer.nn.loading import available_models
+    from tracer.nn.catalog import available_models
 
     found = available_models()
     cached = cached_models()

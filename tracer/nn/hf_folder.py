@@ -15,11 +15,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from tracer.errors import BadInput
+
+if TYPE_CHECKING:  # torch is needed only to load the weights, not to list or check a folder (`tracer models`)
+    import torch
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"

@@ -19,32 +19,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tracer.errors import BadInput, TracerError
+from tracer.nn.catalog import available_models, models_dirs  # noqa: F401  (also imported from here)
 from tracer.nn.config import ModelConfig
 from tracer.nn.model import build_model
 from tracer.nn.tokenizer import TextTokenizer
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 DEFAULT_MODEL = "de-en-tiny"
-
-
-def models_dirs() -> list[Path]:
-    """Where named models are looked for: $TRACER_MODELS_DIR, then the project's models/."""
-    dirs = []
-    if os.environ.get("TRACER_MODELS_DIR"):
-        dirs.append(Path(os.environ["TRACER_MODELS_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[2] / "models")
-    return dirs
-
-
-def available_models() -> list[Path]:
-    """Every folder in the model dirs that holds a config.json."""
-    found = {}
-    for folder in models_dirs():
-        if folder.is_dir():
-            for child in sorted(folder.iterdir()):
-                if (child / "config.json").is_file() and child.name not in found:
-                    found[child.name] = child
-    return list(found.values())
 
 
 @dataclass
