@@ -137,7 +137,8 @@ def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, b
     if lora_targets is not None:
         request_options["lora_targets"] = tuple(comma_list(lora_targets, "--lora-targets"))
     from tracer.capture.device import resolve_device
-    from tracer.capture.finetune import FinetuneRequest, check_out_folder, finetune as trace_finetune, save_finetuned
+    from tracer.capture.finetune import FinetuneRequest, finetune as trace_finetune
+    from tracer.capture.finetuned_folder import check_out_folder, save_finetuned
     from tracer.nn.loading import load_model
 
     loaded = load_model(model_name, resolve_device(device))
