@@ -11,8 +11,9 @@ import torch
 from tracer.capture.recorder import Recorder
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
+from tracer.nn.model import KVCache
 from tracer.trace import Step, Trace, anatomy
-from tracer.trace.step import parse_name
+from tracer.trace.step import parse_name, row_axis
 
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_NEW_TOKENS = 40
@@ -71,19 +72,24 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
-             chat: bool = False) -> GenerationResult:
+             chat: bool = False, kv_cache: bool = True) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded; with `chat`, the
-    text is one user message in the model's chat template."""
+    text is one user message in the model's chat template.
+
+    With `kv_cache` (the default) the first decoding pass runs the prompt (or the start token) and
+    each later one only the newest token, against the keys and values cached from the passes before;
+    its steps hold the rows it computed (see record_pass). Without it every pass re-runs the whole prefix."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     recorder = Recorder(model) if traced else None
     steps: list[Step] = []
+    rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
 
-    def forward(fn, own: list[str], source: list[str] | None = None, t: int | None = None):
+    def forward(fn, own: list[str], source: list[str] | None = None, t: int | None = None, cached: bool = False):
         """Run fn once, recording its taps as steps tagged with decoding step t."""
         if recorder is None:
             return fn()
-        out, recorded = record_pass(recorder, fn, own, source, t)
+        out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None)
         steps.extend(recorded)
         return out
 
@@ -114,13 +120,16 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             if arch == "encoder-decoder":
                 memory = forward(lambda: model.encode(tensor(ids)), tokens)
                 prefix = [tok.bos_id if tok.bos_id is not None else 0]
-                step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
+                step_fn = lambda seq, cache: model.decode(tensor(seq), memory, cache=cache)  # noqa: E731
             else:
                 prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
-                step_fn = lambda seq: model(tensor(seq))  # noqa: E731
+                step_fn = lambda seq, cache: model(tensor(seq), cache=cache)  # noqa: E731
+            cache = KVCache() if kv_cache else None
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
-                logits = forward(lambda: step_fn(seq), [tok.token(i) for i in seq], tokens, t)
+                new = seq[cache.seen:] if cache is not None else seq  # with a cache: the token not yet run
+                logits = forward(lambda: step_fn(new, cache), [tok.token(i) for i in seq], tokens, t,
+                                 cached=cache is not None)
                 top, chosen = choose(logits[0].float().softmax(-1).cpu().numpy(), top_k, tok.token)
                 predictions.append({"step": t, "top_k": top, "chosen": chosen})
                 if traced:
@@ -139,20 +148,32 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             device=device_label(device),
             input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
+            capture={"kv_cache": kv_cache and arch != "encoder"},
         )
     return result
 
 
-def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None):
+def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None,
+                rows_so_far: dict[str, int] | None = None):
     """Run fn once (inside `recorder.attached()`); return its output and the pass's steps.
 
-    The values come to the host in one batch after the pass (see Recorder.pass_values)."""
+    The values come to the host in one batch after the pass (see Recorder.pass_values).
+    `rows_so_far` (a KV-cached decode, shared by its passes): how many rows of its position (query)
+    axis each tap recorded before. A step of a later pass holds only its new rows and says how many
+    came before (`extra["cached"]`); its token labels are those of the full tensor the Trace assembles."""
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
         axes = anatomy.axes_for(parse_name(name)["kind"], array.ndim)
-        labels = anatomy.token_labels(name, axes, own, source, array.shape)
-        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels))
+        axis = row_axis(axes) if rows_so_far is not None else None
+        cached = rows_so_far.get(name, 0) if axis is not None else 0
+        full_shape = array.shape
+        if axis is not None:
+            rows_so_far[name] = cached + array.shape[axis]
+            full_shape = array.shape[:axis] + (cached + array.shape[axis],) + array.shape[axis + 1:]
+        labels = anatomy.token_labels(name, axes, own, source, full_shape)
+        extra = {"cached": cached} if cached else None
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, extra))
     return out, steps
 
 

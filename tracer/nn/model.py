@@ -61,10 +61,10 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                            # x: (B, T, H, dh)
-        T = x.shape[1]
-        cos = self.cos[:T][None, :, None, :].to(x.dtype)                           # (1, T, 1, dh/2)
-        sin = self.sin[:T][None, :, None, :].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:           # x: (B, T, H, dh)
+        T = x.shape[1]                                   # positions start … start + T − 1
+        cos = self.cos[start:start + T][None, :, None, :].to(x.dtype)              # (1, T, 1, dh/2)
+        sin = self.sin[start:start + T][None, :, None, :].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -112,6 +112,30 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
+class KVCache:
+    """Keys and values a decode has already computed, so each later pass computes only its new positions'.
+
+    One entry per attention module: its K and V so far, (B, T, Hkv, dh), after RoPE. `seen` is how
+    many positions the decoder has run (the next pass's first position). Cross-attention's keys and
+    values come from the encoder's output, which does not change: they are computed once."""
+
+    def __init__(self):
+        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.seen = 0
+
+    def length(self, attention: nn.Module) -> int:
+        """How many positions of this attention's keys and values are cached."""
+        return self.kv[attention][0].shape[1] if attention in self.kv else 0
+
+    def extend(self, attention: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values followed by the new ones (which join the cache)."""
+        if attention in self.kv:
+            old_k, old_v = self.kv[attention]
+            k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
+        self.kv[attention] = (k, v)
+        return k, v
+
+
 class Attention(nn.Module):
     """Multi-head attention: softmax(Q·Kᵀ/√d_k + mask)·V, one explicit step at a time.
 
@@ -144,16 +168,22 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()             # [pos, head, d_head] weights·V
         self.hook_concat = HookPoint()        # [pos, head·d_head]  heads side by side
 
-    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """With a cache, x_q and x_kv hold only the positions not yet seen; the earlier keys and values
+        come from the cache, so the scores are the new queries' rows over every key."""
         B, Tq, _ = x_q.shape
         Tk = x_kv.shape[1]
         H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
+        start = cache.seen if cache is not None else 0                              # the first new position
         q = self.hook_q(self.W_Q(x_q).view(B, Tq, H, dh))                           # (B, Tq, H, dh)
         k = self.hook_k(self.W_K(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
         v = self.hook_v(self.W_V(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
         if self.rotary is not None:
-            q = self.hook_rot_q(self.rotary(q))
-            k = self.hook_rot_k(self.rotary(k))
+            q = self.hook_rot_q(self.rotary(q, start))
+            k = self.hook_rot_k(self.rotary(k, start))
+        if cache is not None:
+            k, v = cache.extend(self, k, v)                                         # (B, cached + Tk, Hkv, dh)
         if Hkv != H:                      # grouped-query: query head h reads key/value head h // (H / Hkv)
             k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
             v = v.repeat_interleave(H // Hkv, dim=2)
@@ -229,13 +259,15 @@ class Block(nn.Module):
         total = hook_sum(x + self.dropout(out))
         return total if self.pre_norm else norm(total)
 
-    def forward(self, x, mask, memory=None, cross_mask=None):
+    def forward(self, x, mask, memory=None, cross_mask=None, cache: KVCache | None = None):
         x = self.hook_resid_pre(x)
-        x = self.sublayer(x, self.ln1, lambda h: self.attn(h, h, mask), self.hook_attn_out, self.hook_resid_mid)
+        x = self.sublayer(x, self.ln1, lambda h: self.attn(h, h, mask, cache), self.hook_attn_out, self.hook_resid_mid)
         ffn_norm = self.ln2
         if self.cross:
+            if cache is not None:  # the source's keys and values are computed once, then read from the cache
+                memory = memory[:, cache.length(self.cross_attn):]
             x = self.sublayer(
-                x, self.ln2, lambda h: self.cross_attn(h, memory, cross_mask),
+                x, self.ln2, lambda h: self.cross_attn(h, memory, cross_mask, cache),
                 self.hook_cross_attn_out, self.hook_resid_mid_cross,
             )
             ffn_norm = self.ln3
@@ -314,40 +346,48 @@ class Stack(nn.Module):
             self.hook_logits = HookPoint()       # [vocab] next token ([pos, vocab] encoder-only)
             self.hook_probs = HookPoint()        # softmax of the logits
 
-    def positions(self, T: int, like: torch.Tensor) -> torch.Tensor | None:
+    def positions(self, start: int, T: int, like: torch.Tensor) -> torch.Tensor | None:
+        """The position vectors of positions start … T − 1 (None: RoPE rotates q and k instead)."""
         if self.cfg.positional == "learned":
-            return self.W_pos.weight[:T]
+            return self.W_pos.weight[start:T]
         if self.cfg.positional == "sinusoidal":
-            return self.pos_table[:T].to(like.dtype)
+            return self.pos_table[start:T].to(like.dtype)
         return None
 
-    def forward(self, ids, memory=None, padding=None, memory_padding=None, all_positions=False):
+    def forward(self, ids, memory=None, padding=None, memory_padding=None, all_positions=False,
+                cache: KVCache | None = None):
         """ids (B, T) -> logits (B, vocab) for the next token, (B, T, vocab) if encoder-only or
-        all_positions; a pooled or sentence output (B, d); a stack without a head its hidden states (B, T, d)."""
-        B, T = ids.shape
+        all_positions; a pooled or sentence output (B, d); a stack without a head its hidden states (B, T, d).
+
+        With a KV `cache` (decoding), ids are only the positions after the `cache.seen` already run."""
+        B, Tn = ids.shape
+        start = cache.seen if cache is not None else 0
+        T = start + Tn                                                              # every position so far
         if T > self.cfg.max_positions:
             raise BadInput(f"{T} tokens is longer than the model's {self.cfg.max_positions} positions")
         ids = self.hook_tokens(ids)
         x = self.hook_embed(self.W_E(ids) * self.embed_scale)                      # (B, T, d)
         if self.cfg.token_types:
             x = x + self.hook_token_type_embed(self.W_token_type(torch.zeros_like(ids)))
-        pos = self.positions(T, x)
+        pos = self.positions(start, T, x)
         if pos is not None:
-            x = x + self.hook_pos_embed(pos.expand(B, T, -1))
+            x = x + self.hook_pos_embed(pos.expand(B, Tn, -1))
         if self.cfg.embed_norm:
             x = self.ln_embed(x)
         x = self.dropout(x)
         valid = torch.ones(B, T, dtype=torch.bool, device=ids.device) if padding is None else padding
-        mask = valid[:, None, :].expand(B, T, T)                                    # (B, T, T)
+        mask = valid[:, None, :].expand(B, Tn, T)                                   # (B, Tn, T): new queries, all keys
         if self.causal:
-            mask = mask & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()[start:]
         cross_mask = None
         if memory is not None:
             S = memory.shape[1]
             memory_valid = torch.ones(B, S, dtype=torch.bool, device=ids.device) if memory_padding is None else memory_padding
-            cross_mask = memory_valid[:, None, :].expand(B, T, S)                   # (B, T, S)
+            cross_mask = memory_valid[:, None, :].expand(B, Tn, S)                  # (B, Tn, S)
         for block in self.layers:
-            x = block(x, mask, memory, cross_mask)
+            x = block(x, mask, memory, cross_mask, cache)
+        if cache is not None:
+            cache.seen = T
         if self.cfg.norm == "pre":
             x = self.ln_final(x)
         if not self.head:
@@ -390,8 +430,8 @@ class EncoderDecoder(nn.Module):
     def encode(self, src, padding=None):
         return self.encoder(src, padding=padding)                                    # (B, S, d)
 
-    def decode(self, tgt, memory, padding=None, memory_padding=None, all_positions=False):
-        return self.decoder(tgt, memory, padding, memory_padding, all_positions)
+    def decode(self, tgt, memory, padding=None, memory_padding=None, all_positions=False, cache=None):
+        return self.decoder(tgt, memory, padding, memory_padding, all_positions, cache)
 
     def forward(self, src, tgt, src_padding=None, tgt_padding=None):
         """Teacher-forced logits for every target position (training)."""

@@ -39,14 +39,14 @@ def nonfinite_fields(array: np.ndarray) -> dict:
 
 
 def step_json(step, precision: int | None = None) -> bytes:
-    array = step.data
+    array = step.rows  # a KV-cached step: its new rows only (docs/format.md)
     if precision is not None and np.issubdtype(array.dtype, np.floating):
         array = round_significant(array, precision)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)  # orjson encodes float16 arrays only via float32
     array = np.ascontiguousarray(array)  # orjson reads C-contiguous buffers only
     body = step.meta()
-    body.update(nonfinite_fields(step.data))
+    body.update(nonfinite_fields(step.rows))
     body["data"] = array
     return orjson.dumps(body, option=_OPTIONS)
 

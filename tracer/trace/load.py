@@ -58,6 +58,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
             created=str(document.get("created") or "") or None,
             tracer_version=str(document.get("tracer_version", "unknown")),
             precision=document.get("precision"),
+            capture=document.get("capture"),
         )
     except ValueError as exc:
         fail(str(exc))

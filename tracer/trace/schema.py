@@ -11,7 +11,7 @@ distinct kind checked once per trace (`seen_axes`). Messages are built only on f
 from __future__ import annotations
 
 from tracer.trace.step import split_id
-from tracer.trace.trace import FORMAT, FORMAT_VERSION
+from tracer.trace.trace import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
 DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "bool"})
 
@@ -24,8 +24,8 @@ def validate_header(document, fail) -> None:
     if document.get("format") != FORMAT:
         fail(f"not a tracer trace (format is {document.get('format')!r}, expected {FORMAT!r})")
     version = document.get("version")
-    if version != FORMAT_VERSION:
-        fail(f"unsupported trace version {version!r} (this tracer reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        fail(f"unsupported trace version {version!r} (this tracer reads versions 1 to {FORMAT_VERSION})")
     for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
         if not isinstance(document.get(key), kind):
             fail(f"'{key}' is missing or is not a {kind.__name__}")
@@ -43,6 +43,8 @@ def validate_header(document, fail) -> None:
         fail("'model.name' and 'model.arch' must be strings")
     if not isinstance(model.get("config", {}), dict):
         fail("'model.config' must be an object")
+    if not isinstance(document.get("capture", {}), dict):
+        fail("'capture' must be an object")
     precision = document.get("precision")
     if precision is not None and not (type(precision) is int and 1 <= precision <= 9):
         fail(f"'precision' must be a number of significant digits from 1 to 9, not {precision!r}")
@@ -124,6 +126,8 @@ def validate_extra(extra: dict, step_fail) -> dict:
         step_fail("top_k must be a list of {token, id, prob}")
     if "chosen" in extra and not _valid_choice(extra["chosen"], False):
         step_fail("chosen must be {token, id}")
+    if "cached" in extra and not (type(extra["cached"]) is int and extra["cached"] >= 0):
+        step_fail("cached must be a count of rows (an integer ≥ 0)")
     if "predictions" in extra:
         predictions = extra["predictions"]
         if not isinstance(predictions, list) or not all(

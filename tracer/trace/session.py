@@ -49,7 +49,8 @@ from tracer.trace.trace import Trace, utc_now
 from tracer.trace.atomic import exchange as _exchange, write_json as _write_json
 
 FORMAT = "tracer-session"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2: KV-cached steps (`cached`) and the trace's `capture`; 1 reads as 2 without them
 TRACE_META_FORMAT = "tracer-session-trace"
 MANIFEST = "session.json"
 ENV_DIR = "TRACER_SESSIONS_DIR"
@@ -134,7 +135,7 @@ def _step_meta(step: Step, label_sets: dict) -> dict:
     """
     labels = {axis: label_sets.setdefault(tuple(tokens), len(label_sets)) for axis, tokens in step.labels.items()}
     meta = {
-        "index": step.index, "id": step.id, "shape": list(step.shape), "dtype": step.dtype,
+        "index": step.index, "id": step.id, "shape": list(step.rows_shape), "dtype": step.dtype,
         "axes": list(step.axes), "labels": labels,
     }
     if step._stats is not None:
@@ -374,7 +375,7 @@ def read_manifest(folder: Path) -> dict:
         fail("not a tracer session (the top level is not an object)")
     if manifest.get("format") != FORMAT:
         fail(f"not a tracer session (format is {manifest.get('format')!r}, expected {FORMAT!r})")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         fail(f"unsupported session version {manifest.get('version')!r} (this tracer reads version {VERSION})")
     entries = manifest.get("traces")
     if not isinstance(entries, list) or not entries:
@@ -398,7 +399,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
 
     if not isinstance(document, dict) or document.get("format") != TRACE_META_FORMAT:
         fail(f"not a session trace (format is {document.get('format') if isinstance(document, dict) else None!r}, expected {TRACE_META_FORMAT!r})")
-    if document.get("version") != VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         fail(f"unsupported session trace version {document.get('version')!r} (this tracer reads version {VERSION})")
     if document.get("tensors") != entry["tensors"]:
         fail(f"names tensor file {document.get('tensors')!r}, the manifest says {entry['tensors']!r}")
@@ -435,7 +436,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
             output=body["output"], created=str(body.get("created") or "") or None,
             tracer_version=str(body.get("tracer_version", "unknown")),
-            precision=body.get("precision"),
+            precision=body.get("precision"), capture=body.get("capture"),
         )
     except ValueError as exc:
         fail(str(exc))

@@ -95,6 +95,15 @@ def compute_stats(array: np.ndarray) -> dict:
     }
 
 
+def row_axis(axes) -> int | None:
+    """The axis a KV-cached pass adds rows to: the queries of an attention matrix, else the
+    positions (`pos` first); None for a tensor with no position axis (the next token's logits)."""
+    axes = tuple(axes)
+    if "query" in axes:
+        return axes.index("query")
+    return 0 if axes and axes[0] == "pos" else None
+
+
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
 META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
                        "axes", "labels", "stats"})
@@ -105,7 +114,12 @@ class Step:
     """A recorded tensor: its id, axes, token labels and stats; data and stats load on demand.
 
     `extra` holds what only some kinds carry: `top_k` and `chosen` on a `probs` step,
-    `predictions` on an encoder-only model's `probs` step.
+    `predictions` on an encoder-only model's `probs` step, `cached` on a KV-cached decoding step.
+
+    A KV-cached decoding step (`extra["cached"] = n`) stores only what its pass computed: the rows
+    after the first n of its position (or query) axis. Its Trace links it to the same tap one
+    decoding step earlier; `data` and `shape` are then the full tensor, assembled from the rows of
+    every step before it, and `rows` / `stored_shape` what was recorded.
     """
 
     id: str
@@ -118,6 +132,9 @@ class Step:
     index: int = 0
     _array: np.ndarray | None = field(default=None, repr=False)
     _loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    stored_shape: tuple[int, ...] | None = None  # set when the step is assembled from cached rows
+    _rows: np.ndarray | None = field(default=None, repr=False)
+    _assemble: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(cls, step_id: str, array: np.ndarray, axes, labels=None, extra=None) -> "Step":
@@ -179,17 +196,60 @@ class Step:
         return self._stats
 
     @property
+    def cached(self) -> int:
+        """How many rows of the position (query) axis came from earlier steps' KV cache (0: none)."""
+        return self.extra.get("cached", 0)
+
+    @property
     def data(self) -> np.ndarray:
-        """The tensor, read from storage the first time it is asked for."""
+        """The tensor, read from storage (or assembled from cached rows) the first time it is asked for."""
         if self._array is None:
+            if self._assemble is not None:
+                self._array = self._assemble()
+            elif self._loader is None:
+                raise ValueError(f"{self.id}: no data recorded")
+            else:
+                self._array = self._loader()
+        return self._array
+
+    @property
+    def rows(self) -> np.ndarray:
+        """What was recorded: the whole tensor, or a KV-cached step's new rows only."""
+        if self.stored_shape is None:
+            return self.data
+        if self._rows is None:
             if self._loader is None:
                 raise ValueError(f"{self.id}: no data recorded")
-            self._array = self._loader()
-        return self._array
+            self._rows = self._loader()
+        return self._rows
+
+    @property
+    def rows_shape(self) -> tuple[int, ...]:
+        """The shape of `rows` (what a file stores)."""
+        return self.stored_shape if self.stored_shape is not None else self.shape
+
+    def link_cached(self, assemble: Callable[[], np.ndarray]) -> None:
+        """Make `data` and `shape` the full tensor, built by `assemble` from this step's rows and
+        the earlier steps' (the Trace does this for every step with `cached` rows)."""
+        if self.stored_shape is None:
+            axis = row_axis(self.axes)
+            if axis is None:
+                raise ValueError(f"{self.id}: cached rows, but no position axis in {list(self.axes)}")
+            self.stored_shape = self.shape
+            shape = list(self.shape)
+            shape[axis] += self.cached
+            self.shape = tuple(shape)
+            if self._array is not None:  # recorded in memory: the array is the rows
+                self._rows, self._array = self._array, None
+        self._assemble = assemble
 
     def release(self) -> None:
         """Drop the loaded tensor if it can be loaded again (keeps memory flat when replaying)."""
-        if self._loader is not None:
+        if self._assemble is not None:
+            self._array = None
+            if self._loader is not None:
+                self._rows = None
+        elif self._loader is not None:
             self._array = None
 
     def meta(self) -> dict:
@@ -202,7 +262,7 @@ class Step:
             "stack": self.stack,
             "layer": self.layer,
             "decode_step": self.decode_step,
-            "shape": list(self.shape),
+            "shape": list(self.rows_shape),
             "dtype": self.dtype,
             "axes": list(self.axes),
             "labels": self.labels,

@@ -44,21 +44,21 @@ def write_tensors(steps: list[Step], path: Path) -> None:
     for step in steps:
         if step.dtype not in ST_DTYPES:
             raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
-        size = _nbytes(step.shape, step.dtype)
-        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.shape), "data_offsets": [offset, offset + size]}
+        size = _nbytes(step.rows_shape, step.dtype)  # a KV-cached step stores its new rows only
+        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
         offset += size
     raw = orjson.dumps(header)
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb", buffering=0) as out:
         out.write(struct.pack("<Q", len(raw)) + raw)
         for step in steps:
-            was_loaded = step._array is not None
+            was_loaded = (step._array if step.stored_shape is None else step._rows) is not None
             try:
-                array = step.data
+                array = step.rows
             except ValueError as exc:
                 raise TracerError(str(exc)) from None
-            if tuple(array.shape) != tuple(step.shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
-                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.shape)}")
+            if tuple(array.shape) != tuple(step.rows_shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
+                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.rows_shape)}")
             array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
             if array.size:
                 view = memoryview(array).cast("B")
@@ -119,8 +119,8 @@ class TensorFile:
             shape, dtype, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
             if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
                 self._fail(f"tensor {step.id!r} has an invalid shape {shape!r}")
-            if tuple(shape) != tuple(step.shape):
-                self._fail(f"tensor {step.id!r} has shape {shape}, its metadata says {list(step.shape)}")
+            if tuple(shape) != tuple(step.rows_shape):
+                self._fail(f"tensor {step.id!r} has shape {shape}, its metadata says {list(step.rows_shape)}")
             if dtype != ST_DTYPES[step.dtype]:
                 self._fail(f"tensor {step.id!r} is {dtype!r}, its metadata says {step.dtype}")
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
@@ -149,7 +149,7 @@ class TensorFile:
         return self._handle
 
     def loader(self, step: Step):
-        step_id, shape, dtype = step.id, tuple(step.shape), step.dtype
+        step_id, shape, dtype = step.id, tuple(step.rows_shape), step.dtype
 
         def load() -> np.ndarray:
             try:

@@ -8,10 +8,19 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tracer import __version__
-from tracer.trace.step import Step
+from tracer.trace.step import Step, row_axis
 
 FORMAT = "tracer-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 adds KV-cached decoding steps (a step's `cached` rows) and a trace's `capture`
+(how it was recorded); a version-1 file is a version-2 file without either."""
+
+# What a KV-cached step's earlier rows hold at key positions their pass had not reached yet: the
+# causal mask hides them, so the model never computed them. An attention's scores are -inf there
+# and its weights 0, as in a full re-run; Q·Kᵀ (and ÷ √d) are filled in from the recorded queries
+# and keys (see Trace._fill_scores), so the assembled matrix equals a full re-run's.
+_NOT_REACHED = {"attn_scores": -np.inf, "pattern": 0.0, "mask": False}
 
 
 def utc_now() -> str:
@@ -36,6 +45,7 @@ class Trace:
         created: str | None = None,
         tracer_version: str = __version__,
         precision: int | None = None,
+        capture: dict | None = None,
     ):
         self.steps: list[Step] = list(steps)
         for index, step in enumerate(self.steps):
@@ -43,6 +53,9 @@ class Trace:
         self._by_id = {step.id: step for step in self.steps}
         if len(self._by_id) != len(self.steps):
             raise ValueError("a trace's step ids must be unique")
+        for step in self.steps:
+            if step.cached:
+                step.link_cached(lambda step=step: self._assembled(step))
         self.model = model
         self.device = device
         self.input = input
@@ -52,6 +65,8 @@ class Trace:
         # significant digits its floats were rounded to (read from an export written with
         # --precision N); None: full precision, as recorded
         self.precision = precision
+        # how it was recorded: {"kv_cache": bool, "filter": {...}} (None: a version-1 trace, not said)
+        self.capture = capture
 
     # -- lookups -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -108,7 +123,72 @@ class Trace:
         }
         if self.precision is not None:
             header["precision"] = self.precision
+        if self.capture is not None:
+            header["capture"] = self.capture
         return header
+
+    # -- KV-cached steps ---------------------------------------------------------
+    def _chain(self, step: Step) -> list[Step]:
+        """The same tap at decoding steps 1 … t, as far back as it was recorded."""
+        chain = [step]
+        while chain[-1].cached and chain[-1].decode_step is not None:
+            earlier = self._by_id.get(f"{chain[-1].name}@{chain[-1].decode_step - 1}")
+            if earlier is None:
+                break
+            chain.append(earlier)
+        return chain[::-1]
+
+    def _assembled(self, step: Step) -> np.ndarray:
+        """A KV-cached step's full tensor: the rows of steps 1 … t along its position (query) axis,
+        an attention matrix's earlier rows widened to every key. Rows not recorded (an earlier step
+        left out by a filter) are NaN."""
+        axis = row_axis(step.axes)
+        chain = self._chain(step)
+        blocks = [s.rows for s in chain]
+        missing = chain[0].cached  # rows before the earliest step recorded (a filter left those steps out)
+        have = missing + sum(block.shape[axis] for block in blocks[:-1])
+        if have != step.cached:
+            raise ValueError(f"{step.id}: {have} earlier rows where {step.cached} are cached")
+        full = step.shape
+        if missing:
+            gap = list(full)
+            gap[axis] = missing
+            blocks.insert(0, np.full(gap, np.nan if blocks[-1].dtype.kind == "f" else 0, dtype=blocks[-1].dtype))
+        if "key" in step.axes and "query" in step.axes:  # earlier rows saw fewer keys: widen them
+            key = step.axes.index("key")
+            fill = _NOT_REACHED.get(step.kind, np.nan)
+            widened = []
+            for block in blocks:
+                if block.shape[key] < full[key]:
+                    pad = [(0, 0)] * block.ndim
+                    pad[key] = (0, full[key] - block.shape[key])
+                    block = np.pad(block, pad, constant_values=fill)
+                widened.append(block)
+            blocks = widened
+        out = np.concatenate(blocks, axis=axis)
+        if step.kind in ("attn_raw", "attn_scaled") and "key" in step.axes:
+            self._fill_scores(step, out)
+        return out
+
+    def _fill_scores(self, step: Step, out: np.ndarray) -> None:
+        """Q·Kᵀ at the (masked) entries no pass computed, from the recorded queries and keys."""
+        unreached = np.isnan(out)
+        if not unreached.any():
+            return
+        base = step.name.rsplit(".hook_", 1)[0]
+        t = step.decode_step
+        pick = lambda *names: next((self._by_id[f"{base}.{n}@{t}"] for n in names if f"{base}.{n}@{t}" in self), None)  # noqa: E731
+        q, k = pick("hook_rot_q", "hook_q"), pick("hook_rot_k", "hook_k")
+        if q is None or k is None:
+            return  # not recorded (a filter left them out): the entries stay NaN
+        q, k = q.data.astype(np.float64), k.data.astype(np.float64)            # (pos, head, d_head)
+        if k.shape[1] != q.shape[1]:                                           # grouped-query attention
+            k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+        raw = np.einsum("qhd,khd->hqk", q, k)
+        if step.kind == "attn_scaled":
+            raw = raw / np.sqrt(q.shape[-1])
+        if raw.shape == out.shape:
+            out[unreached] = raw[unreached]
 
     def predictions(self) -> list[dict]:
         """What the model chose, in order: one entry per decoding step (or masked position).

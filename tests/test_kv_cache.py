@@ -1,0 +1,129 @@
+"""KV-cached decoding: each later pass runs only the newest token, its steps hold the rows it computed,
+and the Trace assembles the full tensors; they equal a full re-run's (`--no-kv-cache`) at every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tracer.capture.run import generate
+from tracer.nn.loading import load_model
+from tracer.trace.check import check_trace
+from tracer.trace.diff import diff
+from tracer.trace.export import write_json
+from tracer.trace.load import read_json
+from tracer.trace.session import SessionStore
+
+LLAMA_TINY = dict(arch="decoder", positional="rotary", norm="pre", norm_type="rmsnorm", activation="swiglu",
+                  n_kv_heads=2, head_dim=6, qkv_bias=False, attn_out_bias=False, mlp_bias=False, softmax_fp32=True,
+                  scale_embeddings=False, tie_embeddings=False, layer_norm_eps=1e-6)
+
+BUNDLED = [("de-en-tiny", "ich bin piyush"), ("en-gpt-tiny", "the cat drank the"),
+           ("en-bert-tiny", "the cat drank the [MASK]")]
+
+
+def both(model, text, n=6):
+    """The same decode traced with and without the KV cache."""
+    cached = generate(model, text, max_new_tokens=n, traced=True, kv_cache=True)
+    full = generate(model, text, max_new_tokens=n, traced=True, kv_cache=False)
+    return cached, full
+
+
+def assert_same_views(kv, full):
+    """Every step of the full re-run is in the KV trace, and its assembled view equals it (1e-5,
+    relative to the tensor's largest value; masked entries: -inf and 0 exactly)."""
+    assert kv.ids == full.ids
+    for step in full:
+        x, y = kv[step.id], step.data
+        assert x.shape == y.shape, step.id
+        if y.dtype.kind == "f":
+            finite = np.isfinite(y)
+            assert np.array_equal(np.isfinite(x), finite), step.id
+            assert np.array_equal(x[~finite], y[~finite]), step.id
+            scale = max(1.0, float(np.abs(y[finite]).max(initial=0)))
+            assert np.abs(x[finite].astype(np.float64) - y[finite]).max(initial=0) <= 1e-5 * scale, step.id
+        else:
+            assert np.array_equal(x, y), step.id
+
+
+@pytest.fixture(scope="module")
+def llama_tiny(tmp_path_factory):
+    from tracer.nn import ModelConfig
+    from tracer.nn.random_model import make_random_model
+
+    cfg = ModelConfig(name="tiny-gqa", vocab_size=120, d_model=32, n_heads=4, d_ff=48, n_layers=2,
+                      max_positions=40, **LLAMA_TINY)
+    return make_random_model(tmp_path_factory.mktemp("gqa"), cfg)
+
+
+@pytest.mark.parametrize("name,text", BUNDLED)
+def test_kv_and_full_rerun_agree_on_every_bundled_model(name, text):
+    kv, full = both(load_model(name), text)
+    assert kv.output_ids == full.output_ids
+    assert_same_views(kv.trace, full.trace)
+    for trace in (kv.trace, full.trace):
+        report = check_trace(trace)
+        assert report.ok, report.failures[:3]
+    assert diff(kv.trace, full.trace).equal
+
+
+def test_kv_and_full_rerun_agree_on_a_gqa_rmsnorm_rope_model(llama_tiny):
+    kv, full = both(load_model(str(llama_tiny)), "the cat drank the", n=8)
+    assert kv.output_ids == full.output_ids
+    assert_same_views(kv.trace, full.trace)
+    assert check_trace(kv.trace).ok
+    assert kv.trace.capture == {"kv_cache": True} and full.trace.capture == {"kv_cache": False}
+
+
+def test_a_cached_step_stores_only_what_its_pass_computed():
+    kv, full = both(load_model("en-gpt-tiny"), "the cat drank the", n=4)
+    trace = kv.trace
+    prompt = len(trace["blocks.0.attn.hook_q@1"])  # the first pass runs the whole prompt
+    for t in (2, 3, 4):
+        T = prompt + t - 1
+        pattern = trace.step(f"blocks.0.attn.hook_pattern@{t}")
+        assert pattern.rows_shape[1] == 1 and pattern.cached == T - 1  # one new query row, over every key
+        assert pattern.shape == full.trace.step(f"blocks.0.attn.hook_pattern@{t}").shape
+        k = trace.step(f"blocks.0.attn.hook_k@{t}")
+        assert k.rows_shape[0] == 1 and k.cached == T - 1 and k.shape[0] == T
+        assert trace.step(f"blocks.0.hook_resid_post@{t}").rows_shape[0] == 1
+        assert trace.step(f"hook_probs@{t}").cached == 0  # the next token's probabilities: no position axis
+    # the assembled matrix at step 3: the rows of steps 1, 2 and 3, causal
+    view = trace["blocks.0.attn.hook_pattern@3"]
+    assert np.array_equal(view[:, :prompt, :prompt], trace.step("blocks.0.attn.hook_pattern@1").rows)
+    assert np.array_equal(view[:, -1:], trace.step("blocks.0.attn.hook_pattern@3").rows)
+    assert np.all(np.triu(view[0], 1) == 0)
+    assert kv.trace.step("blocks.0.attn.hook_pattern@4").rows.nbytes < full.trace.step("blocks.0.attn.hook_pattern@4").data.nbytes
+
+
+def test_cross_attention_keys_are_computed_once():
+    kv, _ = both(load_model("de-en-tiny"), "ich bin piyush", n=4)
+    trace = kv.trace
+    S = len(trace.input["tokens"])
+    assert trace.step("decoder.0.cross_attn.hook_k@1").rows_shape[0] == S
+    for t in (2, 3):
+        k = trace.step(f"decoder.0.cross_attn.hook_k@{t}")
+        assert k.rows_shape[0] == 0 and k.cached == S  # nothing new: every key from the cache
+        assert np.array_equal(k.data, trace["decoder.0.cross_attn.hook_k@1"])
+        assert trace.step(f"decoder.0.cross_attn.hook_pattern@{t}").shape[1:] == (t, S)
+
+
+def test_a_kv_trace_round_trips_through_a_session_and_json(tmp_path):
+    kv, full = both(load_model("en-gpt-tiny"), "the cat drank the", n=4)
+    store = SessionStore(tmp_path / "sessions")
+    store.save("kv", [kv.trace])
+    reopened = store.load("kv").traces[0]
+    assert reopened.capture == {"kv_cache": True}
+    assert_same_views(reopened, full.trace)
+    write_json(kv.trace, tmp_path / "kv.json")
+    assert_same_views(read_json(tmp_path / "kv.json"), full.trace)
+    assert check_trace(reopened).ok
+
+
+def test_a_tampered_cached_row_fails_check():
+    kv, _ = both(load_model("en-gpt-tiny"), "the cat drank the", n=3)
+    step = kv.trace.step("blocks.0.attn.hook_k@3")
+    step.rows[0, 0, 0] += 1.0  # the key step 3 computed (no view is assembled yet)
+    report = check_trace(kv.trace)
+    assert not report.ok
+    assert any("hook_attn_raw@3" in failure.step_id for failure in report.failures)
