@@ -215,7 +215,7 @@ def write_doc(tmp_path, doc) -> str:
 
 @pytest.mark.parametrize("mutate,expected", [
     (lambda d: d.update(format="pytorch"), "not a tracer trace"),
-    (lambda d: d.update(version=2), "unsupported trace version 2"),
+    (lambda d: d.update(version=3), "unsupported trace version 3"),
     (lambda d: d["steps"].insert(0, d["steps"].pop(5)), "out of order"),
     (lambda d: d["steps"][3]["shape"].__setitem__(1, 16), "metadata says"),
     (lambda d: d["steps"][3]["data"][0].__setitem__(0, "1.5"), "not numbers"),

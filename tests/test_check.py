@@ -51,10 +51,13 @@ TAMPER = [
 @pytest.mark.parametrize("altered,named", TAMPER)
 def test_check_fails_and_names_the_altered_step(seq2seq_model, tmp_path, altered, named):
     trace = trace_text(load_model(seq2seq_model), "ich bin piyush", max_new_tokens=3)
-    data = trace.step(altered).data
-    data = data.copy()
+    step = trace.step(altered)
+    data = step.rows.copy()  # what the step stores: under the KV cache, a decoding step's new rows
     data.reshape(-1)[data.size // 2] += 0.25
-    trace.step(altered)._array = data
+    if step.stored_shape is None:
+        step._array = data
+    else:
+        step._rows = data
     path = tmp_path / "bad.json"
     write_json(trace, path)
     result = CliRunner().invoke(cli, ["check", str(path)])

@@ -89,8 +89,8 @@ def test_invalid_json(session, file):
 
 
 def test_unknown_session_version(session):
-    edit_json(session / "session.json", lambda d: d.update(version=2))
-    refused(session, "session.json", "unsupported session version 2")
+    edit_json(session / "session.json", lambda d: d.update(version=3))
+    refused(session, "session.json", "unsupported session version 3")
 
 
 def test_unknown_trace_metadata_version(session):

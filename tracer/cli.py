@@ -52,8 +52,17 @@ def cli():
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
 @click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+@click.option("--no-kv-cache", is_flag=True,
+              help="Re-run the whole prefix at every decoding step (default: a KV cache, each step runs only the new token).")
+@click.option("--estimate", "estimate_only", is_flag=True, help="Print the trace's estimated size and exit.")
+@click.option("--max-trace-size", default=None, metavar="SIZE",
+              help="Refuse a run whose trace would pass SIZE (e.g. 4GB; default: half the machine's memory).")
+@click.option("--only", multiple=True, metavar="PATTERN",
+              help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
+@click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
+@click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat):
+        dtype, chat, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -61,11 +70,24 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
       tracer run "ich bin piyush" --no-tui
     """
     from tracer.capture import trace_text
+    from tracer.capture.budget import default_budget, estimate, parse_size, refuse_over_budget
     from tracer.capture.device import resolve_device
+    from tracer.capture.select import TapFilter
     from tracer.nn.loading import load_model
+    from tracer.text import human_size
 
+    select = TapFilter.parse(only, layers, decode_steps)
+    budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
+    options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat)
+    if estimate_only:
+        found = estimate(loaded, text, **options)
+        click.echo(f"about {human_size(found['bytes'])} ({found['bytes']} bytes): {found['passes']} pass(es), "
+                   f"prompt {found['prompt']}, up to {found['new_tokens']} new tokens, "
+                   f"{'no KV cache' if no_kv_cache else 'KV cache'}; budget {human_size(budget)}")
+        return
+    refuse_over_budget(loaded, text, budget, **options)
+    trace = trace_text(loaded, text, top_k=top_k, **options)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -80,8 +102,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
-                                                                 chat=chat),
+        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options),
                     session_name=save_name, store=SessionStore(sessions_dir))
 
 

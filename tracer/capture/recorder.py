@@ -25,15 +25,20 @@ class Recorder:
     bf16/fp16 values are stored as float32 (numpy has no bfloat16).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, select=None):
         self.model = model
+        self.select = select  # name -> bool: the taps to hook (None: every one)
         self.values: list[tuple[str, torch.Tensor]] = []
 
     def record(self, name: str, value: torch.Tensor) -> None:
         self.values.append((name, value))  # batch axis and autograd are dealt with after the pass
 
     def attached(self):
-        return hooks_attached(self.model, self.record)
+        return hooks_attached(self.model, self.record, self.select)
+
+    def discard(self) -> None:
+        """Forget the pass just run (a decoding step a filter leaves out): nothing reaches the host."""
+        self.values = []
 
     def pass_values(self) -> list[tuple[str, np.ndarray]]:
         """The values recorded since the last call, on the host, in recording order."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from tracer.capture.recorder import Recorder
+from tracer.capture.select import TapFilter
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
 from tracer.nn.model import KVCache
@@ -72,16 +73,22 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
-             chat: bool = False, kv_cache: bool = True) -> GenerationResult:
+             chat: bool = False, kv_cache: bool = True, select: TapFilter | None = None) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded; with `chat`, the
     text is one user message in the model's chat template.
 
     With `kv_cache` (the default) the first decoding pass runs the prompt (or the start token) and
     each later one only the newest token, against the keys and values cached from the passes before;
-    its steps hold the rows it computed (see record_pass). Without it every pass re-runs the whole prefix."""
+    its steps hold the rows it computed (see record_pass). Without it every pass re-runs the whole prefix.
+    `select` records only some taps and decoding steps (tracer/capture/select.py); a kept decoding
+    step among left-out ones is recorded whole, so its tensors stand alone: under a KV cache its
+    pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
-    recorder = Recorder(model) if traced else None
+    select = select if select is not None and not select.empty else None
+    recorder = None
+    if traced:
+        recorder = Recorder(model, select.taps) if select is not None else Recorder(model)
     steps: list[Step] = []
     rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
 
@@ -89,6 +96,10 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         """Run fn once, recording its taps as steps tagged with decoding step t."""
         if recorder is None:
             return fn()
+        if select is not None and not select.keeps_step(t):
+            out = fn()
+            recorder.discard()
+            return out
         out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None)
         steps.extend(recorded)
         return out
@@ -128,11 +139,18 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
                 new = seq[cache.seen:] if cache is not None else seq  # with a cache: the token not yet run
-                logits = forward(lambda: step_fn(new, cache), [tok.token(i) for i in seq], tokens, t,
-                                 cached=cache is not None)
+                labels = [tok.token(i) for i in seq]
+                if cache is not None and t > 1 and select is not None and select.steps is not None:
+                    if select.keeps_step(t):  # recorded whole: the rows before it were not kept
+                        forward(lambda: step_fn(seq, None), labels, tokens, t)
+                    logits = step_fn(new, cache)
+                    if recorder is not None:
+                        recorder.discard()
+                else:
+                    logits = forward(lambda: step_fn(new, cache), labels, tokens, t, cached=cache is not None)
                 top, chosen = choose(logits[0].float().softmax(-1).cpu().numpy(), top_k, tok.token)
                 predictions.append({"step": t, "top_k": top, "chosen": chosen})
-                if traced:
+                if traced and (select is None or select.keeps_step(t)):
                     last_probs(steps).extra.update(top_k=top, chosen=chosen)
                 if chosen["id"] in tok.stop_ids:
                     break
@@ -148,7 +166,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             device=device_label(device),
             input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
-            capture={"kv_cache": kv_cache and arch != "encoder"},
+            capture={"kv_cache": kv_cache and arch != "encoder"} | ({"filter": select.to_dict()} if select else {}),
         )
     return result
 
@@ -182,9 +200,11 @@ def last_probs(steps: list[Step]) -> Step:
     return next(step for step in reversed(steps) if step.kind == "probs")
 
 
-def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False) -> Trace:
-    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
+               kv_cache: bool = True, select: TapFilter | None = None) -> Trace:
+    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace."""
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat,
+                    kv_cache=kv_cache, select=select).trace
 
 
 def device_label(device: torch.device) -> str:

@@ -22,11 +22,15 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
 
 
 @contextlib.contextmanager
-def hooks_attached(model: nn.Module, record: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """Call `record(name, value)` for every tap while inside the block; hooks always come off."""
+def hooks_attached(model: nn.Module, record: Callable[[str, torch.Tensor], None],
+                   select: Callable[[str], bool] | None = None) -> Iterator[None]:
+    """Call `record(name, value)` for every tap (that `select(name)` accepts) while inside the block;
+    hooks always come off. A tap not selected gets no hook at all."""
     handles = []
     try:
         for name, point in hook_points(model).items():
+            if select is not None and not select(name):
+                continue
             handles.append(point.register_forward_hook(lambda _m, _i, out, name=name: record(name, out)))
         yield
     finally:
