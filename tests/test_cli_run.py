@@ -27,12 +27,15 @@ def test_run_no_tui_prints_tokens_output_and_each_steps_top_k(seq2seq_model):
 
 def test_export_is_plain_json_in_design_layout(seq2seq_model, tmp_path):
     out = tmp_path / "out.json"
-    result = run("run", "ich bin piyush", "--model", str(seq2seq_model), "--no-tui", "--max-new-tokens", "2", "--export", str(out))
+    result = run("run", "ich bin piyush", "--model", str(seq2seq_model), "--no-tui", "--max-new-tokens", "2", "--export", str(out),
+                 "--no-kv-cache")  # every decoding step whole (a KV-cached step's layout: tests/test_kv_cache.py)
     assert result.exit_code == 0, result.output
     with open(out) as handle:
         doc = json.load(handle)
-    assert [k for k in doc] == ["format", "version", "tracer_version", "created", "model", "device", "input", "output", "steps"]
-    assert doc["format"] == "tracer-trace" and doc["version"] == 1 and doc["device"] == "cpu"
+    assert [k for k in doc] == ["format", "version", "tracer_version", "created", "model", "device", "input", "output",
+                                "capture", "steps"]
+    assert doc["format"] == "tracer-trace" and doc["version"] == 2 and doc["device"] == "cpu"
+    assert doc["capture"] == {"kv_cache": False}
     assert doc["model"]["arch"] == "encoder-decoder" and doc["model"]["config"]["d_model"] == 32
     assert doc["input"] == {"text": "ich bin piyush", "tokens": ["ich", "bin", "piyush"], "ids": doc["steps"][0]["data"]}
     first = doc["steps"][0]

@@ -127,3 +127,55 @@ def test_a_tampered_cached_row_fails_check():
     report = check_trace(kv.trace)
     assert not report.ok
     assert any("hook_attn_raw@3" in failure.step_id for failure in report.failures)
+
+
+def test_the_explain_panel_says_what_the_cache_did():
+    from tracer.tui.view.explain import explain
+
+    kv, full = both(load_model("en-gpt-tiny"), "the cat drank the", n=4)
+    trace = kv.trace
+    prompt = len(trace["blocks.0.attn.hook_q@1"])
+    T = prompt + 2  # step 3 runs position prompt + 1
+    words = explain(trace.step("blocks.0.attn.hook_k@3"), trace).words
+    assert "KV cache" in words and f"positions 0…{T - 2} come from the cache" in words
+    assert f"computed only position {T - 1}" in words
+    assert "earlier steps' rows" in explain(trace.step("blocks.0.attn.hook_pattern@3"), trace).words
+    assert "KV cache" not in explain(trace.step("blocks.0.attn.hook_k@1"), trace).words  # the prompt pass: nothing cached
+    assert "KV cache" not in explain(full.trace.step("blocks.0.attn.hook_k@3"), full.trace).words
+    seq2seq, _ = both(load_model("de-en-tiny"), "ich bin piyush", n=3)
+    cross = explain(seq2seq.trace.step("decoder.0.cross_attn.hook_k@2"), seq2seq.trace).words
+    assert "computed once" in cross and "computed none" in cross
+
+
+def test_a_version_1_session_still_opens(tmp_path):
+    """A session written before KV caching (format version 1: no `cached`, no `capture`) opens as it did."""
+    import json
+
+    full = generate(load_model("en-gpt-tiny"), "the cat drank the", max_new_tokens=3, traced=True, kv_cache=False).trace
+    store = SessionStore(tmp_path / "sessions")
+    folder = store.save("old", [full])
+    for path in [folder / "session.json", *folder.glob("*.meta.json")]:
+        document = json.loads(path.read_text())
+        document["version"] = 1
+        if "trace" in document:
+            document["trace"]["version"] = 1
+            document["trace"].pop("capture")
+        path.write_text(json.dumps(document))
+    reopened = store.load("old").traces[0]
+    assert reopened.capture is None and reopened.ids == full.ids
+    assert np.array_equal(reopened["blocks.0.attn.hook_pattern@3"], full["blocks.0.attn.hook_pattern@3"])
+
+
+def test_a_kv_step_in_json_holds_its_new_rows_and_the_cached_count(tmp_path):
+    import json
+
+    kv, _ = both(load_model("en-gpt-tiny"), "the cat drank the", n=3)
+    write_json(kv.trace, tmp_path / "kv.json")
+    doc = json.loads((tmp_path / "kv.json").read_text())
+    assert doc["version"] == 2 and doc["capture"] == {"kv_cache": True}
+    steps = {step["id"]: step for step in doc["steps"]}
+    T = len(steps["blocks.0.attn.hook_q@1"]["data"]) + 2                       # keys at step 3
+    scores = steps["blocks.0.attn.hook_attn_scores@3"]
+    assert scores["shape"] == [4, 1, T] and scores["cached"] == T - 1          # one row: the newest query
+    assert steps["blocks.0.attn.hook_k@3"]["cached"] == T - 1 and steps["blocks.0.attn.hook_k@3"]["shape"][0] == 1
+    assert "cached" not in steps["blocks.0.attn.hook_k@1"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.trace import Step, Trace, anatomy
+from tracer.trace.step import row_axis
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import Picture, format_number
 
@@ -549,7 +550,37 @@ def explain(step: Step, trace: Trace) -> Explanation:
     context = Context.of(step, trace)
     words = WORDS.get(anatomy.kind_of(step.kind).explanation, _generic)
     title, text, formula = words(context)
+    if step.cached:
+        text = f"{text}\n\n{kv_cache_words(step)}"
     return Explanation(title, text, formula, context.inputs)
+
+
+def _span(first: int, last: int) -> str:
+    return f"position {first}" if first == last else f"positions {first}…{last}"
+
+
+def kv_cache_words(step: Step) -> str:
+    """What a KV cache did at this step: which rows came from earlier steps, which this one computed."""
+    c, new = step.cached, step.rows_shape[row_axis(step.axes)]
+    cache = ("A KV cache keeps every layer's keys and values from the steps before, so a decoding step "
+             "runs only its new token instead of the whole prefix again.")
+    if new == 0:  # cross-attention's keys and values: the source does not change
+        return (f"{cache} The source's keys and values were computed once, at the first decoding step; "
+                f"this step read all {c} of them from the cache and computed none.")
+    if step.kind in ("k", "v", "rot_k"):
+        what = "keys" if step.kind != "v" else "values"
+        return (f"{cache} {what.capitalize()} of {_span(0, c - 1)} come from the cache; this step computed only "
+                f"{_span(c, c + new - 1)}, and added it to the cache.")
+    if "query" in step.axes:
+        text = (f"{cache} This step computed only the newest query's row ({_span(c, c + new - 1)}) against "
+                f"every key; rows 0…{c - 1} are the earlier steps' rows, assembled here. Attention is "
+                f"causal, so an earlier row never changes: re-running it would give the same numbers.")
+        if step.kind in ("attn_raw", "attn_scaled"):
+            text += (" Entries above the diagonal were never computed (the mask hides them); they are "
+                     "filled in from the recorded queries and keys so the matrix reads as a full re-run's.")
+        return text
+    return (f"{cache} This step ran only {_span(c, c + new - 1)}; {_span(0, c - 1)} are the earlier steps' "
+            f"values, unchanged because no position looks ahead.")
 
 
 def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarray | None:
