@@ -178,7 +178,7 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
     The values come to the host in one batch after the pass (see Recorder.pass_values).
     `rows_so_far` (a KV-cached decode, shared by its passes): how many rows of its position (query)
     axis each tap recorded before. A step of a later pass holds only its new rows and says how many
-    came before (`extra["cached"]`); its token labels are those of the full tensor the Trace assembles."""
+    came before (`Step.cached`); its token labels are those of the full tensor the Trace assembles."""
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
@@ -190,8 +190,7 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
             rows_so_far[name] = cached + array.shape[axis]
             full_shape = array.shape[:axis] + (cached + array.shape[axis],) + array.shape[axis + 1:]
         labels = anatomy.token_labels(name, axes, own, source, full_shape)
-        extra = {"cached": cached} if cached else None
-        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, extra))
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, cached=cached))
     return out, steps
 
 

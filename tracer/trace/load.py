@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile
-from tracer.trace.schema import validate_extra, validate_header, validate_labels, validate_meta
+from tracer.trace.schema import validate_cached, validate_extra, validate_header, validate_labels, validate_meta
 from tracer.trace.step import META_KEYS, Step
 from tracer.trace.trace import Trace
 
@@ -72,7 +72,7 @@ def step_from_json(item, position: int, fail) -> Step:
     extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail)
     return Step(
         id=step_id, shape=shape, dtype=dtype, axes=axes,
-        labels=labels, extra=extra, _array=array,
+        labels=labels, extra=extra, _array=array, cached=validate_cached(item, step_fail),
     )
 
 

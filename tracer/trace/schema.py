@@ -119,6 +119,14 @@ def _valid_choice(entry, with_prob: bool) -> bool:
     )
 
 
+def validate_cached(item: dict, step_fail) -> int:
+    """A KV-cached step's `cached`: how many rows came from earlier steps (0 when absent)."""
+    cached = item.get("cached", 0)
+    if not (type(cached) is int and cached >= 0):
+        step_fail("cached must be a count of rows (an integer ≥ 0)")
+    return cached
+
+
 def validate_extra(extra: dict, step_fail) -> dict:
     """The extras other code reads (top_k, chosen, predictions) must have their documented shape."""
     top_k_ok = lambda v: isinstance(v, list) and all(_valid_choice(e, True) for e in v)  # noqa: E731
@@ -126,8 +134,6 @@ def validate_extra(extra: dict, step_fail) -> dict:
         step_fail("top_k must be a list of {token, id, prob}")
     if "chosen" in extra and not _valid_choice(extra["chosen"], False):
         step_fail("chosen must be {token, id}")
-    if "cached" in extra and not (type(extra["cached"]) is int and extra["cached"] >= 0):
-        step_fail("cached must be a count of rows (an integer ≥ 0)")
     if "predictions" in extra:
         predictions = extra["predictions"]
         if not isinstance(predictions, list) or not all(

@@ -38,7 +38,7 @@ from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
 from tracer.trace.atomic import fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
-from tracer.trace.schema import validate_extra, validate_header, validate_meta
+from tracer.trace.schema import validate_cached, validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step
 from tracer.trace.tensor_file import TensorFile, write_tensors
@@ -140,6 +140,8 @@ def _step_meta(step: Step, label_sets: dict) -> dict:
     }
     if step._stats is not None:
         meta["stats"] = step._stats
+    if step.cached:
+        meta["cached"] = step.cached
     meta.update(step.extra)
     return meta
 
@@ -427,6 +429,7 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             id=step_id, shape=shape, dtype=dtype, axes=axes,
             labels={axis: label_sets[i] for axis, i in refs.items()},
             _stats=stats if type(stats) is dict else None, extra=extra,
+            cached=validate_cached(item, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}")),
         ))
     tensors = TensorFile(folder / entry["tensors"], steps)
     for step in steps:

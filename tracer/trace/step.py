@@ -106,7 +106,7 @@ def row_axis(axes) -> int | None:
 
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
 META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
-                       "axes", "labels", "stats"})
+                       "axes", "labels", "stats", "cached"})
 
 
 @dataclass(eq=False)
@@ -114,9 +114,9 @@ class Step:
     """A recorded tensor: its id, axes, token labels and stats; data and stats load on demand.
 
     `extra` holds what only some kinds carry: `top_k` and `chosen` on a `probs` step,
-    `predictions` on an encoder-only model's `probs` step, `cached` on a KV-cached decoding step.
+    `predictions` on an encoder-only model's `probs` step.
 
-    A KV-cached decoding step (`extra["cached"] = n`) stores only what its pass computed: the rows
+    A KV-cached decoding step (`cached = n`, n > 0) stores only what its pass computed: the rows
     after the first n of its position (or query) axis. Its Trace links it to the same tap one
     decoding step earlier; `data` and `shape` are then the full tensor, assembled from the rows of
     every step before it, and `rows` / `stored_shape` what was recorded.
@@ -132,13 +132,14 @@ class Step:
     index: int = 0
     _array: np.ndarray | None = field(default=None, repr=False)
     _loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    cached: int = 0  # rows of the position (query) axis that came from earlier steps' KV cache
     stored_shape: tuple[int, ...] | None = None  # set when the step is assembled from cached rows
     _rows: np.ndarray | None = field(default=None, repr=False)
     _assemble: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_array(cls, step_id: str, array: np.ndarray, axes, labels=None, extra=None) -> "Step":
-        """A step recorded in memory."""
+    def from_array(cls, step_id: str, array: np.ndarray, axes, labels=None, extra=None, cached: int = 0) -> "Step":
+        """A step recorded in memory (`cached`: a KV-cached step, the array its new rows only)."""
         array = np.asarray(array)
         if len(axes) != array.ndim:
             raise ValueError(f"{step_id}: {len(axes)} axes for a {array.ndim}-d tensor")
@@ -150,6 +151,7 @@ class Step:
             labels=dict(labels or {}),
             extra=dict(extra or {}),
             _array=array,
+            cached=cached,
         )
 
     # The id never changes, so what it says is worked out once per step (the UI asks thousands
@@ -194,11 +196,6 @@ class Step:
         if self._stats is None:
             self._stats = compute_stats(self.data)
         return self._stats
-
-    @property
-    def cached(self) -> int:
-        """How many rows of the position (query) axis came from earlier steps' KV cache (0: none)."""
-        return self.extra.get("cached", 0)
 
     @property
     def data(self) -> np.ndarray:
@@ -270,5 +267,7 @@ class Step:
         }
         if self.train_step is not None:  # only training traces carry the key
             out["train_step"] = self.train_step
+        if self.cached:  # only KV-cached decoding steps carry the key
+            out["cached"] = self.cached
         out.update(self.extra)
         return out
