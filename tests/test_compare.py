@@ -22,7 +22,7 @@ from tracer.trace.diff import PARTED, UNALIGNED, delta, diff
 from tracer.trace.load import read_json
 from tracer.tui.view import Viewer
 from tracer.tui.view.compare import DELTA, ONLY, SIDE, describe_compared_cell, figure_lines
-from tracer.tui.view.picture import LEVELS, build_picture
+from tracer.tui.view.picture import LEVELS, build_picture, format_number
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HUNGRIG = FIXTURES / "de-en-tiny-hungrig.json"
@@ -213,10 +213,24 @@ def test_shapes_that_cannot_be_aligned_are_shown_side_by_side():
     np.testing.assert_array_equal(picture.values[:, 17:], right.values)
     np.testing.assert_array_equal(right.values, b[step_id])
     assert picture.masked[:, 16].all()                      # the gap between them
+    assert picture.index(2, 16) == (2, 16)                  # numbers mode reads a masked cell through its own step
     assert describe_compared_cell(shown, a, b, 1, 3).startswith("A  ")
     assert describe_compared_cell(shown, a, b, 1, 17 + 3).startswith("B  ")
     assert describe_compared_cell(shown, a, b, 1, 16) == ""
     assert "side by side" in dict(figure_lines(viewer.comparison, step_id))["figures"]
+
+
+def test_side_by_side_shows_each_trace_at_the_current_head_or_its_last():
+    a = fixture_trace()
+    step_id = "encoder.1.attn.hook_pattern"   # 4 heads in A, 2 in B: the head axis cannot align
+    b = copy_trace(a, {step_id: lambda x: x[:2]})
+    viewer = comparing(a, b)
+    viewer.go(step_id)
+    viewer.next_head(-1)                       # head 4/4
+    shown = viewer.compared()
+    assert shown.mode == SIDE
+    assert [p.head for p in shown.sides] == [3, 1]
+    np.testing.assert_array_equal(shown.picture.values[:, shown.split:], b[step_id][1])
 
 
 def test_token_axes_of_different_lengths_are_cut_to_the_positions_both_have():
@@ -254,6 +268,13 @@ def test_the_compare_view_imports_neither_textual_nor_torch():
 
 
 # -- the screen (Textual's pilot) -------------------------------------------------------------------
+def tensor_lines(app) -> list[str]:
+    from tracer.tui.widgets.tensor_view import TensorView
+
+    view = app.screen.query_one(TensorView)
+    return [view.render_line(y).text for y in range(view.size.height)]
+
+
 def tensor_title(app) -> str:
     return str(app.screen.query_one("#tensor-title").content)
 
@@ -283,6 +304,11 @@ async def test_compare_mode_pilot_steps_changes_head_and_jumps_to_the_most_chang
         assert app.viewer.compared().picture.head == 1
         inspect = str(screen.query_one("#inspect").content)
         assert " A " in inspect and " B " in inspect and " Δ " in inspect
+        await pilot.press("v")                                   # numbers: the Δ values themselves
+        was = delta(a.step(CROSS), b.step(CROSS))[1, 8]           # head 2, the query "was", over the keys
+        row = next(line for line in tensor_lines(app) if line.strip().startswith("was"))
+        assert row.split()[1:8] == [format_number(float(x), 8) for x in was[:7]]  # those the width shows whole
+        await pilot.press("v")
 
         start = order.index(CROSS) if CROSS in order else -1
         for expected in order[start + 1: start + 4]:             # d: the next most-changed step, in that order

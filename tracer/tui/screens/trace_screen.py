@@ -421,10 +421,11 @@ class TraceScreen(Screen[None]):
             what = f"   side by side: A = trace {a} | B = trace {b}"
         else:
             what = f"   Δ = trace {b} − trace {a}"
-        first: list[tuple[str, str, bool]] = [(step.id, "bold", True), (what, "bold magenta", False)]
+        first: list[tuple[str, str, bool]] = [(step.id, "bold", True), (what, "bold magenta", True)]
         picture = shown.picture
-        if picture is not None and picture.head is not None:
-            first.append((f"   head {picture.head + 1}/{picture.n_heads}", "bold yellow", False))
+        headed = shown.sides[0] if shown.sides else picture  # side by side: the head is A's picture's
+        if headed is not None and headed.head is not None:
+            first.append((f"   head {headed.head + 1}/{headed.n_heads}", "bold yellow", False))
         shapes = f"   [{' × '.join(map(str, step.shape))}]"
         if shown.step_b is not None and shown.step_b.shape != step.shape:
             shapes += f" vs [{' × '.join(map(str, shown.step_b.shape))}]"
@@ -433,7 +434,8 @@ class TraceScreen(Screen[None]):
 
         def fit(width: int) -> Text:
             text = Text(no_wrap=True, overflow="ellipsis")
-            for part, style in fit_parts(first, width):
+            # one cell to spare: the details after these parts end in the ellipsis, not the head
+            for part, style in fit_parts(first, width - 1):
                 text.append(part, style=style)
             for part in details:
                 text.append(part, style="dim")

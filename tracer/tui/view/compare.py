@@ -174,7 +174,7 @@ def side_by_side(left: Picture, right: Picture) -> Picture:
     return Picture(
         step=Step.from_array(SIDE_ID, values, (left.row_axis, left.col_axis)), values=values, masked=masked,
         level=level, row_axis=left.row_axis, col_axis=left.col_axis, row_labels=row_labels, col_labels=col_labels,
-        scale=scale, vmin=vmin, vmax=vmax, head=left.head, n_heads=left.n_heads,
+        scale=scale, vmin=vmin, vmax=vmax,  # no head: the grid is its own 2-D step (Shown.sides keeps each head)
     )
 
 
