@@ -1,9 +1,10 @@
 """The Viewer: where the user is in the open traces, and every move the keys make (no Textual).
 
-One object owns the open traces, the position (trace, step, head, cell), the view mode and
-the bookmarks. Each move is a plain method that returns a `Change` saying what changed, or,
-when the move is impossible, nothing changed and a message for the user ("this is the first
-layer"). Screens map keys to these moves and redraw what the change names.
+One object owns the open traces, the position (trace, step, head, cell), the view mode, compare
+mode (the current trace against another: `tracer.tui.view.compare`) and the bookmarks. Each move
+is a plain method that returns a `Change` saying what changed, or, when the move is impossible,
+nothing changed and a message for the user ("this is the first layer"). Screens map keys to
+these moves and redraw what the change names.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from tracer.trace import Step, Trace
-from tracer.trace.state import VIEWS, Bookmark, UIState
 from tracer.trace.diff import DEFAULT_TOL
+from tracer.trace.state import VIEWS, Bookmark, UIState
 from tracer.tui.view.compare import Comparison, Shown
 from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label
 from tracer.tui.view.picture import Picture, build_picture, head_count
