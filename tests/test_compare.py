@@ -260,6 +260,14 @@ def test_with_three_traces_c_goes_through_the_others_then_off_and_o_swaps_the_pa
     assert viewer.comparison.a is b and viewer.step_id == "encoder.1.attn.hook_pattern"
 
 
+def test_a_new_trace_is_compared_with_the_one_the_current_trace_was_compared_with():
+    a = fixture_trace()
+    b, c = copy_trace(a), copy_trace(a)
+    viewer = comparing(a, b)
+    assert viewer.add_trace(c) and viewer.trace_index == 2
+    assert (viewer.comparison.a, viewer.comparison.b) == (c, b)
+
+
 def test_the_compare_view_imports_neither_textual_nor_torch():
     code = ("import sys, tracer.tui.view.compare\n"
             "print([m for m in ('torch', 'textual') if m in sys.modules])")
@@ -324,6 +332,22 @@ async def test_compare_mode_pilot_steps_changes_head_and_jumps_to_the_most_chang
         assert "Δ" not in tensor_title(app)
 
 
+async def test_the_key_bar_offers_compare_with_two_traces_and_the_jump_in_compare_mode():
+    from tracer.tui.app import TracerApp
+
+    def bar(app) -> str:
+        return screen_text(app).splitlines()[-1]
+
+    one = TracerApp([fixture_trace()])
+    async with one.run_test(size=(160, 40)):
+        assert "compare" not in bar(one)                        # one trace: nothing to compare with
+    app = TracerApp([fixture_trace(), fixture_trace()])
+    async with app.run_test(size=(160, 40)) as pilot:
+        assert "c compare" in bar(app) and "most changed" not in bar(app)
+        await pilot.press("c")
+        assert "c compare" in bar(app) and "d most changed" in bar(app)
+
+
 async def test_a_step_in_one_trace_only_shows_one_line_in_place_of_the_picture():
     from tracer.tui.app import TracerApp
     from tracer.tui.widgets.tensor_view import TensorView
@@ -383,6 +407,15 @@ def test_diff_tui_without_a_terminal_prints_the_report_instead():
     assert result.exit_code == 1, result.output                 # the traces differ, as without --tui
     assert "most-changed steps" in result.stdout
     assert "not a terminal" in result.stderr
+
+
+def test_diff_tui_on_a_missing_file_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    from tracer.cli import cli
+
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)
+    result = CliRunner().invoke(cli, ["diff", str(HUNGRIG), str(tmp_path / "nothing.json"), "--tui"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_diff_tui_with_json_is_bad_usage():

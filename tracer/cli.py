@@ -323,6 +323,10 @@ def diff_command(source_a, source_b, tol, top, as_json, tui, sessions_dir):
       tracer diff piyush:1 piyush:2 --json
       tracer diff hungrig suess --tui
     """
+    if tui:
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as replay: the UI needs no BLAS thread pool
     from tracer.diff_report import run_diff
     from tracer.trace.diff import DEFAULT_TOL
 
