@@ -401,8 +401,9 @@ def export(source, output, precision, trace_number, sessions_dir):
               help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--tui", is_flag=True, help="Open the UI on both traces in compare mode (Δ = B − A; d: next most-changed step).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
-def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+def diff_command(source_a, source_b, tol, top, as_json, tui, sessions_dir):
     """Compare two traces step by step: what changed, how much, and where first.
 
     A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
@@ -420,9 +421,20 @@ def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
     Example:
       tracer diff hungrig suess
       tracer diff piyush:1 piyush:2 --json
+      tracer diff hungrig suess --tui
     """
+    if tui:
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as replay: the UI needs no BLAS thread pool
     from tracer.diff_report import run_diff
     from tracer.trace.diff import DEFAULT_TOL
+
+    if tui:
+        from tracer.diff_report import run_diff_tui
+
+        sys.exit(run_diff_tui(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                              sessions_dir=sessions_dir, can_run=ui_can_run))
 
     sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
                       sessions_dir=sessions_dir))
