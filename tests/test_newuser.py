@@ -1,0 +1,58 @@
+"""What a new user hit (issue 12): each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tracer.cli import cli
+from tracer.trace.export import write_json
+from tracer.trace.load import read_json
+
+
+@pytest.fixture(scope="module")
+def piyush():
+    """The bundled model's trace of the README's sentence."""
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+
+    return trace_text(load_model("de-en-tiny"), "ich bin piyush")
+
+
+# -- 7: tracer check on a --precision export ------------------------------------------------
+@pytest.mark.parametrize("precision", [4, 2])
+def test_check_passes_on_a_rounded_export_and_says_what_it_tolerated(piyush, tmp_path, precision):
+    path = tmp_path / "rounded.json"
+    write_json(piyush, path, precision)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"rounded to {precision} digits: tolerance ±{0.5 * 10 ** (1 - precision):.1g}" in result.output
+    assert "checks passed" in result.output
+
+
+@pytest.mark.parametrize("altered", ["encoder.0.hook_resid_mid", "encoder.0.attn.hook_attn_raw",
+                                     "decoder.1.cross_attn.hook_pattern@2", "decoder.0.attn.hook_z@3"])
+def test_check_still_fails_on_a_rounded_export_altered_beyond_its_rounding(piyush, tmp_path, altered):
+    path = tmp_path / "rounded.json"
+    write_json(piyush, path, 4)
+    trace = read_json(path)
+    step = trace.step(altered)
+    data = step.data.astype(np.float64).copy()
+    flat = data.reshape(-1)
+    at = int(np.argmax(np.abs(flat)))
+    # 1 % of the tensor's largest value: twenty times what 4-digit rounding can move it
+    flat[at] += 0.01 * max(1.0, float(np.abs(flat).max()))
+    step._array = data.astype(np.float32)
+    write_json(trace, tmp_path / "altered.json", 4)
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "altered.json")])
+    assert result.exit_code == 1, result.output
+    assert f"FAIL {altered}:" in result.output
+    assert "rounded to 4 digits" in result.output
+
+
+def test_check_at_full_precision_says_nothing_of_rounding(piyush, tmp_path):
+    write_json(piyush, tmp_path / "full.json")
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "full.json")])
+    assert result.exit_code == 0 and result.output.startswith("ok: ")
+    assert "rounded" not in result.output
