@@ -56,3 +56,25 @@ def test_check_at_full_precision_says_nothing_of_rounding(piyush, tmp_path):
     result = CliRunner().invoke(cli, ["check", str(tmp_path / "full.json")])
     assert result.exit_code == 0 and result.output.startswith("ok: ")
     assert "rounded" not in result.output
+
+
+# -- 8: the attention formulas include the biases the model has ------------------------------
+def test_attention_formulas_name_the_biases_the_model_has(piyush):
+    from tracer.nn.loading import load_model
+    from tracer.tui.view.explain import explain
+
+    weights = dict(load_model("de-en-tiny").model.named_parameters())
+    assert any(name.endswith("W_Q.bias") and float(p.detach().abs().max()) > 0 for name, p in weights.items())
+    assert any(name.endswith("W_O.bias") and float(p.detach().abs().max()) > 0 for name, p in weights.items())
+    assert explain(piyush.step("encoder.0.attn.hook_q"), piyush).formula.startswith("Q = x·W_Q + b_Q:")
+    assert explain(piyush.step("decoder.1.cross_attn.hook_v@2"), piyush).formula.startswith("V = x·W_V + b_V:")
+    assert explain(piyush.step("encoder.0.hook_attn_out"), piyush).formula.startswith("concat·W_O + b_O:")
+    assert "+ b" in explain(piyush.step("encoder.0.mlp.hook_pre"), piyush).formula  # as the FFN already said
+
+
+def test_attention_formulas_leave_out_biases_a_llama_does_not_have(piyush, monkeypatch):
+    from tracer.tui.view.explain import explain
+
+    monkeypatch.setitem(piyush.model, "source", {"source": "folder", "model_type": "llama"})
+    assert explain(piyush.step("encoder.0.attn.hook_q"), piyush).formula.startswith("Q = x·W_Q:")
+    assert explain(piyush.step("encoder.0.hook_attn_out"), piyush).formula.startswith("concat·W_O:")

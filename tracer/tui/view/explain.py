@@ -65,6 +65,18 @@ def inputs_of(step: Step, trace: Trace) -> list[str]:
     return [step_id for step_id in anatomy.sources(step.id, trace) if step_id]
 
 
+# Hugging Face families whose attention projections have no bias (or only Q/K/V's); tracer's own
+# models, GPT-2 and BERT have all four (nn.Linear's default).
+_NO_ATTENTION_BIAS = {"llama": (False, False), "mistral": (False, False), "qwen2": (True, False)}
+
+
+def attention_biases(trace: Trace) -> tuple[bool, bool]:
+    """(Q/K/V projections have a bias, the output projection W_O has one) for this trace's model."""
+    source = trace.model.get("source")
+    model_type = source.get("model_type") if isinstance(source, dict) else None
+    return _NO_ATTENTION_BIAS.get(model_type, (True, True))
+
+
 def _size(*dims) -> str:
     return "×".join(str(d) for d in dims)
 
@@ -121,7 +133,8 @@ def _qkv(c: Context):
     if c.cross:
         words += (" In cross-attention the queries come from the decoder (what the next word needs) and the keys "
                   "and values from the encoder's output (the source sentence).")
-    formula = f"{kind.upper()} = x·W_{kind.upper()}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)} = {n}×{H} heads×{dh}"
+    bias = f" + b_{kind.upper()}" if attention_biases(c.trace)[0] else ""
+    formula = f"{kind.upper()} = x·W_{kind.upper()}{bias}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)} = {n}×{H} heads×{dh}"
     return f"{role[0]} ({c.where})", words, formula
 
 
@@ -195,7 +208,8 @@ def _attn_out(c: Context):
     n, d = c.n, c.d
     title = "Output projection" + (" (cross-attention)" if c.step.kind == "cross_attn_out" else "")
     words = "A learned matrix W_O mixes the heads back together into the residual stream's dimensions."
-    return title, words, f"concat·W_O: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)}"
+    bias = " + b_O" if attention_biases(c.trace)[1] else ""
+    return title, words, f"concat·W_O{bias}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)}"
 
 
 def _residual(c: Context):
