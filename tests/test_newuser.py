@@ -78,3 +78,42 @@ def test_attention_formulas_leave_out_biases_a_llama_does_not_have(piyush, monke
     monkeypatch.setitem(piyush.model, "source", {"source": "folder", "model_type": "llama"})
     assert explain(piyush.step("encoder.0.attn.hook_q"), piyush).formula.startswith("Q = x·W_Q:")
     assert explain(piyush.step("encoder.0.hook_attn_out"), piyush).formula.startswith("concat·W_O:")
+
+
+# -- 9: a save over an existing session asks in the UI -----------------------------------------
+def _ui_app(**kwargs):
+    from tui_helpers import make_app
+
+    return make_app(**kwargs)
+
+
+async def _save_as(app, pilot, name: str) -> None:
+    await pilot.press("s")
+    app.screen.query_one("Input").value = name
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+async def test_saving_over_an_existing_session_asks_whether_to_replace_it(tmp_path, answer):
+    from tracer.trace.session import SessionStore
+    from tracer.tui.screens.dialogs import Confirm
+    from tui_helpers import fixture_trace, screen_text
+
+    store = SessionStore(tmp_path / "sessions")
+    store.save("taken", [fixture_trace()])
+    before = store.load("taken").state.step
+    app = _ui_app(store=store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.trace_screen.go("encoder.0.attn.hook_pattern")
+        await _save_as(app, pilot, "taken")
+        assert isinstance(app.screen, Confirm)
+        text = screen_text(app)
+        assert "'taken' already exists" in text and "Replace it?" in text
+        assert "--force" not in text
+        await pilot.press(answer)
+        await pilot.pause()
+        assert not isinstance(app.screen, Confirm)
+        assert app.session_name == ("taken" if answer == "y" else None)
+    saved = store.load("taken").state.step
+    assert saved == ("encoder.0.attn.hook_pattern" if answer == "y" else before)

@@ -26,7 +26,7 @@ from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
 from tracer.tui.view.explain import describe_cell, explain
 from tracer.tui.view.outline import build_outline
-from tracer.tui.screens.dialogs import TextPrompt
+from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
 from tracer.tui.view.picture import Picture
@@ -387,6 +387,21 @@ class TraceScreen(Screen[None]):
                 self.notify("saving sessions is not available in this build", severity="error")
                 return
             store = SessionStore(None)
+        try:
+            taken = not force and store.path_of(name).exists()
+        except TracerError as exc:  # not a valid session name
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        if taken:  # ask here: the command line's --force is no use inside the UI
+
+            def replace(yes: bool | None) -> None:
+                if yes:
+                    self._save(name, force=True)
+                else:
+                    self._notify(f"not saved: session {name!r} is left as it was")
+
+            self.app.push_screen(Confirm(f"A session named {name!r} already exists in {store.root}. Replace it?"), replace)
+            return
         try:
             path = store.save(name, self.viewer.traces, state=self.viewer.to_state(), force=force)
         except TracerError as exc:
