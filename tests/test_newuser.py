@@ -117,3 +117,76 @@ async def test_saving_over_an_existing_session_asks_whether_to_replace_it(tmp_pa
         assert app.session_name == ("taken" if answer == "y" else None)
     saved = store.load("taken").state.step
     assert saved == ("encoder.0.attn.hook_pattern" if answer == "y" else before)
+
+
+# -- 10: q remembers where a session was left ---------------------------------------------------
+async def test_quit_remembers_the_place_so_replay_reopens_there(tmp_path):
+    from tracer.trace.session import SessionStore
+    from tracer.tui.view import Viewer
+    from tui_helpers import fixture_trace
+
+    store = SessionStore(tmp_path / "sessions")
+    store.save("walk", [fixture_trace()])
+    session = store.load("walk")
+    assert session.state.step is None
+    app = _ui_app(store=store, session_name="walk", state=session.state)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.trace_screen.go("decoder.1.cross_attn.hook_pattern@2")
+        await pilot.press("h", "v")
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+    again = store.load("walk")
+    assert (again.state.step, again.state.head, again.state.view) == ("decoder.1.cross_attn.hook_pattern@2", 1, "numbers")
+    assert Viewer(again.traces, again.state).step_id == "decoder.1.cross_attn.hook_pattern@2"  # what replay opens
+    assert again.traces[0]["encoder.0.attn.hook_pattern"].shape == fixture_trace()["encoder.0.attn.hook_pattern"].shape
+
+
+def test_the_place_is_not_written_into_a_session_that_holds_other_traces(tmp_path, piyush):
+    from tracer.trace.session import SessionStore
+    from tracer.trace.state import UIState
+    from tui_helpers import fixture_trace
+
+    store = SessionStore(tmp_path / "sessions")
+    store.save("walk", [fixture_trace()])
+    before = (store.path_of("walk") / "session.json").read_bytes()
+    assert not store.remember_place("walk", UIState(step="encoder.hook_embed"), [piyush])
+    assert (store.path_of("walk") / "session.json").read_bytes() == before
+
+
+KILL_DURING = """
+import os, signal, sys
+import tracer.trace.atomic as atomic
+from tracer.trace.session import SessionStore
+from tracer.trace.state import UIState
+from tracer.trace.load import read_json
+
+store = SessionStore(sys.argv[1])
+traces = store.load("walk").traces
+def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(atomic.os, sys.argv[2], die)   # killed with the new manifest half-way to disk
+store.remember_place("walk", UIState(step="encoder.0.attn.hook_q"), traces)
+"""
+
+
+@pytest.mark.parametrize("moment", ["fsync", "replace"])
+def test_a_kill_while_the_place_is_written_leaves_the_session_readable(tmp_path, moment):
+    import subprocess
+    import sys
+
+    from tracer.trace.session import SessionStore
+    from tracer.trace.state import UIState
+    from tui_helpers import fixture_trace
+
+    store = SessionStore(tmp_path / "sessions")
+    store.save("walk", [fixture_trace()], state=UIState(step="encoder.hook_embed"))
+    done = subprocess.run([sys.executable, "-c", KILL_DURING, str(store.root), moment], capture_output=True)
+    assert done.returncode == -9, done.stderr.decode()
+    session = store.load("walk")  # the old manifest, whole
+    assert session.state.step == "encoder.hook_embed"
+    assert session.traces[0]["encoder.hook_embed"].shape == fixture_trace()["encoder.hook_embed"].shape
+    assert [info.error for info in store.list()] == [None]
+    # and the next quit writes the place as usual
+    assert store.remember_place("walk", UIState(step="encoder.0.attn.hook_q"), session.traces)
+    assert store.load("walk").state.step == "encoder.0.attn.hook_q"

@@ -425,7 +425,23 @@ class TraceScreen(Screen[None]):
         ]
 
     def action_quit(self) -> None:
+        self.remember_place()
         self.app.exit()
+
+    def remember_place(self) -> None:
+        """A saved session remembers where it was left (its UI state; the traces are not rewritten),
+        so `tracer replay NAME` reopens here. A trace that is not saved has nothing to remember into."""
+        if not self.session_name:
+            return
+        try:
+            store = self.store
+            if store is None:  # as _save: the default sessions folder
+                from tracer.trace.session import SessionStore
+
+                store = SessionStore(None)
+            store.remember_place(self.session_name, self.viewer.to_state(), self.viewer.traces)
+        except (TracerError, OSError, ImportError):
+            pass  # quitting must not fail: the session keeps the place it was saved with
 
 
 def visible_token_line(text: str) -> str:
