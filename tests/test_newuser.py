@@ -190,3 +190,62 @@ def test_a_kill_while_the_place_is_written_leaves_the_session_readable(tmp_path,
     # and the next quit writes the place as usual
     assert store.remember_place("walk", UIState(step="encoder.0.attn.hook_q"), session.traces)
     assert store.load("walk").state.step == "encoder.0.attn.hook_q"
+
+
+# -- input the model does not know -----------------------------------------------------------
+@pytest.mark.parametrize("text,unfamiliar", [
+    ("wie geht es dir", ["wie", "geht", "dir"]),  # w ##ie | g ##e ##ht | es | d ##ir: most words split
+    ("der hund schläft", ["schläft"]),            # a character the model never saw: <unk>
+    ("ich bin piyush", None),                     # a name splits, and is copied: fine
+    ("die katze trank die milch weil sie süß war", None),
+])
+def test_the_header_records_words_the_bundled_model_does_not_know(text, unfamiliar):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+
+    trace = trace_text(load_model("de-en-tiny"), text, max_new_tokens=2)
+    assert trace.input.get("unfamiliar") == unfamiliar
+
+
+def test_summary_and_ui_say_the_model_does_not_know_the_input(tmp_path):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+    from tracer.trace.session import SessionStore, load_session
+
+    result = CliRunner().invoke(cli, ["run", "wie geht es dir", "--no-tui", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    note = next(line for line in result.output.splitlines() if line.startswith("note:"))
+    assert 'de-en-tiny does not know the words "wie", "geht", "dir"' in note
+    assert "MODEL.md" in note and "--model" in note
+    known = CliRunner().invoke(cli, ["run", "ich bin piyush", "--no-tui", "--max-new-tokens", "2"])
+    assert "note:" not in known.output
+    # the note survives a session, and the UI's first step says it
+    trace = trace_text(load_model("de-en-tiny"), "wie geht es dir", max_new_tokens=2)
+    store = SessionStore(tmp_path / "s")
+    store.save("wie", [trace])
+    from tracer.tui.view.explain import explain
+
+    reloaded = load_session(store.path_of("wie")).traces[0]
+    assert "does not know the words" in explain(reloaded.steps[0], reloaded).words
+
+
+async def test_the_ui_says_so_when_it_opens():
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+    from tracer.tui.app import TracerApp
+
+    app = TracerApp([trace_text(load_model("de-en-tiny"), "wie geht es dir", max_new_tokens=2)])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        from tui_helpers import screen_text
+
+        assert "de-en-tiny does not know" in screen_text(app)  # a warning over the screen
+        assert "does not know the words" in app.screen.query_one("#explain").plain
+
+
+def test_a_bert_input_without_mask_says_every_position_is_predicted():
+    result = CliRunner().invoke(cli, ["run", "the cat drank the milk", "--model", "en-bert-tiny", "--no-tui"])
+    assert result.exit_code == 0, result.output
+    assert "no [MASK] in the input: the model predicts every position" in result.output
+    masked = CliRunner().invoke(cli, ["run", "the cat drank the [MASK]", "--model", "en-bert-tiny", "--no-tui"])
+    assert "no [MASK]" not in masked.output

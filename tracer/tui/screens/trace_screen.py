@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Static
 
+from tracer.input_notes import input_notes
 from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
@@ -178,6 +179,8 @@ class TraceScreen(Screen[None]):
         if change.trace:
             navigator.load(build_outline(trace))
             self._update_title()
+            for note in input_notes(trace):  # also in the explain panel, at Tokenize / the prediction
+                self.notify(note, severity="warning", timeout=12, markup=False)
         if change.trace or change.bookmarks:
             navigator.set_bookmarks(viewer.bookmarked_steps())
         picture = viewer.picture()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import Picture, format_number
@@ -308,6 +309,11 @@ def explain(step: Step, trace: Trace) -> Explanation:
     context = Context.of(step, trace)
     words = WORDS.get(anatomy.kind_of(step.kind).explanation, _generic)
     title, text, formula = words(context)
+    # where the input first appears and where the prediction is made: what the model made of it
+    note = (unfamiliar_note(trace) if step.kind == "tokens" and step.decode_step is None
+            else unmasked_note(trace) if step.kind == "probs" else None)
+    if note:
+        text += f" Note: {note}."
     return Explanation(title, text, formula, context.inputs)
 
 
