@@ -249,3 +249,47 @@ def test_a_bert_input_without_mask_says_every_position_is_predicted():
     assert "no [MASK] in the input: the model predicts every position" in result.output
     masked = CliRunner().invoke(cli, ["run", "the cat drank the [MASK]", "--model", "en-bert-tiny", "--no-tui"])
     assert "no [MASK]" not in masked.output
+
+
+# -- 11, the smaller ones -------------------------------------------------------------------------
+def _header_ticks(app) -> list[str]:
+    """The numbered column header of the tensor view, as the words on screen."""
+    from tui_helpers import screen_lines
+
+    import re
+
+    line = next(line for line in screen_lines(app) if re.search(r"▕ +0 +\d+ +\d+ +\d+", line))
+    return line.split("▕", 1)[1].split()
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_the_last_column_tick_is_never_cut_by_the_edge_of_the_view(piyush, size):
+    from tracer.tui.app import TracerApp
+
+    app = TracerApp([piyush])
+    async with app.run_test(size=size) as pilot:
+        for step_id in ("encoder.hook_embed", "encoder.0.mlp.hook_pre"):
+            app.trace_screen.go(step_id)
+            await pilot.pause()
+            ticks = [int(t) for t in _header_ticks(app)]
+            step = ticks[1] - ticks[0]
+            assert ticks == list(range(0, ticks[-1] + 1, step)), ticks  # no "8" left of a cut "80"
+            assert len(ticks) > 3
+
+
+async def test_help_headings_are_shown_whole():
+    from tracer.tui.screens.help import HelpScreen
+    from tui_helpers import make_app, screen_text
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        sections = [section for section, _ in app.trace_screen.help_sections()]
+        seen = screen_text(app)
+        for _ in range(6):  # the help scrolls at 40 rows
+            await pilot.press("pagedown")
+            await pilot.pause()
+            seen += screen_text(app)
+        for section in sections:
+            assert section in seen, section
