@@ -293,3 +293,87 @@ async def test_help_headings_are_shown_whole():
             seen += screen_text(app)
         for section in sections:
             assert section in seen, section
+
+
+async def test_the_token_ids_step_is_labelled_numbers_not_heat_map(piyush):
+    from tracer.tui.app import TracerApp
+    from tui_helpers import screen_lines
+
+    app = TracerApp([piyush])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        title = next(line for line in screen_lines(app) if "encoder.hook_tokens   [" in line)
+        assert "numbers" in title and "heat map" not in title
+        app.trace_screen.go("encoder.hook_embed")
+        await pilot.pause()
+        assert "heat map" in next(line for line in screen_lines(app) if "encoder.hook_embed   [" in line)
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+async def test_zero_cells_of_the_sequential_map_stand_out_from_a_dark_background():
+    """WCAG contrast of the lowest level against black and against the UI's own background."""
+    from tracer.tui.view.picture import SEQUENTIAL
+    from tui_helpers import make_app
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)):
+        background = app.screen.styles.background.hex
+    for dark in ("#000000", background):
+        ratio = (_luminance(SEQUENTIAL[0]) + 0.05) / (_luminance(dark) + 0.05)
+        assert ratio >= 1.4, (dark, ratio)
+    assert _luminance(SEQUENTIAL[0]) < _luminance(SEQUENTIAL[len(SEQUENTIAL) // 4])  # still the dark end
+
+
+async def test_the_colour_scale_says_it_is_one_heads_and_the_stats_all_heads(piyush):
+    from tracer.tui.app import TracerApp
+    from tui_helpers import screen_text
+
+    app = TracerApp([piyush])
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.trace_screen.go("encoder.0.attn.hook_pattern")
+        await pilot.press("h")
+        await pilot.pause()
+        assert "colours: head 2's range" in screen_text(app)
+        assert "stats    all 4 heads: min" in app.screen.query_one("#explain").plain
+        app.trace_screen.go("encoder.hook_embed")  # no heads: nothing to say
+        await pilot.pause()
+        assert "range" not in screen_text(app) and "heads:" not in app.screen.query_one("#explain").plain
+
+
+def test_vocabulary_cells_name_their_token(piyush, tmp_path):
+    from tracer.tui.view.explain import describe_cell
+    from tracer.tui.view.picture import build_picture
+
+    step = piyush.step("decoder.hook_probs@1")
+    picture = build_picture(step)
+    top = {item["id"] for item in step.extra["top_k"]}
+    assert 3 not in top  # not a top-k token: named from the model's vocabulary
+    assert describe_cell(piyush, picture, 0, 3).endswith('(token "<unk>")')
+    chosen = step.extra["chosen"]
+    row, col = divmod(chosen["id"], picture.wrap)
+    assert describe_cell(piyush, picture, row, col).endswith(f'(token "{chosen["token"]}")')
+    # a replayed export names them too, while the model folder is there
+    write_json(piyush, tmp_path / "t.json")
+    again = read_json(tmp_path / "t.json")
+    assert describe_cell(again, build_picture(again.step("decoder.hook_probs@1")), 0, 3).endswith('(token "<unk>")')
+
+
+def test_the_top_k_panel_adds_the_log_probability(piyush):
+    import math
+
+    from tracer.tui.widgets.panels import next_token_text
+
+    step = piyush.step("decoder.hook_probs@2")
+    lines = next_token_text(piyush, step).plain.splitlines()
+    assert "ln p" in lines[1]
+    for item, line in zip(step.extra["top_k"], lines[2:]):
+        assert f"{item['prob']:.3f}" in line
+        assert f"{math.log(item['prob']):.2f}".replace("-", "−") in line, line
+    # the runners-up all print as 0.000, and their log-probabilities still differ
+    runners_up = [line.split()[-1] if "█" not in line else line.split()[-2] for line in lines[3:2 + len(step.extra["top_k"])]]
+    assert len(set(runners_up)) == len(runners_up)

@@ -220,7 +220,8 @@ class TraceScreen(Screen[None]):
         note = self.viewer.bookmark_for(step.id)
         if note is not None:  # only the note gives way to keep ★ in sight; the details after it may be cut
             first += [("   ★ ", "bold yellow", False), (visible(note.note) or "bookmarked", "", True)]
-        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[self.viewer.view]}"]
+        view = "numbers" if picture.scale == "ids" else self.viewer.view  # token ids are always numbers
+        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[view]}"]
         if picture.wrap is not None:
             details.append(f"   {picture.length} values, {picture.wrap} per row")
         legend = legend_text(picture, self.viewer.view)

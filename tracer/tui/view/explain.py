@@ -4,8 +4,10 @@ sizes, which recorded steps it was computed from, and what one cell of it means 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -326,6 +328,53 @@ def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarra
     return np.asarray(data[pos, head], dtype=np.float64)
 
 
+TOKENIZER_LIMIT = 64 * 1024**2  # a tokenizer.json larger than this is not read for names
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_vocabulary(path: str) -> dict[int, str]:
+    """id -> token from a model folder's tokenizer.json (BPE/WordPiece vocab dict, Unigram list,
+    added tokens); {} when there is none or it cannot be read. No tokenizer library: plain JSON."""
+    import orjson
+
+    file = Path(path) / "tokenizer.json"
+    try:
+        if not file.is_file() or file.is_symlink() or file.stat().st_size > TOKENIZER_LIMIT:
+            return {}
+        document = orjson.loads(file.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    names: dict[int, str] = {}
+    vocab = document["model"].get("vocab") if isinstance(document.get("model"), dict) else None
+    if isinstance(vocab, dict):
+        names.update((i, t) for t, i in vocab.items() if type(i) is int and isinstance(t, str))
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+        names.update((i, e[0]) for i, e in enumerate(vocab) if isinstance(e, list) and e and isinstance(e[0], str))
+    added = document.get("added_tokens")
+    for item in added if isinstance(added, list) else []:
+        if isinstance(item, dict) and type(item.get("id")) is int and isinstance(item.get("content"), str):
+            names[item["id"]] = item["content"]
+    return names
+
+
+def token_name(trace: Trace, step: Step, token_id: int) -> str | None:
+    """The string of vocabulary entry `token_id`: from what the trace recorded (top-k lists, the
+    input and output), else from the model folder's tokenizer.json when it is still there."""
+    for item in step.extra.get("top_k", []):
+        if isinstance(item, dict) and item.get("id") == token_id:
+            return str(item.get("token"))
+    for part in (trace.input, trace.output):
+        ids, tokens = part.get("ids", []), part.get("tokens", [])
+        if token_id in ids and len(ids) == len(tokens):
+            return str(tokens[ids.index(token_id)])
+    source = trace.model.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        return _folder_vocabulary(source["path"]).get(token_id)
+    return None
+
+
 def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     """One line about the selected cell; for attention scores, the dot product behind it."""
     step = picture.step
@@ -336,9 +385,9 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     if picture.wrap is not None:
         flat = index[0]
         text = f"{picture.row_axis} {flat} = {format_number(float(value), 12)}"
-        tokens = {item["id"]: item["token"] for item in step.extra.get("top_k", [])}
-        if flat in tokens:
-            text += f'  (token "{tokens[flat]}")'
+        name = token_name(trace, step, flat) if picture.row_axis == "vocab" else None
+        if name is not None:
+            text += f'  (token "{name}")'
         return text
     row_name = f'"{picture.row_name(row)}" ({row})' if picture.row_labels else str(row)
     col_name = f'"{picture.col_name(col)}" ({col})' if picture.col_labels else str(col)
@@ -350,6 +399,9 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     shown = format_number(float(value), 12)
     head = f", head {picture.head + 1}/{picture.n_heads}" if picture.head is not None else ""
     if step.kind not in ATTENTION_SCORES or picture.head is None:
+        if picture.col_axis == "vocab":  # an encoder's logits/probs: every position over the vocabulary
+            name = token_name(trace, step, col)
+            col_name = f'{col} "{name}"' if name is not None else col_name
         return f"{picture.row_axis} {row_name} · {picture.col_axis} {col_name}{head}: {shown}"
     place = anatomy.Place.of(step.id, trace)
     q = _vector(trace, anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace), row, picture.head)
