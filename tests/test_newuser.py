@@ -377,3 +377,79 @@ def test_the_top_k_panel_adds_the_log_probability(piyush):
     # the runners-up all print as 0.000, and their log-probabilities still differ
     runners_up = [line.split()[-1] if "█" not in line else line.split()[-2] for line in lines[3:2 + len(step.extra["top_k"])]]
     assert len(set(runners_up)) == len(runners_up)
+
+
+# -- teaching, at the matching step ---------------------------------------------------------------
+def _worked(trace, step_id, cell, head=0):
+    from tracer.tui.view.explain import explain
+    from tracer.tui.view.picture import build_picture
+
+    step = trace.step(step_id)
+    return explain(step, trace, build_picture(step, head), cell).worked
+
+
+def test_positional_encoding_cell_is_worked_with_its_own_numbers(piyush):
+    worked = _worked(piyush, "encoder.hook_pos_embed", (2, 3))
+    assert worked.startswith("PE(2, 3) = cos(2 / 10000^(2/128)) = cos(1.732) = −0.160")  # the example
+    assert "recorded −0.160" in worked
+    assert _worked(piyush, "encoder.hook_pos_embed", (4, 10)).startswith("PE(4, 10) = sin(4 / 10000^(10/128)) = ")
+
+
+def test_scaling_says_why_and_gives_the_weight_with_and_without_it(piyush):
+    import math
+
+    from tracer.tui.view.explain import explain
+
+    words = explain(piyush.step("encoder.0.attn.hook_attn_scaled"), piyush).words
+    assert "variance d_k" in words and "saturating" in words
+    head, q, k = 1, 1, 2
+    worked = _worked(piyush, "encoder.0.attn.hook_attn_scaled", (q, k), head)
+    raw = piyush["encoder.0.attn.hook_attn_raw"][head, q].astype(np.float64)
+    unscaled = np.exp(raw - raw.max()) / np.exp(raw - raw.max()).sum()
+    with_it = float(piyush["encoder.0.attn.hook_pattern"][head, q, k])
+    from tracer.tui.view.picture import format_number
+
+    assert f"softmax weight {format_number(with_it, 10)} with the scaling" in worked
+    assert f"{format_number(float(unscaled[k]), 10).replace('-', '−')} without it" in worked
+    assert f"÷ √32 = {format_number(float(raw[k]) / math.sqrt(32), 10)}" in worked
+
+
+def test_layer_norm_cell_is_worked_through_and_says_what_is_not_recorded(piyush):
+    from tracer.nn.loading import load_model
+    from tracer.tui.view.picture import format_number
+
+    pos, j = 2, 3
+    worked = _worked(piyush, "encoder.0.ln1.hook_normalized", (pos, j))
+    x = piyush["encoder.0.hook_resid_mid"][pos].astype(np.float64)  # post-norm: ln1 normalizes the residual sum
+    assert f"μ = {format_number(x.mean(), 10)}" in worked.replace("−", "-")
+    assert f"σ² = {format_number(x.var(), 10)}" in worked.replace("−", "-")
+    assert "γ and β are learned weights, not in the trace" in worked
+    # what the recorded steps give for γ₃ and β₃ is what the model has
+    weights = dict(load_model("de-en-tiny").model.named_parameters())
+    gamma, beta = (float(weights[f"encoder.0.ln1.{name}"].detach()[j]) for name in ("weight", "bias"))
+    assert f"γ₃ ≈ {format_number(gamma, 10).replace('-', '−')}" in worked
+    assert f"β₃ ≈ {format_number(beta, 10).replace('-', '−')}" in worked
+
+
+def test_why_several_heads_is_said_on_q_and_concat_and_not_repeated_on_v(piyush):
+    from tracer.tui.view.explain import explain
+
+    words = {kind: explain(piyush.step(f"encoder.0.attn.hook_{kind}"), piyush).words for kind in ("q", "k", "v", "concat")}
+    assert "Why several heads" in words["q"] and "subspace" in words["q"]
+    assert "at once" in words["concat"] and "subspace" in words["concat"]
+    sentences = lambda text: {s.strip() for s in text.split(".") if s.strip()}  # noqa: E731
+    assert not (sentences(words["v"]) & sentences(words["q"]))
+    assert "Why several heads" not in words["v"] and "Why several heads" not in words["k"]
+
+
+async def test_the_explain_panel_follows_the_cell_on_a_worked_step(piyush):
+    from tracer.tui.app import TracerApp
+
+    app = TracerApp([piyush])
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.trace_screen.go("encoder.hook_pos_embed")
+        await pilot.pause()
+        assert "PE(0, 0) = sin(0 / 10000^(0/128))" in app.screen.query_one("#explain").plain
+        await pilot.press("down", "down", "shift+right", "shift+right", "shift+right")
+        await pilot.pause()
+        assert "PE(2, 3) = cos(2 / 10000^(2/128)) = cos(1.732) = −0.160" in app.screen.query_one("#explain").plain

@@ -25,7 +25,7 @@ from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
-from tracer.tui.view.explain import describe_cell, explain
+from tracer.tui.view.explain import WORKED, describe_cell, explain
 from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
@@ -187,8 +187,9 @@ class TraceScreen(Screen[None]):
         self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
         self._update_tensor_title(picture)
         self._update_inspect(picture, *viewer.cell)
-        if change.trace or change.step:  # another head or view: the panels and the tree have not changed
-            self.query_one(ExplainPanel).show(explain(step, trace), step)
+        if change.trace or change.step or step.kind in WORKED:  # another head or view: only a worked cell changes
+            self.query_one(ExplainPanel).show(explain(step, trace, picture, viewer.cell), step)
+        if change.trace or change.step:
             self.query_one(NextTokenPanel).show(trace, step)
             navigator.show_current(step.id)
 
@@ -246,6 +247,9 @@ class TraceScreen(Screen[None]):
         self.viewer.set_cell(event.row, event.col)
         if event.view.picture is not None:
             self._update_inspect(event.view.picture, event.row, event.col)
+            step = self.viewer.step
+            if step.kind in WORKED:  # the explain panel works this cell through
+                self.query_one(ExplainPanel).show(explain(step, self.viewer.trace, event.view.picture, self.viewer.cell), step)
 
     def _update_inspect(self, picture: Picture, row: int, col: int) -> None:
         line = Text()

@@ -30,6 +30,7 @@ class Explanation:
     words: str
     formula: str
     inputs: list[str] = field(default_factory=list)
+    worked: str = ""   # the formula worked through with the selected cell's own numbers ("" where none)
 
 
 @dataclass
@@ -132,7 +133,14 @@ def _qkv(c: Context):
     role = {"q": ("Queries", "what each position is looking for"),
             "k": ("Keys", "what each position offers to be found by"),
             "v": ("Values", "what each position hands over when it is attended to")}[kind]
-    words = f"{role[0]}: {role[1]}. x is multiplied by W_{kind.upper()} and split into {H} heads of {dh} numbers; each head looks for something different."
+    words = f"{role[0]}: {role[1]}. x is multiplied by W_{kind.upper()} and split into {H} heads of {dh} numbers. "
+    words += {
+        "q": (f"Why several heads: each has its own slice of W_Q, W_K and W_V, so each can follow a different "
+              f"relation (the word before, the subject, the word being translated) in its own {dh}-number "
+              f"subspace, all at once, for the cost of one {d}-wide head."),
+        "k": f"Each head's keys are compared only with the same head's queries: {H} separate comparisons of {dh} numbers.",
+        "v": f"Each head hands over its own {dh}-number slice; the heads' results are put side by side later (concat).",
+    }[kind]
     if c.cross:
         words += (" In cross-attention the queries come from the decoder (what the next word needs) and the keys "
                   "and values from the encoder's output (the source sentence).")
@@ -162,8 +170,9 @@ def _attn_raw(c: Context):
 
 def _attn_scaled(c: Context):
     Tq, Tk = _query_key(c)
-    words = ("The scores are divided by √d_head so they do not grow with the head's size; large scores "
-             "would make softmax pick a single key and stop learning.")
+    words = ("The scores are divided by √d_head. Why: a dot product of d_k numbers of unit variance has "
+             f"variance d_k (here {c.dh}), so raw scores spread ~√d_k = {math.sqrt(c.dh):.1f} times wider; dividing brings "
+             "them back to unit spread and keeps softmax from saturating on one key (where it stops learning).")
     return f"Scale by √dₖ ({c.where})", words, f"Q·Kᵀ ÷ √{c.dh} = ÷ {math.sqrt(c.dh):.2f}: {_size(Tq, Tk)} per head"
 
 
@@ -203,7 +212,9 @@ def _z(c: Context):
 
 def _concat(c: Context):
     H, dh = c.H, c.dh
-    words = f"The {H} heads' outputs are placed side by side: {H} × {dh} = {c.d} numbers per position."
+    words = (f"The {H} heads' outputs are placed side by side: {H} × {dh} = {c.d} numbers per position. "
+             f"Several narrow heads instead of one wide one let the layer gather by {H} relations at once, each "
+             "in its own subspace, at the same cost; W_O then mixes what they found.")
     return f"Concatenate heads ({c.where})", words, f"[head₀ … head{sub(H - 1)}]: {c.n}×{H}×{dh} → {_size(c.n, c.d)}"
 
 
@@ -306,8 +317,9 @@ WORDS = {
 """Explanation key (a kind's `explanation` in tracer.trace.anatomy) -> (title, words, formula)."""
 
 
-def explain(step: Step, trace: Trace) -> Explanation:
-    """What this step computes, in words and as a formula with its real sizes."""
+def explain(step: Step, trace: Trace, picture: Picture | None = None, cell: tuple[int, int] | None = None) -> Explanation:
+    """What this step computes, in words and as a formula with its real sizes; with the picture
+    and a cell, the formula worked through for that cell where the kind has one (WORKED)."""
     context = Context.of(step, trace)
     words = WORDS.get(anatomy.kind_of(step.kind).explanation, _generic)
     title, text, formula = words(context)
@@ -316,7 +328,78 @@ def explain(step: Step, trace: Trace) -> Explanation:
             else unmasked_note(trace) if step.kind == "probs" else None)
     if note:
         text += f" Note: {note}."
-    return Explanation(title, text, formula, context.inputs)
+    worked = ""
+    if picture is not None and cell is not None and step.kind in WORKED and picture.valid(*cell):
+        with np.errstate(all="ignore"):
+            worked = WORKED[step.kind](context, picture, *cell) or ""
+    return Explanation(title, text, formula, context.inputs, worked)
+
+
+# -- a cell worked through with its own numbers -----------------------------------------------
+def _n(value: float) -> str:
+    return format_number(float(value), 10).replace("-", "−")
+
+
+def _worked_pos_embed(c: Context, picture: Picture, row: int, col: int) -> str:
+    value = float(c.step.data[picture.index(row, col)])
+    if c.config.get("positional") != "sinusoidal":
+        return f"W_pos[{row}, {col}] = {_n(value)}: a learned number, no formula behind it"
+    d = c.d
+    i2 = col - col % 2  # the even index 2i of the sin/cos pair this column belongs to
+    angle = row / 10000 ** (i2 / d)
+    fn, computed = ("sin", math.sin(angle)) if col % 2 == 0 else ("cos", math.cos(angle))
+    return (f"PE({row}, {col}) = {fn}({row} / 10000^({i2}/{d})) = {fn}({angle:.3f}) = {_n(computed)}"
+            f"   (recorded {_n(value)})")
+
+
+def _worked_attn_scaled(c: Context, picture: Picture, row: int, col: int) -> str:
+    """The cell's score scaled and not, and the softmax weight each would give it."""
+    if picture.head is None:
+        return ""
+    raw_id = next((step_id for step_id in c.inputs if step_id.split("@")[0].endswith("hook_attn_raw")), None)
+    if raw_id is None:
+        return ""
+    raw = np.asarray(c.trace[raw_id][picture.head, row], dtype=np.float64)
+    place = anatomy.Place.of(c.step.id, c.trace)
+    mask_id = anatomy.resolve("{attn}.hook_mask", place, c.trace)
+    allowed = np.asarray(c.trace[mask_id][row], dtype=bool) if mask_id else np.ones_like(raw, dtype=bool)
+    if allowed.shape != raw.shape or not allowed[col]:
+        return "this key is masked: its weight is 0, scaled or not"
+
+    def weight(scores: np.ndarray) -> float:
+        scores = np.where(allowed, scores, -np.inf)
+        e = np.exp(scores - scores[allowed].max())
+        return float(e[col] / e.sum())
+
+    root = math.sqrt(c.dh)
+    return (f"this cell: q·k = {_n(raw[col])}, ÷ √{c.dh} = {_n(raw[col] / root)} → softmax weight "
+            f"{_n(weight(raw / root))} with the scaling, {_n(weight(raw))} without it")
+
+
+def _worked_normalized(c: Context, picture: Picture, row: int, col: int) -> str:
+    """Mean, variance and (x − μ)/σ from the recorded input; γ and β are weights, not recorded."""
+    source = c.inputs[0] if c.inputs else None
+    if source is None:
+        return ""
+    x = np.asarray(c.trace[source], dtype=np.float64)
+    if x.shape != c.step.shape or x.ndim != 2:
+        return ""
+    eps = c.config.get("layer_norm_eps", 1e-5)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    normed = (x - mean) / np.sqrt(var + eps)
+    y = float(c.step.data[row, col])
+    text = (f"position {row}: μ = {_n(mean[row, 0])}, σ² = {_n(var[row, 0])}; "
+            f"(x{sub(col)} − μ) / √(σ² + ε) = ({_n(x[row, col])} − {_n(mean[row, 0])}) / {_n(math.sqrt(var[row, 0] + eps))} "
+            f"= {_n(normed[row, col])}; · γ{sub(col)} + β{sub(col)} = {_n(y)} (recorded). γ and β are learned weights, not in the trace")
+    column, out = normed[:, col], np.asarray(c.step.data[:, col], dtype=np.float64)
+    if len(column) >= 2 and np.ptp(column) > 1e-6:  # y = γ·x̂ + β at every position: two unknowns
+        gamma, beta = np.polyfit(column, out, 1)
+        text += f"; this column's {len(column)} positions give γ{sub(col)} ≈ {_n(gamma)}, β{sub(col)} ≈ {_n(beta)}"
+    return text
+
+
+WORKED = {"pos_embed": _worked_pos_embed, "attn_scaled": _worked_attn_scaled, "normalized": _worked_normalized}
+"""Kinds whose selected cell is worked through in the explain panel (it is redrawn as the cell moves)."""
 
 
 def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarray | None:

@@ -31,6 +31,9 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
     text.append(explanation.words + "\n")
     text.append("formula  ", style="bold cyan")
     text.append(explanation.formula + "\n")
+    if explanation.worked:  # the formula with the selected cell's own numbers
+        text.append("this cell ", style="bold cyan")
+        text.append(explanation.worked + "\n")
     text.append("from     ", style="bold cyan")
     text.append(", ".join(explanation.inputs) if explanation.inputs else "(the input itself)", style="" if explanation.inputs else "dim")
     text.append("\n")
