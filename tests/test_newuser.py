@@ -453,3 +453,38 @@ async def test_the_explain_panel_follows_the_cell_on_a_worked_step(piyush):
         await pilot.press("down", "down", "shift+right", "shift+right", "shift+right")
         await pilot.pause()
         assert "PE(2, 3) = cos(2 / 10000^(2/128)) = cos(1.732) = −0.160" in app.screen.query_one("#explain").plain
+
+
+# -- the README, for someone who has only the README -----------------------------------------------
+def test_every_key_in_the_readme_table_is_bound():
+    import re
+    from pathlib import Path
+
+    from tracer.tui.screens.trace_screen import TraceScreen
+    from tracer.tui.widgets.navigator import StepNavigator
+    from tracer.tui.widgets.tensor_view import TensorView
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| keys | what |", 1)[1].split("\n\n", 1)[0]
+    names = {"/": "slash", "]": "right_square_bracket", "[": "left_square_bracket", "+": "plus", "-": "minus",
+             "?": "question_mark", ",": "comma", ".": "full_stop"}
+    bound = {key.strip() for widget in (TraceScreen, TensorView, StepNavigator)
+             for binding in widget.BINDINGS for key in binding.key.split(",")}
+    keys = [key for row in table.splitlines()[2:] for key in re.findall(r"`([^`]+)`", row.split("|")[1])]
+    assert len(keys) > 15
+    for key in keys:
+        assert names.get(key, key) in bound, key
+    for arrow, name in (("→", "right"), ("←", "left")):  # "n / space / →, p / ←: next / previous step"
+        assert any(name in b.key.split(",") and b.action in ("next", "prev") for b in TraceScreen.BINDINGS), arrow
+
+
+def test_the_readme_device_line_lists_what_run_takes():
+    from pathlib import Path
+
+    from tracer.cli import run
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if line.startswith("tracer run TEXT --device"))
+    option = next(p for p in run.params if p.name == "device")
+    for choice in ("auto", "cpu", "cuda", "cuda:N", "mps"):
+        assert choice in line and choice in option.help, choice
