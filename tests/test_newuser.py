@@ -111,6 +111,9 @@ async def test_saving_over_an_existing_session_asks_whether_to_replace_it(tmp_pa
         text = screen_text(app)
         assert "'taken' already exists" in text and "Replace it?" in text
         assert "--force" not in text
+        await pilot.press("enter")  # one enter too many after the prompt replaces nothing
+        await pilot.pause()
+        assert isinstance(app.screen, Confirm)
         await pilot.press(answer)
         await pilot.pause()
         assert not isinstance(app.screen, Confirm)

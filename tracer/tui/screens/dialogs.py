@@ -50,10 +50,11 @@ class TextPrompt(ModalScreen[str | None]):
 
 
 class Confirm(ModalScreen[bool]):
-    """Ask a yes/no question; y or enter answers True, n or escape False."""
+    """Ask a yes/no question; y answers True, n or escape False (not enter: the enter that closed
+    the prompt before must not replace a session by being pressed once too often)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y,enter", "answer(True)", "yes"),
+        Binding("y", "answer(True)", "yes"),
         Binding("n,escape", "answer(False)", "no"),
     ]
 
@@ -70,7 +71,7 @@ class Confirm(ModalScreen[bool]):
     Confirm .hint { color: $text-muted; }
     """
 
-    def __init__(self, question: str, hint: str = "y / enter: yes · n / escape: no") -> None:
+    def __init__(self, question: str, hint: str = "y: yes · n / escape: no") -> None:
         super().__init__()
         self._question, self._hint = question, hint
 

@@ -372,7 +372,7 @@ def _worked_attn_scaled(c: Context, picture: Picture, row: int, col: int) -> str
         return float(e[col] / e.sum())
 
     root = math.sqrt(c.dh)
-    return (f"this cell: q·k = {_n(raw[col])}, ÷ √{c.dh} = {_n(raw[col] / root)} → softmax weight "
+    return (f"q·k = {_n(raw[col])}, ÷ √{c.dh} = {_n(raw[col] / root)} → softmax weight "
             f"{_n(weight(raw / root))} with the scaling, {_n(weight(raw))} without it")
 
 
