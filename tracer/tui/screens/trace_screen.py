@@ -235,6 +235,10 @@ class TraceScreen(Screen[None]):
                 text.append(part, style="dim")
             text.append("\n")
             text.append_text(legend)
+            # the stats cover every head, the colours this one: said where it fits whole (not at 80 columns)
+            scale_note = f"   colours: head {picture.head + 1}'s range" if picture.head is not None else ""
+            if scale_note and legend.cell_len + len(scale_note) <= width:
+                text.append(scale_note, style="dim")
             return text
 
         self.query_one("#tensor-title", FittedLine).show(fit)

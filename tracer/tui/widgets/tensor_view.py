@@ -82,8 +82,6 @@ def legend_text(picture: Picture, view: str, swatches: int = 16) -> Text:
         text.append("   ")
         text.append(MASKED_GLYPH * 2, style=MASKED_STYLE)
         text.append(" masked", style="dim")
-    if picture.head is not None:  # the stats below cover every head; the colours span this one (last: cut first)
-        text.append(f"   colours: head {picture.head + 1}'s range", style="dim")
     return text
 
 
