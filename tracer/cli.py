@@ -240,6 +240,8 @@ def check(source, reference, tol):
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
+        if report.tolerance_note:  # a --precision export: say what rounding was allowed for
+            click.echo(prefix + report.tolerance_note)
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
         checked, failed = checked + report.checked, failed + len(report.failures)

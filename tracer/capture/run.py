@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tracer.capture.familiar import familiarity
 from tracer.capture.recorder import Recorder
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
@@ -135,7 +136,8 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                    "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                    "source": loaded.source, "tokenization": tok.policy(arch, chat)},
             device=device_label(device),
-            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
+            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {})
+            | familiarity(loaded, text),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
         )
     return result

@@ -37,7 +37,7 @@ import orjson
 from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.trace.atomic import fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
+from tracer.trace.atomic import atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
 from tracer.trace.schema import validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step
@@ -260,6 +260,34 @@ class SessionStore:
         fsync_dir(self.root)
         for aside in asides:
             rmtree(aside)
+
+    def remember_place(self, name: str, state: UIState, traces: list[Trace]) -> bool:
+        """Write `state` (where the user is, the bookmarks) into session `name`'s manifest, as the UI
+        does on quit; False, with nothing written, unless the session on disk holds `traces` (the
+        same inputs and step counts, in order; a trace added since it was saved is not in it).
+
+        Only session.json changes, through a temp file, fsync and rename: a writer killed at any
+        moment leaves the old manifest or the new one, never half of one, and the tensors and
+        metadata are not touched."""
+        folder = self.path_of(name)
+        self.recover(name)
+        try:
+            manifest = read_manifest(folder)
+        except DamagedFile:
+            return False
+        entries = manifest["traces"]
+        if len(entries) > len(traces) or state.trace >= len(entries) or any(
+            entry.get("input") != trace.input.get("text") or entry.get("steps") != len(trace)
+            for entry, trace in zip(entries, traces)
+        ):
+            return False
+        saved = UIState.from_dict(state.to_dict())
+        saved.bookmarks = [b for b in saved.bookmarks if b.trace < len(entries)]
+        manifest["ui"] = saved.to_dict()
+        document = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+        with atomic_write(folder / MANIFEST) as out:
+            out.write(document)
+        return True
 
     def recover(self, name: str | None = None) -> None:
         """Tidy up after writers that died: delete their temp folders, put back a session left aside."""

@@ -20,13 +20,14 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Static
 
+from tracer.input_notes import input_notes
 from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
-from tracer.tui.view.explain import describe_cell, explain
+from tracer.tui.view.explain import WORKED, describe_cell, explain
 from tracer.tui.view.outline import build_outline
-from tracer.tui.screens.dialogs import TextPrompt
+from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
 from tracer.tui.view.compare import ONLY, SIDE, Shown, describe_compared_cell, figure_lines
@@ -184,6 +185,8 @@ class TraceScreen(Screen[None]):
         if change.trace:
             navigator.load(build_outline(trace))
             self._update_title()
+            for note in input_notes(trace):  # also in the explain panel, at Tokenize / the prediction
+                self.notify(note, severity="warning", timeout=12, markup=False)
         if change.trace or change.bookmarks:
             navigator.set_bookmarks(viewer.bookmarked_steps())
         shown = viewer.compared()
@@ -194,11 +197,12 @@ class TraceScreen(Screen[None]):
             self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
             self._update_tensor_title(picture)
             self._update_inspect(picture, *viewer.cell)
-        if change.trace or change.step:  # another head or view: the panels and the tree have not changed
-            if shown is not None:
+        if shown is not None:
+            if change.trace or change.step:  # another head or view: the panels have not changed
                 self._explain_compared(step)
-            else:
-                self.query_one(ExplainPanel).show(explain(step, trace), step)
+        elif change.trace or change.step or step.kind in WORKED:  # another head or view: only a worked cell changes
+            self.query_one(ExplainPanel).show(explain(step, trace, picture, viewer.cell), step)
+        if change.trace or change.step:
             self.query_one(NextTokenPanel).show(trace, step)
             navigator.show_current(step.id)
 
@@ -233,7 +237,8 @@ class TraceScreen(Screen[None]):
         note = self.viewer.bookmark_for(step.id)
         if note is not None:  # only the note gives way to keep ★ in sight; the details after it may be cut
             first += [("   ★ ", "bold yellow", False), (visible(note.note) or "bookmarked", "", True)]
-        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[self.viewer.view]}"]
+        view = "numbers" if picture.scale == "ids" else self.viewer.view  # token ids are always numbers
+        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[view]}"]
         if picture.wrap is not None:
             details.append(f"   {picture.length} values, {picture.wrap} per row")
         legend = legend_text(picture, self.viewer.view)
@@ -246,6 +251,10 @@ class TraceScreen(Screen[None]):
                 text.append(part, style="dim")
             text.append("\n")
             text.append_text(legend)
+            # the stats cover every head, the colours this one: said where it fits whole (not at 80 columns)
+            scale_note = f"   colours: head {picture.head + 1}'s range" if picture.head is not None else ""
+            if scale_note and legend.cell_len + len(scale_note) <= width:
+                text.append(scale_note, style="dim")
             return text
 
         self.query_one("#tensor-title", FittedLine).show(fit)
@@ -261,6 +270,9 @@ class TraceScreen(Screen[None]):
             self._update_compared_inspect(shown, event.row, event.col)
         elif event.view.picture is not None:
             self._update_inspect(event.view.picture, event.row, event.col)
+            step = self.viewer.step
+            if step.kind in WORKED:  # the explain panel works this cell through
+                self.query_one(ExplainPanel).show(explain(step, self.viewer.trace, event.view.picture, self.viewer.cell), step)
 
     def _update_inspect(self, picture: Picture, row: int, col: int) -> None:
         line = Text()
@@ -486,6 +498,21 @@ class TraceScreen(Screen[None]):
                 return
             store = SessionStore(None)
         try:
+            taken = not force and store.path_of(name).exists()
+        except TracerError as exc:  # not a valid session name
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        if taken:  # ask here: the command line's --force is no use inside the UI
+
+            def replace(yes: bool | None) -> None:
+                if yes:
+                    self._save(name, force=True)
+                else:
+                    self._notify(f"not saved: session {name!r} is left as it was")
+
+            self.app.push_screen(Confirm(f"A session named {name!r} already exists in {store.root}. Replace it?"), replace)
+            return
+        try:
             path = store.save(name, self.viewer.traces, state=self.viewer.to_state(), force=force)
         except TracerError as exc:
             self.notify(str(exc), severity="error", markup=False)
@@ -508,7 +535,23 @@ class TraceScreen(Screen[None]):
         ]
 
     def action_quit(self) -> None:
+        self.remember_place()
         self.app.exit()
+
+    def remember_place(self) -> None:
+        """A saved session remembers where it was left (its UI state; the traces are not rewritten),
+        so `tracer replay NAME` reopens here. A trace that is not saved has nothing to remember into."""
+        if not self.session_name:
+            return
+        try:
+            store = self.store
+            if store is None:  # as _save: the default sessions folder
+                from tracer.trace.session import SessionStore
+
+                store = SessionStore(None)
+            store.remember_place(self.session_name, self.viewer.to_state(), self.viewer.traces)
+        except (TracerError, OSError, ImportError):
+            pass  # quitting must not fail: the session keeps the place it was saved with
 
 
 def visible_token_line(text: str) -> str:

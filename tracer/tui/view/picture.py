@@ -26,8 +26,9 @@ def _ramp(stops: list[tuple[float, tuple[int, int, int]]], n: int = LEVELS) -> l
     return ["#%02x%02x%02x" % tuple(int(round(ch[j])) for ch in channels) for j in range(n)]
 
 
-# Sequential (inferno-like): dark for small, bright yellow for large.
-SEQUENTIAL = _ramp([(0.0, (20, 14, 40)), (0.3, (96, 22, 110)), (0.6, (200, 60, 70)), (0.85, (245, 150, 30)), (1.0, (252, 240, 120))])
+# Sequential (inferno-like): dark purple for small, bright yellow for large. The lowest level is
+# kept clear of a dark terminal's black, so a matrix of zeros still shows its extent.
+SEQUENTIAL = _ramp([(0.0, (64, 36, 116)), (0.3, (96, 22, 110)), (0.6, (200, 60, 70)), (0.85, (245, 150, 30)), (1.0, (252, 240, 120))])
 # Diverging: blue negative, near-black zero, red positive.
 DIVERGING = _ramp([(0.0, (80, 160, 255)), (0.4, (30, 60, 120)), (0.5, (28, 28, 32)), (0.6, (120, 40, 30)), (1.0, (255, 120, 70))])
 PALETTES = {"sequential": SEQUENTIAL, "diverging": DIVERGING}

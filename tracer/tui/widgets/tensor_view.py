@@ -230,7 +230,7 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
         cells_width = max(0, width - label_width)
         if y < HEADER_ROWS:
             label = Strip.blank(label_width, base)
-            cells = self._header_strip()
+            cells = self._header_strip(scroll_x, scroll_x + cells_width)
         else:
             row = scroll_y + y - HEADER_ROWS
             if row >= picture.rows:
@@ -251,9 +251,11 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             self._lines.set(key, strip)
         return strip
 
-    def _header_strip(self) -> Strip:
+    def _header_strip(self, start: int = 0, end: int | None = None) -> Strip:
+        """The column labels; numbered columns get only the ticks that fit whole in cells
+        start…end (what is in sight), so the edge of the view never cuts a number to its first digit."""
         cursor_col = self.cursor[1]
-        key = ("header", cursor_col)
+        key = ("header", cursor_col, start, end)
         strip = self._lines.get(key)
         if strip is not None:
             return strip
@@ -269,6 +271,8 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             step = next(s for s in (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64, 100, 128, 256, 512, 1024, 10**9) if s * cw >= digits)
             line = [" "] * (picture.cols * cw)
             for col in range(0, picture.cols, step):
+                if col * cw < start or (end is not None and col * cw + len(str(col)) > end):
+                    continue  # cut by the edge of the view
                 for i, ch in enumerate(str(col)):
                     if col * cw + i < len(line):
                         line[col * cw + i] = ch
