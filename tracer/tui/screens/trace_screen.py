@@ -36,6 +36,8 @@ from tracer.tui.widgets.navigator import StepNavigator
 from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
+from tracer.tui.screens.pass_views import PassViews
+from tracer.tui.widgets.heads_view import HeadsView
 
 # Seconds per step for autoplay, slowest first; + and - move along this list.
 SPEEDS = (3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.15, 0.08)
@@ -48,7 +50,7 @@ def session_slug(text: str) -> str:
     return slug[:40] or "session"
 
 
-class TraceScreen(Screen[None]):
+class TraceScreen(PassViews):
     """The step-through view of one trace (the app may hold several; `o` switches)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -151,6 +153,7 @@ class TraceScreen(Screen[None]):
             with Vertical(id="main"):
                 yield FittedLine(id="tensor-title")
                 yield TensorView(id="tensor")
+                yield HeadsView(id="heads")
                 yield Static(id="inspect")
                 with Horizontal(id="bottom"):
                     yield ExplainPanel(id="explain")
@@ -183,6 +186,7 @@ class TraceScreen(Screen[None]):
         picture = viewer.picture()
         self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
         self._update_tensor_title(picture)
+        self._draw_all_heads()
         self._update_inspect(picture, *viewer.cell)
         if change.trace or change.step:  # another head or view: the panels and the tree have not changed
             self.query_one(ExplainPanel).show(explain(step, trace), step)
@@ -220,6 +224,8 @@ class TraceScreen(Screen[None]):
         details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[self.viewer.view]}"]
         if picture.wrap is not None:
             details.append(f"   {picture.length} values, {picture.wrap} per row")
+        if picture.head is not None:
+            details.append("   scale: per head (A: all heads, shared)")
         legend = legend_text(picture, self.viewer.view)
 
         def fit(width: int) -> Text:
@@ -405,6 +411,7 @@ class TraceScreen(Screen[None]):
         return [
             ("Steps", [b for b in self.BINDINGS if isinstance(b, Binding)]),
             ("Cells (tensor view focused; tab switches focus)", [b for b in TensorView.BINDINGS if isinstance(b, Binding)]),
+            ("Views over the pass", [b for b in PassViews.BINDINGS if isinstance(b, Binding)]),
             ("Outline (when focused; tab switches focus)", [b for b in StepNavigator.BINDINGS if isinstance(b, Binding)]),
             ("App", app_bindings + [Binding("ctrl+p", "command_palette", "command palette (find steps, themes)")]),
         ]
