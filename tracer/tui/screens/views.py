@@ -80,7 +80,7 @@ class AttentionMapScreen(ModalScreen[MapCell | None]):
                     self.cells[(index, head + 1)] = cell
                     strong = "bold" if cell.weight >= 0.5 else ""
                     cells.append(Text(f"{token_text(cell.token)} {cell.weight:.2f}", style=strong))
-                table.add_row(Text(f"{section.title.split()[-1][:5]} {layer}"), *cells)
+                table.add_row(Text(f"layer {layer}"), *cells)
         first = min(self.cells) if self.cells else (0, 0)
         table.move_cursor(row=first[0], column=first[1], animate=False)
         table.focus()

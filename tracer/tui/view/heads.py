@@ -71,35 +71,51 @@ def build_heads(step: Step, mask: np.ndarray | None = None) -> HeadsPicture:
     return HeadsPicture(step, values, masked, level, axes[0], axes[1], scale, vmin, vmax)
 
 
+ZOOMS = (6, 4, 2)  # a small grid is drawn larger: each value `zoom` cells wide and zoom/2 rows tall
+
+
 @dataclass(frozen=True)
 class Layout:
-    """How the panels sit: `columns` side by side, each `width` cells and `height` text rows
-    (two value rows per text row, drawn with ▀), showing `rows` × `cols` sampled values."""
+    """How the panels sit: `columns` side by side, each `width` cells and `height` text rows,
+    showing `rows` × `cols` (sampled) values, each `zoom` cells wide and `zoom` half-rows tall
+    (two half-rows per text row, drawn with ▀)."""
 
     columns: int
     width: int
     height: int
     rows: int
     cols: int
+    zoom: int = 1
 
     def panel_rows(self, n_heads: int) -> int:
         return -(-n_heads // self.columns)
 
 
 def fit_layout(n_heads: int, rows: int, cols: int, width: int, height: int) -> Layout:
-    """The arrangement that shows the most of every head in `width` × `height` cells."""
-    best, best_area = None, -1
+    """The arrangement that shows the most of every head in `width` × `height` cells (then: the largest)."""
+    best, best_key = None, None
     for columns in range(1, n_heads + 1):
-        lines = -(-n_heads // columns)
-        panel_width = min(cols, (width - GAP * (columns - 1)) // columns)
-        panel_height = min(-(-rows // 2), (height // lines) - TITLE_ROWS)
-        if panel_width < 1 or panel_height < 1:
+        room_width = (width - GAP * (columns - 1)) // columns
+        room_height = height // -(-n_heads // columns) - TITLE_ROWS
+        if room_width < 1 or room_height < 1:
             continue
-        shown_rows, shown_cols = min(rows, panel_height * 2), panel_width
-        area = shown_rows * shown_cols
-        if area > best_area:
-            best, best_area = Layout(columns, panel_width, panel_height, shown_rows, shown_cols), area
+        layout = next((Layout(columns, cols * zoom, -(-rows * zoom // 2), rows, cols, zoom) for zoom in ZOOMS
+                       if cols * zoom <= room_width and -(-rows * zoom // 2) <= room_height), None)
+        if layout is None:
+            shown_rows, shown_cols = min(rows, room_height * 2), min(cols, room_width)
+            layout = Layout(columns, shown_cols, -(-shown_rows // 2), shown_rows, shown_cols)
+        key = (layout.rows * layout.cols, layout.width * layout.height)
+        if best_key is None or key > best_key:
+            best, best_key = layout, key
     return best or Layout(n_heads, 1, 1, min(rows, 2), 1)
+
+
+def zoomed(levels: np.ndarray, masked: np.ndarray, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    """(heads, half-rows, cells): each value repeated `zoom` times down (in half-rows) and across."""
+    if zoom == 1:
+        return levels, masked
+    grow = lambda a: np.repeat(np.repeat(a, zoom, axis=1), zoom, axis=2)  # noqa: E731
+    return grow(levels), grow(masked)
 
 
 def sampled(picture: HeadsPicture, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:

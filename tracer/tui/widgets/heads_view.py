@@ -15,7 +15,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tracer.tui.view.heads import GAP, TITLE_ROWS, HeadsPicture, Layout, fit_layout, sampled
+from tracer.tui.view.heads import GAP, TITLE_ROWS, HeadsPicture, Layout, fit_layout, sampled, zoomed
 from tracer.tui.view.picture import PALETTES
 from tracer.tui.widgets.tensor_view import MASKED_STYLE
 
@@ -46,7 +46,8 @@ class HeadsView(Widget, can_focus=False):
         self.picture: HeadsPicture | None = None
         self.head = 0
         self.layout_used: Layout | None = None
-        self._sampled = None
+        self._sampled = None   # (levels, masked) per head, shrunk to the panels
+        self._drawn = None     # the same, zoomed: one entry per half-row and cell
         self._lines: dict[int, Strip] = {}
         self._base: Style | None = None
 
@@ -74,6 +75,7 @@ class HeadsView(Widget, can_focus=False):
             picture = self.picture
             self.layout_used = fit_layout(picture.n_heads, picture.rows, picture.cols, self.size.width, self.size.height)
             self._sampled = sampled(picture, self.layout_used.rows, self.layout_used.cols)
+            self._drawn = zoomed(*self._sampled, self.layout_used.zoom)
         return self.layout_used
 
     def render_line(self, y: int) -> Strip:
@@ -90,7 +92,7 @@ class HeadsView(Widget, can_focus=False):
 
     def _draw_line(self, y: int) -> Strip:
         picture, layout = self.picture, self._fit()
-        levels, masked = self._sampled
+        levels, masked = self._drawn
         band, line = divmod(y, layout.height + TITLE_ROWS)
         first = band * layout.columns
         heads = range(first, min(first + layout.columns, picture.n_heads))
