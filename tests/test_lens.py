@@ -19,7 +19,7 @@ def test_post_norm_de_en_tiny_last_layer_is_the_models_distribution():
     from tracer.nn.loading import load_model
 
     loaded = load_model("de-en-tiny")
-    trace = trace_text(loaded, "die katze trank die milch", max_new_tokens=4)
+    trace = trace_text(loaded, "die katze trank die milch", max_new_tokens=4, lens=True)
     assert trace.model["config"]["norm"] == "post"
     layers = loaded.cfg.n_decoder_layers
     for t in trace.decode_steps:
@@ -34,6 +34,14 @@ def test_post_norm_de_en_tiny_last_layer_is_the_models_distribution():
         # placed right after the pass's probs, in layer order
         probs_index = trace.step(f"decoder.hook_probs@{t}").index
         assert [s.index for s in lens] == list(range(probs_index + 1, probs_index + 1 + layers))
+    # described like every recorded kind: its group in the outline, its own words, its source
+    from tracer.tui.view.explain import explain
+    from tracer.tui.view.outline import group_path
+
+    step = lens_of(trace, 2)[0]
+    assert group_path(step, trace)[-2:] == [("t2.decoder.0", "Decoder layer 0"), ("t2.decoder.0.lens", "Logit lens")]
+    assert explain(step, trace).title == "Logit lens, layer 0"
+    assert explain(step, trace).inputs == ["decoder.0.ln3.hook_normalized@2"] == anatomy.sources(step.id, trace)  # post-norm: the last norm
     # an earlier layer's lens is its own output unembedded, not a copy of the last one's
     assert not np.allclose(lens_of(trace, 1)[0].data, trace["decoder.hook_probs@1"])
 
@@ -42,7 +50,7 @@ def test_pre_norm_lens_goes_through_the_final_norm(gpt_model):
     from tracer.capture import trace_text
     from tracer.nn.loading import load_model
 
-    trace = trace_text(load_model(gpt_model), "der hund", max_new_tokens=2)
+    trace = trace_text(load_model(gpt_model), "der hund", max_new_tokens=2, lens=True)
     assert trace.model["config"]["norm"] == "pre"
     for t in trace.decode_steps:
         lens = lens_of(trace, t)
@@ -58,7 +66,7 @@ def test_encoder_only_lens_at_each_masked_position(bert_model):
 
     loaded = load_model(bert_model)
     mask = loaded.tokenizer.token(loaded.tokenizer.mask_id)
-    trace = trace_text(loaded, f"der {mask} hund")
+    trace = trace_text(loaded, f"der {mask} hund", lens=True)
     probs = trace.find(kind="probs")[0]
     positions = [item["pos"] for item in probs.extra["predictions"]]
     lens = trace.find(kind="lens_probs")
@@ -75,7 +83,8 @@ def test_lens_can_be_turned_off(seq2seq_model, tmp_path):
     from tracer.nn.loading import load_model
     from tracer.trace.load import read_json
 
-    assert trace_text(load_model(seq2seq_model), "ich bin", max_new_tokens=2, lens=False).find(kind="lens_probs") == []
+    # from Python the lens is asked for; `tracer run` records it unless told not to
+    assert trace_text(load_model(seq2seq_model), "ich bin", max_new_tokens=2).find(kind="lens_probs") == []
     for flag, expected in (([], 2 * 2), (["--no-lens"], 0)):
         out = tmp_path / f"trace{len(flag)}.json"
         result = CliRunner().invoke(cli, ["run", "ich bin", "--model", str(seq2seq_model), "--max-new-tokens", "2",

@@ -204,3 +204,14 @@ def test_the_new_headless_modules_leave_torch_and_textual_out():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_attention_map_of_a_decoder_only_trace():
+    gpt = read_json(FIXTURE.parent / "gpt-continue.json")  # 1 layer, 2 heads, 2 decoding steps
+    viewer = at(gpt, "blocks.0.attn.hook_pattern@2", cell=(2, 0))
+    found, why = viewer.attention_map()
+    assert why is None and [s.title for s in found.sections] == ["masked self-attention"]
+    assert found.cell_count == 1 * 2 and found.decode_step == 2
+    pattern = gpt["blocks.0.attn.hook_pattern@2"]
+    assert [c.key for c in found.sections[0].cells[0]] == list(np.argmax(pattern[:, 2], axis=1))
+    assert all(c.key <= 2 for c in found.sections[0].cells[0])  # causal: never a later token

@@ -26,20 +26,19 @@ def with_lens(loaded, steps: list[Step], top_k: int) -> list[Step]:
     head = model.decoder if cfg.arch == "encoder-decoder" else model
     weight = head.W_E.weight if cfg.tie_embeddings else head.W_U.weight
     final_norm = getattr(head, "ln_final", None) if cfg.norm == "pre" else None
-    recorded = {step.id for step in steps}
+    by_id = {step.id: step for step in steps}
     stack = "decoder" if cfg.arch == "encoder-decoder" else None
     out: list[Step] = []
     for step in steps:
         out.append(step)
         if step.kind == "probs" and step.layer is None:
             place = anatomy.Place(cfg.arch, cfg.norm, stack, None, None, step.decode_step)
-            out.extend(_pass_lens(loaded, place, steps, recorded, weight, final_norm, step, top_k))
+            out.extend(_pass_lens(loaded, place, by_id, weight, final_norm, step, top_k))
     return out
 
 
-def _pass_lens(loaded, place, steps, recorded, weight, final_norm, probs: Step, top_k: int) -> list[Step]:
-    by_id = {s.id: s for s in steps}
-    last = anatomy.last_layer(place.stack, place.t, recorded)
+def _pass_lens(loaded, place, by_id: dict[str, Step], weight, final_norm, probs: Step, top_k: int) -> list[Step]:
+    last = anatomy.last_layer(place.stack, place.t, by_id)
     if last is None:
         return []
     predictions = probs.extra.get("predictions")
@@ -48,7 +47,7 @@ def _pass_lens(loaded, place, steps, recorded, weight, final_norm, probs: Step, 
     lens = []
     for layer in range(last + 1):
         at = anatomy.Place(place.arch, place.norm, place.stack, layer, None, place.t)
-        output_id = anatomy.resolve("output", at, recorded)
+        output_id = anatomy.resolve("output", at, by_id)
         if output_id is None:
             continue
         residual = np.asarray(by_id[output_id].data)                      # [pos, d_model]

@@ -72,7 +72,7 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
-             chat: bool = False, lens: bool = True) -> GenerationResult:
+             chat: bool = False, lens: bool = False) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
     each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
     model's chat template."""
@@ -164,7 +164,7 @@ def last_probs(steps: list[Step]) -> Step:
 
 
 def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
-               lens: bool = True) -> Trace:
+               lens: bool = False) -> Trace:
     """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
     return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens).trace
 

@@ -17,7 +17,7 @@ from tracer.trace import Step, Trace, anatomy
 from tracer.trace.state import VIEWS, Bookmark, UIState
 from tracer.tui.view.attention_map import QUERY_KINDS, AttentionMap, MapCell, attention_map
 from tracer.tui.view.heads import HeadsPicture, build_heads
-from tracer.tui.view.lens import LENS_KIND, LensTable, lens_table
+from tracer.tui.view.lens import LENS_KIND, LensTable, has_lens, lens_table
 from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label, quoted
 from tracer.tui.view.picture import Picture, build_picture, format_number, head_count
 
@@ -472,7 +472,7 @@ class Viewer:
     def lens_table(self) -> tuple[LensTable | None, str | None]:
         """The logit lens of the current decoding step (or None, and why not)."""
         trace, step = self.trace, self.step
-        if not any(s.kind == LENS_KIND for s in trace.steps):
+        if not has_lens(trace):
             return None, "this trace has no logit lens (it was traced with --no-lens, or by an older tracer)"
         if step.decode_step is None and trace.arch != "encoder":
             return None, "the logit lens is per decoding step: open a step of one (t)"

@@ -26,10 +26,11 @@ HALF = "▀"
 
 
 @lru_cache(maxsize=16384)
-def pair_style(scale: str, top: int, bottom: int, top_masked: bool, bottom_masked: bool) -> Style:
+def pair_style(scale: str, top: int, bottom: int, top_masked: bool, bottom_masked: bool, background=None) -> Style:
+    """▀ in the upper value's colour on the lower one's (`background`: there is no lower value)."""
     palette = PALETTES["diverging" if scale == "diverging" else "sequential"]
-    return Style(color=MASKED_COLOUR if top_masked else palette[top],
-                 bgcolor=MASKED_COLOUR if bottom_masked else palette[bottom])
+    lower = background if background is not None else MASKED_COLOUR if bottom_masked else palette[bottom]
+    return Style(color=MASKED_COLOUR if top_masked else palette[top], bgcolor=lower)
 
 
 class HeadsView(Widget, can_focus=False):
@@ -116,10 +117,12 @@ class HeadsView(Widget, can_focus=False):
         if upper >= rows:
             return [Segment(" " * layout.width, self._base)]
         top, top_masked = levels[upper].tolist(), masked[upper].tolist()
+        background = None
         if upper + 1 < rows:
             bottom, bottom_masked = levels[upper + 1].tolist(), masked[upper + 1].tolist()
         else:  # an odd last row: its lower half is the background
-            bottom, bottom_masked = top, [True] * len(top)
+            bottom, bottom_masked = top, top_masked
+            background = self._base.bgcolor if self._base is not None else None
         scale = self.picture.scale
         segments, col, cols = [], 0, len(top)
         while col < cols:  # runs of equal colour pairs become one segment
@@ -127,7 +130,7 @@ class HeadsView(Widget, can_focus=False):
             end = col + 1
             while end < cols and (top[end], bottom[end], top_masked[end], bottom_masked[end]) == key:
                 end += 1
-            segments.append(Segment(HALF * (end - col), pair_style(scale, *key)))
+            segments.append(Segment(HALF * (end - col), pair_style(scale, *key, background)))
             col = end
         if cols < layout.width:
             segments.append(Segment(" " * (layout.width - cols), self._base))
