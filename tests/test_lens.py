@@ -75,6 +75,16 @@ def test_encoder_only_lens_at_each_masked_position(bert_model):
         assert step.shape == (len(positions), loaded.cfg.vocab_size)
         assert [p["pos"] for p in step.extra["predictions"]] == positions
     np.testing.assert_allclose(lens[-1].data, probs.data[positions], rtol=1e-5, atol=1e-7)
+    # the lens table: one per masked position, a row per layer and the model's own
+    from tracer.tui.view import Viewer
+
+    viewer = Viewer([trace])
+    for index, pos in enumerate(positions):
+        table, why = viewer.lens_table(index)
+        assert why is None and table.title == f"logit lens at position {pos}"
+        assert [row.label for row in table.rows] == ["layer 0", "layer 1", "output"]
+        assert table.rows[1].top[0]["id"] == table.chosen["id"] == probs.extra["predictions"][index]["chosen"]["id"]
+    assert viewer.lens_table(len(positions)) == (None, "no other masked position")
 
 
 def test_lens_can_be_turned_off(seq2seq_model, tmp_path):

@@ -116,6 +116,15 @@ async def test_lens_has_a_row_per_layer_and_its_last_layer_chooses_the_chosen_to
             last = table.get_row_at(layers - 1)
             assert str(last[2]).split()[0] == f"▶{chosen['token']}"  # its #1, marked as the chosen token
             await pilot.press("escape")
+        # t / T move the lens through the decoding steps without leaving it
+        screen.go("decoder.hook_probs@2")
+        await pilot.press("l", "t")
+        lens = app.screen
+        assert lens.table.title == "logit lens at decoding step 3" and lens.rows[0] == "decoder.0.hook_lens_probs@3"
+        await pilot.press("T", "T", "T")  # past the first decoding step: stays at 1
+        assert lens.table.title == "logit lens at decoding step 1"
+        await pilot.press("escape")
+        screen.go(f"decoder.1.attn.hook_pattern@{katze.decode_steps[-1]}")
         # enter on a row opens that layer's lens step
         await pilot.press("l", "enter")
         assert screen.step_id == f"decoder.0.hook_lens_probs@{katze.decode_steps[-1]}"

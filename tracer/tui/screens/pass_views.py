@@ -149,5 +149,5 @@ class PassViews(Screen[None]):
             if step_id is not None:
                 self.apply(self.viewer.jump(step_id))
 
-        self.app.push_screen(LensScreen(table), open_step)
+        self.app.push_screen(LensScreen(table, self.viewer.lens_table), open_step)
 

@@ -7,7 +7,7 @@ tracer.tui.view.attention_map and tracer.tui.view.lens.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from rich.text import Text
 
@@ -96,17 +96,34 @@ class AttentionMapScreen(ModalScreen[MapCell | None]):
 
 
 class LensScreen(ModalScreen[str | None]):
-    """The logit lens of one decoding step: each layer's top tokens, the chosen one marked."""
+    """The logit lens of one decoding step: each layer's top tokens, the chosen one marked.
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,l,q", "close", "close")]
+    `table_at(offset)` gives the lens `offset` decoding steps (encoder-only: masked positions)
+    from the first one shown, or (None, why not); t and T move through them."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,l,q", "close", "close"),
+        Binding("t", "move(1)", "next decoding step (encoder-only: masked position)"),
+        Binding("T", "move(-1)", "previous one"),
+    ]
     DEFAULT_CSS = MODAL_CSS.format(name="LensScreen")
 
-    def __init__(self, table: LensTable) -> None:
+    def __init__(self, table: LensTable, table_at: Callable[[int], tuple[LensTable | None, str | None]] | None = None,
+                 moved_by: int = 0) -> None:
         super().__init__()
         self.table = table
+        self.table_at = table_at
+        self.moved_by = moved_by  # how far from the first table shown (not `offset`: a widget style)
         self.rows: list[str] = []    # step id per table row
 
     def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self._title(), id="lens-title")
+            yield DataTable(id="lens", cursor_type="row", zebra_stripes=False)
+            yield Static("enter: open that layer's lens step · t / T: next / previous decoding step · escape: close",
+                         classes="hint")
+
+    def _title(self) -> Text:
         table = self.table
         title = Text()
         title.append(table.title[0].upper() + table.title[1:], style="bold")
@@ -114,13 +131,28 @@ class LensScreen(ModalScreen[str | None]):
             title.append("   chosen: ")
             title.append(f"▶ {token_text(table.chosen['token'])}", style="bold green")
         title.append("   what each layer's output would predict, through the unembedding", style="dim")
-        with Vertical():
-            yield Static(title)
-            yield DataTable(id="lens", cursor_type="row", zebra_stripes=False)
-            yield Static("enter: open that layer's lens step · escape: close", classes="hint")
+        return title
 
     def on_mount(self) -> None:
+        self._fill()
+        self.query_one(DataTable).focus()
+
+    def action_move(self, delta: int) -> None:
+        if self.table_at is None:
+            return
+        table, why = self.table_at(self.moved_by + delta)
+        if table is None:
+            self.app.clear_notifications()
+            self.notify(why or "no lens there", timeout=2, markup=False)
+            return
+        self.table, self.moved_by = table, self.moved_by + delta
+        self.query_one("#lens-title", Static).update(self._title())
+        self._fill()
+
+    def _fill(self) -> None:
         data = self.query_one(DataTable)
+        data.clear(columns=True)
+        self.rows = []
         k = max((len(row.top) for row in self.table.rows), default=0)
         chosen = (self.table.chosen or {}).get("id")
         data.add_column("layer", key="layer")
@@ -137,7 +169,6 @@ class LensScreen(ModalScreen[str | None]):
             p = f"{row.chosen_prob:.3f}" if row.chosen_prob is not None else "–"
             data.add_row(Text(row.label, style="bold" if row.label == "output" else ""), p, *cells)
             self.rows.append(row.step_id)
-        data.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

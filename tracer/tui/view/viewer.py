@@ -469,14 +469,24 @@ class Viewer:
         return self.jump(cell.step_id, head=cell.head, cell=(query, cell.key))
 
     # -- the logit lens -------------------------------------------------------------------------------
-    def lens_table(self) -> tuple[LensTable | None, str | None]:
-        """The logit lens of the current decoding step (or None, and why not)."""
+    def lens_table(self, offset: int = 0) -> tuple[LensTable | None, str | None]:
+        """The logit lens of the current decoding step, or of the one `offset` away (encoder-only:
+        of the masked position `offset` from the first), or None and why not. Nothing moves."""
         trace, step = self.trace, self.step
         if not has_lens(trace):
             return None, "this trace has no logit lens (it was traced with --no-lens, or by an older tracer)"
-        if step.decode_step is None and trace.arch != "encoder":
+        if trace.arch == "encoder":
+            predictions = trace.find(kind="probs")[0].extra.get("predictions") or []
+            if not 0 <= offset < len(predictions):
+                return None, "no other masked position"
+            return lens_table(trace, step, offset), None
+        if step.decode_step is None:
             return None, "the logit lens is per decoding step: open a step of one (t)"
-        return lens_table(trace, step, 0), None
+        steps = trace.decode_steps
+        index = steps.index(step.decode_step) + offset
+        if not 0 <= index < len(steps):
+            return None, "this is the first decoding step" if index < 0 else "this is the last decoding step"
+        return lens_table(trace, trace.find(decode_step=steps[index])[0]), None
 
 
 def nearest_step(trace: Trace, step: Step) -> Step:
