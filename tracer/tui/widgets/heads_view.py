@@ -65,6 +65,7 @@ class HeadsView(Widget, can_focus=False):
         self.layout_used = None
         self._sampled = None
         self._lines.clear()
+        self.refresh()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -105,7 +106,8 @@ class HeadsView(Widget, can_focus=False):
             if number:
                 segments.append(gap)
             if line < TITLE_ROWS:
-                title = f"head {head + 1}"[: layout.width].ljust(layout.width)
+                title = next((t for t in (f"head {head + 1}", f"h{head + 1}") if len(t) <= layout.width), str(head + 1))
+                title = title[: layout.width].ljust(layout.width)
                 segments.append(Segment(title, CURRENT_TITLE_STYLE if head == self.head else TITLE_STYLE))
                 continue
             upper = (line - TITLE_ROWS) * 2
