@@ -112,3 +112,12 @@ def test_lens_steps_survive_the_json_export(t):
     lens = lens_of(trace, t)
     chosen = trace.step(f"decoder.hook_probs@{t}").extra["chosen"]
     assert lens[-1].extra["top_k"][0]["id"] == chosen["id"]
+
+
+def test_a_trace_with_the_lens_passes_check(seq2seq_model):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+    from tracer.trace.check import check_trace
+
+    report = check_trace(trace_text(load_model(seq2seq_model), "ich bin", max_new_tokens=2, lens=True))
+    assert report.ok and report.skipped == []  # a known kind: not skipped as one from a newer tracer
