@@ -52,8 +52,9 @@ def cli():
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
 @click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+@click.option("--no-lens", is_flag=True, help="Do not record the logit lens (each layer's prediction: one vocab-sized step per layer and decoding step).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat):
+        dtype, chat, no_lens):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -65,7 +66,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.nn.loading import load_model
 
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat, lens=not no_lens)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -81,7 +82,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.tui import open_traces
 
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
-                                                                 chat=chat),
+                                                                 chat=chat, lens=not no_lens),
                     session_name=save_name, store=SessionStore(sessions_dir))
 
 

@@ -17,7 +17,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Static
 
 from tracer.input_notes import input_notes
@@ -38,6 +37,8 @@ from tracer.tui.widgets.navigator import StepNavigator
 from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel, explanation_text
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
+from tracer.tui.screens.pass_views import PassViews
+from tracer.tui.widgets.heads_view import HeadsView
 
 # Seconds per step for autoplay, slowest first; + and - move along this list.
 SPEEDS = (3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.15, 0.08)
@@ -50,7 +51,7 @@ def session_slug(text: str) -> str:
     return slug[:40] or "session"
 
 
-class TraceScreen(Screen[None]):
+class TraceScreen(PassViews):
     """The step-through view of one trace (the app may hold several; `o` switches)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -158,6 +159,7 @@ class TraceScreen(Screen[None]):
             with Vertical(id="main"):
                 yield FittedLine(id="tensor-title")
                 yield TensorView(id="tensor")
+                yield HeadsView(id="heads")
                 yield Static(id="inspect")
                 with Horizontal(id="bottom"):
                     yield ExplainPanel(id="explain")
@@ -191,11 +193,13 @@ class TraceScreen(Screen[None]):
             navigator.set_bookmarks(viewer.bookmarked_steps())
         shown = viewer.compared()
         if shown is not None:
+            self._hide_all_heads()
             self._draw_compared(shown)
         else:
             picture = viewer.picture()
             self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
             self._update_tensor_title(picture)
+            self._draw_all_heads()
             self._update_inspect(picture, *viewer.cell)
         if shown is not None:
             if change.trace or change.step:  # another head or view: the panels have not changed
@@ -241,6 +245,8 @@ class TraceScreen(Screen[None]):
         details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[view]}"]
         if picture.wrap is not None:
             details.append(f"   {picture.length} values, {picture.wrap} per row")
+        if picture.head is not None:
+            details.append("   scale: per head (A: all heads, shared)")
         legend = legend_text(picture, self.viewer.view)
 
         def fit(width: int) -> Text:
@@ -530,6 +536,7 @@ class TraceScreen(Screen[None]):
         return [
             ("Steps", [b for b in self.BINDINGS if isinstance(b, Binding)]),
             ("Cells (tensor view focused; tab switches focus)", [b for b in TensorView.BINDINGS if isinstance(b, Binding)]),
+            ("Views over the pass", [b for b in PassViews.BINDINGS if isinstance(b, Binding)]),
             ("Outline (when focused; tab switches focus)", [b for b in StepNavigator.BINDINGS if isinstance(b, Binding)]),
             ("App", app_bindings + [Binding("ctrl+p", "command_palette", "command palette (find steps, themes)")]),
         ]

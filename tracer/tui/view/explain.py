@@ -302,6 +302,19 @@ def _probs(c: Context):
     return title, words, f"softmax(logits) over {V} tokens"
 
 
+def _lens_probs(c: Context):
+    step, V, d = c.step, c.shape[-1] if c.shape else "V", c.d
+    norm = c.config.get("norm") == "pre"
+    through = "the final layer norm and then the unembedding" if norm else "the unembedding"
+    words = (f"The logit lens: what layer {step.layer}'s output would predict if it were the last layer, "
+             f"sent through {through} and a softmax. Watch at which layer the chosen token comes out on top.")
+    top = step.extra.get("top_k")
+    if top:
+        words += f" Here the most likely token is {quoted(top[0]['token'])} ({top[0]['prob']:.3f})."
+    formula = f"softmax({'LN_final(x)' if norm else 'x'}·W_Uᵀ): ({d})·({_size(d, V)}) → {V}"
+    return f"Logit lens, layer {step.layer}", words, formula
+
+
 def _generic(c: Context):
     """A kind without words of its own (e.g. from a newer tracer): what can be said of any tensor."""
     return c.step.kind, "A recorded intermediate value.", _size(*c.shape)
@@ -476,6 +489,7 @@ WORDS = {
     "grad_residual": _grad_residual, "grad_pattern": _grad_pattern, "grad_scores": _grad_scores,
     "param_value": _param_value, "param_grad": _param_grad, "adam_m": _adam_m, "adam_v": _adam_v,
     "adam_hat": _adam_hat, "adam_step": _adam_step, "param_new": _param_new,
+    "lens_probs": _lens_probs,
 }
 """Explanation key (a kind's `explanation` in tracer.trace.anatomy) -> (title, words, formula)."""
 

@@ -89,6 +89,22 @@ class Picture:
         at = step.axes.index("head")
         return tuple(self.head if i == at else rest.pop(0) for i in range(len(step.axes)))
 
+    def cell_of(self, index: tuple[int, ...]) -> tuple[int, int]:
+        """The (row, col) showing the tensor's element `index` (the inverse of `index`; the head is dropped)."""
+        if self.wrap is not None:
+            return divmod(int(index[0]), self.wrap)
+        step = self.step
+        if len(step.axes) <= 1:
+            return (int(index[0]) if step.axes else 0, 0)
+        keep = [i for i, axis in enumerate(step.axes) if self.head is None or axis != "head"]
+        rest = [int(index[i]) for i in keep]
+        if len(rest) == 1:
+            return (rest[0], 0)
+        if len(rest) > 2:
+            shape = [step.shape[i] for i in keep]
+            return (rest[0], int(np.ravel_multi_index(rest[1:], shape[1:])))
+        return (rest[0], rest[1])
+
     def row_name(self, row: int) -> str:
         if self.wrap is not None:
             return str(row * self.wrap)

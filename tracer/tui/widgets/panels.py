@@ -35,7 +35,13 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
         text.append("this cell ", style="bold cyan")
         text.append(explanation.worked + "\n")
     text.append("from     ", style="bold cyan")
-    text.append(", ".join(explanation.inputs) if explanation.inputs else "(the input itself)", style="" if explanation.inputs else "dim")
+    if explanation.inputs:  # links: a click (or f, F) goes to the step the value was computed from
+        for number, step_id in enumerate(explanation.inputs):
+            if number:
+                text.append(", ")
+            text.append(step_id, style=Style(underline=True, meta={"@click": f"screen.follow({number})"}))
+    else:
+        text.append("(the input itself)", style="dim")
     text.append("\n")
     stats = step.stats
     text.append("stats    ", style="bold cyan")
