@@ -85,6 +85,106 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
                     session_name=save_name, store=SessionStore(sessions_dir))
 
 
+@cli.command()
+@click.argument("text")
+@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH",
+              help="Bundled model name or a model folder (default: de-en-tiny).")
+@click.option("--target", default=None, help="Translation models: the target sentence (teacher-forced).")
+@click.option("--label", default=None, help="Encoder models: the text's class, one of --labels.")
+@click.option("--labels", default=None, metavar="A,B,...",
+              help="Encoder models: the classes, comma-separated (a new head on position 0 gets one output each).")
+@click.option("--steps", type=int, default=1, show_default=True, help="Training steps to trace.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW decoupled weight decay.")
+@click.option("--betas", default="0.9,0.999", show_default=True, help="AdamW beta1,beta2.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for a new head and the LoRA adapters.")
+@click.option("--lora", "lora_rank", type=int, default=None, metavar="R",
+              help="Train rank-R LoRA adapters instead of all weights.")
+@click.option("--lora-alpha", type=float, default=None, help="With --lora: the adapters' scale is alpha/R (default alpha = R).")
+@click.option("--lora-targets", default=None, metavar="W_Q,W_V",
+              help="With --lora: the projections to adapt (default W_Q,W_V, attention's query and value).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Save the trained model as a new model folder (LoRA merged, head included) that `tracer run` loads.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--save", "save_name", default=None, metavar="NAME", help="Save the trace as a session.")
+@click.option("--force", is_flag=True, help="With --save: replace a session of the same name.")
+@click.option("--sessions-dir", default=None, type=click.Path(file_okay=False),
+              help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).")
+@click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the trace as JSON to this file.")
+@click.option("--precision", type=click.IntRange(1, 9), default=None,
+              help="With --export: significant digits for floats (default: full float32).")
+@click.option("--no-tui", is_flag=True, help="Print the loss per step instead of opening the UI (as when stdin or stdout is not a terminal).")
+def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, betas, seed, lora_rank, lora_alpha,
+             lora_targets, out, device, save_name, force, sessions_dir, export_path, precision, no_tui):
+    """Trace training steps on one example: forward, loss, the gradient at every tap, each AdamW update.
+
+    \b
+    Examples:
+      tracer finetune "ich bin piyush" --target "i am tired" --no-tui
+      tracer finetune "the cat drank the milk" --model en-gpt-tiny --lora 4
+      tracer finetune "i love this movie" --model en-bert-tiny --label positive --labels negative,positive
+    """
+    from tracer.errors import BadInput
+
+    if lora_rank is None and lora_targets is not None:
+        raise BadInput("--lora-targets needs --lora R")
+    request_options = dict(
+        target=target, label=label, labels=comma_list(labels, "--labels") if labels is not None else None,
+        steps=steps, lr=lr, weight_decay=weight_decay, betas=parse_betas(betas), seed=seed,
+        lora_rank=lora_rank, lora_alpha=lora_alpha,
+    )
+    if lora_targets is not None:
+        request_options["lora_targets"] = tuple(comma_list(lora_targets, "--lora-targets"))
+    from tracer.capture.device import resolve_device
+    from tracer.capture.finetune import FinetuneRequest, finetune as trace_finetune
+    from tracer.capture.finetuned_folder import check_out_folder, save_finetuned
+    from tracer.nn.loading import load_model
+
+    loaded = load_model(model_name, resolve_device(device))
+    if out is not None:
+        check_out_folder(out, loaded.path)  # before the work, not after it
+    result = trace_finetune(loaded, FinetuneRequest(text, **request_options))
+    trace = result.trace
+    if out is not None:
+        click.echo(f"wrote {save_finetuned(result, out)}", err=True)
+    if export_path is not None:
+        write_export(trace, export_path, precision)
+    if save_name is not None:
+        from tracer.trace.session import SessionStore
+
+        SessionStore(sessions_dir).save(save_name, [trace], force=force)
+    if no_tui or not ui_can_run():
+        from tracer.summary import print_summary
+
+        print_summary(trace)
+    else:
+        from tracer.trace.session import SessionStore
+        from tracer.tui import open_traces
+
+        open_traces([trace], session_name=save_name, store=SessionStore(sessions_dir))
+
+
+def comma_list(value: str, option: str) -> list[str]:
+    from tracer.errors import BadInput
+
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        raise BadInput(f"{option} {value!r}: give names separated by commas, e.g. a,b")
+    return items
+
+
+def parse_betas(value: str) -> tuple[float, float]:
+    from tracer.errors import BadInput
+
+    try:
+        numbers = tuple(float(item) for item in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 2:
+        raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
+    return numbers
+
 def ui_can_run() -> bool:
     """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
     on the other); if not, say in one line on stderr that the summary is printed instead."""
@@ -301,8 +401,9 @@ def export(source, output, precision, trace_number, sessions_dir):
               help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--tui", is_flag=True, help="Open the UI on both traces in compare mode (Δ = B − A; d: next most-changed step).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
-def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+def diff_command(source_a, source_b, tol, top, as_json, tui, sessions_dir):
     """Compare two traces step by step: what changed, how much, and where first.
 
     A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
@@ -320,9 +421,20 @@ def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
     Example:
       tracer diff hungrig suess
       tracer diff piyush:1 piyush:2 --json
+      tracer diff hungrig suess --tui
     """
+    if tui:
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as replay: the UI needs no BLAS thread pool
     from tracer.diff_report import run_diff
     from tracer.trace.diff import DEFAULT_TOL
+
+    if tui:
+        from tracer.diff_report import run_diff_tui
+
+        sys.exit(run_diff_tui(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                              sessions_dir=sessions_dir, can_run=ui_can_run))
 
     sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
                       sessions_dir=sessions_dir))

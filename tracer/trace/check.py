@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from tracer.trace import anatomy
+from tracer.trace.check_training import check_training
 from tracer.trace.step import Step, parse_name, split_id
 from tracer.trace.trace import Trace
 
@@ -314,6 +315,7 @@ RELATIONS = {
     "probs": ("softmax of the logits", _Checker.softmax),
     "mean_pooled": ("mean over the tokens", _Checker.mean_over_tokens),
     "sentence_embedding": ("divided by its length", _Checker.unit_length),
+    "class_probs": ("softmax of the class scores", _Checker.softmax),
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
@@ -329,4 +331,8 @@ def check_trace(trace: Trace) -> CheckReport:
     checker.tokens()
     for step in trace.steps:
         checker.step(step)
+    # a training trace's loss, gradients, LoRA paths and AdamW updates (tracer/trace/check_training.py)
+    checked, failures = check_training(trace)
+    checker.checked += checked
+    checker.failures += [Failure(step_id, message) for step_id, message in failures]
     return CheckReport(checker.checked, checker.failures, checker.skipped)

@@ -29,11 +29,12 @@ from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
+from tracer.tui.view.compare import ONLY, SIDE, Shown, describe_compared_cell, figure_lines
 from tracer.tui.view.picture import Picture
 from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
 from tracer.tui.widgets.navigator import StepNavigator
-from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
+from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel, explanation_text
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
 
@@ -69,6 +70,9 @@ class TraceScreen(Screen[None]):
         Binding("minus", "speed(-1)", "play slower", show=False, key_display="-"),
         Binding("i", "new_input", "new input"),
         Binding("o", "other_trace", "other trace, same step", show=False),
+        Binding("c", "compare", "compare with the next trace (Δ = B − A)", show=False),
+        Binding("d", "most_changed(1)", "next most-changed step", show=False),
+        Binding("D", "most_changed(-1)", "prev most-changed step", show=False),
         Binding("s", "save", "save"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
@@ -86,6 +90,8 @@ class TraceScreen(Screen[None]):
     | v | Heat map / numbers. |
     | a, + / - | Autoplay on/off, faster / slower. |
     | i | Trace a new sentence; o switches to the next trace, at the same step. |
+    | c | Compare with the next trace: Δ heat map (B − A), or side by side; again: the trace after, then off. |
+    | d / D | In compare mode: the next / previous most-changed step. |
     | s | Save the session. |
     | ? | Help.  q: quit. |
     """
@@ -180,12 +186,19 @@ class TraceScreen(Screen[None]):
             self._update_title()
         if change.trace or change.bookmarks:
             navigator.set_bookmarks(viewer.bookmarked_steps())
-        picture = viewer.picture()
-        self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
-        self._update_tensor_title(picture)
-        self._update_inspect(picture, *viewer.cell)
+        shown = viewer.compared()
+        if shown is not None:
+            self._draw_compared(shown)
+        else:
+            picture = viewer.picture()
+            self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
+            self._update_tensor_title(picture)
+            self._update_inspect(picture, *viewer.cell)
         if change.trace or change.step:  # another head or view: the panels and the tree have not changed
-            self.query_one(ExplainPanel).show(explain(step, trace), step)
+            if shown is not None:
+                self._explain_compared(step)
+            else:
+                self.query_one(ExplainPanel).show(explain(step, trace), step)
             self.query_one(NextTokenPanel).show(trace, step)
             navigator.show_current(step.id)
 
@@ -203,11 +216,14 @@ class TraceScreen(Screen[None]):
 
         def fit(width: int) -> Text:
             text = Text(no_wrap=True, overflow="ellipsis")
-            for part, style in screen_title(viewer.trace, viewer.trace_index + 1, len(viewer.traces), playing, width):
+            comparing = viewer.comparison.b_index + 1 if viewer.comparison is not None else None
+            for part, style in screen_title(viewer.trace, viewer.trace_index + 1, len(viewer.traces), playing, width,
+                                            comparing):
                 text.append(part, style=style)
             return text
 
         self.query_one("#title", FittedLine).show(fit)
+        self._update_key_bar()
 
     def _update_tensor_title(self, picture: Picture) -> None:
         step = self.viewer.step
@@ -240,7 +256,10 @@ class TraceScreen(Screen[None]):
 
     def on_tensor_view_cell_highlighted(self, event: TensorView.CellHighlighted) -> None:
         self.viewer.set_cell(event.row, event.col)
-        if event.view.picture is not None:
+        shown = self.viewer.compared()
+        if shown is not None:
+            self._update_compared_inspect(shown, event.row, event.col)
+        elif event.view.picture is not None:
             self._update_inspect(event.view.picture, event.row, event.col)
 
     def _update_inspect(self, picture: Picture, row: int, col: int) -> None:
@@ -364,6 +383,85 @@ class TraceScreen(Screen[None]):
 
     def action_other_trace(self) -> None:
         self.apply(self.viewer.other_trace())
+
+    # -- compare mode (the Viewer holds the pair; tracer.tui.view.compare builds what is drawn) ----------
+    COMPARE_HINTS: ClassVar[list[Binding]] = [
+        Binding("c", "compare", "compare"),
+        Binding("d", "most_changed(1)", "most changed"),
+    ]
+
+    def action_compare(self) -> None:
+        self.apply(self.viewer.toggle_compare())
+
+    def action_most_changed(self, delta: int) -> None:
+        self.apply(self.viewer.most_changed(delta))
+
+    def _update_key_bar(self) -> None:
+        """With two traces open the bar offers `c compare`; in compare mode also `d most changed`."""
+        if len(self.viewer.traces) < 2:
+            hints = self.BINDINGS
+        else:
+            extra = self.COMPARE_HINTS if self.viewer.comparison is not None else self.COMPARE_HINTS[:1]
+            at = next(i for i, b in enumerate(self.BINDINGS) if isinstance(b, Binding) and b.key == "s")
+            hints = [*self.BINDINGS[:at], *extra, *self.BINDINGS[at:]]
+        self.query_one(KeyBar).set_bindings(hints)
+
+    def _draw_compared(self, shown: Shown) -> None:
+        viewer, view = self.viewer, self.query_one(TensorView)
+        if shown.picture is None:
+            view.show_message(shown.message)
+        else:
+            view.show(shown.picture, viewer.view, viewer.cell)
+        comparison = viewer.comparison
+        a, b = comparison.a_index + 1, comparison.b_index + 1
+        step = shown.step_a
+        if shown.mode == ONLY:
+            what = f"   only in trace {a}"
+        elif shown.mode == SIDE:
+            what = f"   side by side: A = trace {a} | B = trace {b}"
+        else:
+            what = f"   Δ = trace {b} − trace {a}"
+        first: list[tuple[str, str, bool]] = [(step.id, "bold", True), (what, "bold magenta", True)]
+        picture = shown.picture
+        headed = shown.sides[0] if shown.sides else picture  # side by side: the head is A's picture's
+        if headed is not None and headed.head is not None:
+            first.append((f"   head {headed.head + 1}/{headed.n_heads}", "bold yellow", False))
+        shapes = f"   [{' × '.join(map(str, step.shape))}]"
+        if shown.step_b is not None and shown.step_b.shape != step.shape:
+            shapes += f" vs [{' × '.join(map(str, shown.step_b.shape))}]"
+        details = [shapes, f"   {VIEW_NAMES[viewer.view]}"]
+        legend = legend_text(picture, viewer.view) if picture is not None else Text(shown.message, style="dim")
+
+        def fit(width: int) -> Text:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            # one cell to spare: the details after these parts end in the ellipsis, not the head
+            for part, style in fit_parts(first, width - 1):
+                text.append(part, style=style)
+            for part in details:
+                text.append(part, style="dim")
+            text.append("\n")
+            text.append_text(legend)
+            return text
+
+        self.query_one("#tensor-title", FittedLine).show(fit)
+        self._update_compared_inspect(shown, *view.cursor)
+
+    def _update_compared_inspect(self, shown: Shown, row: int, col: int) -> None:
+        line = Text()
+        line.append("cell  ", style="bold cyan")
+        viewer = self.viewer
+        line.append(visible_token_line(describe_compared_cell(shown, viewer.comparison.a, viewer.comparison.b, row, col)))
+        self.query_one("#inspect", Static).update(line, layout=False)
+
+    def _explain_compared(self, step: Step) -> None:
+        """The diff figures first, then what the step computes."""
+        text = Text()
+        for label, words in figure_lines(self.viewer.comparison, step.id):
+            text.append(f"{label:<9}", style="bold magenta")
+            text.append(visible(words) + "\n")
+        text.append("\n")
+        text.append_text(explanation_text(explain(step, self.viewer.trace), step))
+        self.query_one(ExplainPanel).set_text(text)
 
     # -- save, help, quit -----------------------------------------------------------------
     def action_save(self) -> None:

@@ -369,6 +369,163 @@ def _generic(c: Context):
     return c.step.kind, "A recorded intermediate value.", _size(*c.shape)
 
 
+# -- a training trace's steps (tracer finetune) --------------------------------------------------
+
+def _training(c: Context) -> dict:
+    training = c.trace.output.get("training")
+    return training if isinstance(training, dict) else {}
+
+
+def _optimizer(c: Context) -> tuple[float, float, float, float, float]:
+    """lr, β₁, β₂, ε, weight decay of the run (AdamW's defaults where the trace does not say)."""
+    found = _training(c).get("optimizer") or {}
+    betas = found.get("betas") or (0.9, 0.999)
+    return (found.get("lr", 1e-3), betas[0], betas[1], found.get("eps", 1e-8), found.get("weight_decay", 0.01))
+
+
+def _t(c: Context) -> int:
+    return c.step.extra.get("adam_t") or c.step.train_step or 1
+
+
+def _cls(c: Context):
+    words = ("The encoder's final vector at position 0 — BERT's [CLS] token, or the first token when the "
+             "tokenizer adds none. Attention let it read the whole text; the classification head reads only it.")
+    return "Classification input h₀", words, f"h₀: {c.shape[0] if c.shape else c.d} numbers"
+
+
+def _class_logits(c: Context):
+    labels = (c.step.labels or {}).get("label") or []
+    words = (f"A new linear layer scores each class ({', '.join(map(quoted, labels))}) from h₀. It started "
+             "random; training moves it, and the encoder under it, towards the example's label.")
+    return "Class scores", words, f"W·h₀ + b: ({_size(len(labels) or '?', c.d)})·({c.d}) → {len(labels) or '?'}"
+
+
+def _class_probs(c: Context):
+    return "Class probabilities", "Softmax turns the class scores into probabilities that sum to 1.", \
+        f"softmax(scores) over {c.shape[0] if c.shape else '?'} classes"
+
+
+def _targets(c: Context):
+    words = ("What each position of the loss must predict: with teacher forcing, the decoder reads the right "
+             "answer up to each position and is scored on the next token; a classifier on the one label.")
+    return "Targets", words, f"{c.n} target(s)"
+
+
+def _token_losses(c: Context):
+    words = ("Cross-entropy at each position: minus the log of the probability the model gave the target. "
+             "Near 0 where it was already sure of the right token, large where the target surprised it.")
+    return "Loss per position", words, "−log softmax(logits)[target], at each of " + f"{c.n} positions"
+
+
+def _loss(c: Context):
+    training = _training(c)
+    words = "The number training makes smaller: the mean of the per-position losses."
+    if "loss_after" in training:
+        words += f" This run took it from {training['loss_before']:.4f} to {training['loss_after']:.4f}."
+    return "Loss", words, "L = mean(−log p(target))"
+
+
+def _lora(c: Context):
+    lora = _training(c).get("lora") or {}
+    rank, scale = lora.get("rank", "r"), lora.get("scale", "α/r")
+    words = (f"LoRA: the projection's weight W is frozen; beside it a low-rank path A (rank {rank}) then B "
+             f"adds (α/r)·B·A·x, scale {scale}. B starts at zero, so at step 1 the path adds nothing — and, "
+             "since the gradient reaching A passes through B, A's gradient is exactly zero; only B moves at first.")
+    what = {"base_out": "Frozen projection W·x + b", "lora_a": "LoRA down-projection A·x", "lora_b": "LoRA up-projection B·A·x",
+            "lora_out": "LoRA correction × α/r", "adapted_out": "Projection output: frozen + low-rank"}[c.step.kind]
+    return what, words, f"W·x + b + {scale}·B·(A·x), A: {rank}×d_in, B: d_out×{rank}"
+
+
+def _grad_words(c: Context, words: str, formula: str):
+    of = c.step.kind.removesuffix(".grad")
+    return f"∂L/∂ {anatomy.kind_of(of).label}", words, formula
+
+
+def _grad(c: Context):
+    words = ("The gradient of the loss with respect to this tensor: how much the loss would change per unit "
+             "change of each number. The chain rule computes it from the gradient of the step after it, "
+             "times that step's local derivative — so the backward pass runs from the loss towards the input.")
+    return _grad_words(c, words, f"∂L/∂x = ∂L/∂y · ∂y/∂x: {_size(*c.shape)}")
+
+
+def _grad_logits(c: Context):
+    n = c.shape[0] if len(c.shape) > 1 else 1
+    words = ("The first gradient of the backward pass. For cross-entropy over a softmax it is simply the "
+             "predicted probabilities minus the one-hot target, divided by the number of positions the loss "
+             "averages: negative at the target (raising its score lowers the loss), positive at every other "
+             "token, in proportion to the probability it took.")
+    return _grad_words(c, words, f"∂L/∂logits = (softmax(logits) − one-hot(target)) / {n}")
+
+
+def _grad_residual(c: Context):
+    words = ("The chain rule at a residual add y = x + f(x): a sum passes its gradient to both inputs "
+             "unchanged, so the sub-layer's output gets exactly the gradient of the sum, and the stream "
+             "below gets it too, plus what flows back through the sub-layer. This skip path carries the "
+             "gradient straight down to the first layers.")
+    return _grad_words(c, words, "∂L/∂f(x) = ∂L/∂y,  ∂L/∂x = ∂L/∂y + ∂L/∂y · ∂f/∂x")
+
+
+def _grad_pattern(c: Context):
+    words = ("The gradient at the attention weights: z = P·V, so each weight's gradient is the dot product of "
+             "the gradient at z (its query's row) with the value vector of its key.")
+    return _grad_words(c, words, "∂L/∂P[h, q, k] = ∂L/∂z[q, h] · V[k, h]")
+
+
+def _grad_scores(c: Context):
+    words = ("Back through the softmax: each score's gradient is its weight times (its own gradient minus the "
+             "row's weighted mean). A masked score had weight 0, so it gets gradient 0 — the mask also "
+             "blocks learning from the future.")
+    return _grad_words(c, words, "∂L/∂s = P ⊙ (∂L/∂P − Σₖ P·∂L/∂P)")
+
+
+def _param_value(c: Context):
+    return "Weight before the update", "A trained weight as this step's forward pass used it.", _size(*c.shape)
+
+
+def _param_grad(c: Context):
+    words = ("dL/dW: the gradient of the loss with respect to this weight, summed over every position that "
+             "used it (a tied embedding adds both its uses, as input and as output layer). AdamW reads it next.")
+    return "Weight gradient ∂L/∂W", words, _size(*c.shape)
+
+
+def _adam_m(c: Context):
+    _, beta1, _, _, _ = _optimizer(c)
+    words = (f"AdamW's first moment: a running average of the gradient (β₁ = {beta1:g}), so the step follows "
+             "the direction the gradient keeps pointing and noise averages out. It starts at zero.")
+    return "First moment m", words, f"m = {beta1:g}·m + {1 - beta1:g}·g"
+
+
+def _adam_v(c: Context):
+    _, _, beta2, _, _ = _optimizer(c)
+    words = (f"AdamW's second moment: a running average of the squared gradient (β₂ = {beta2:g}), a measure "
+             "of each weight's typical gradient size. It starts at zero.")
+    return "Second moment v", words, f"v = {beta2:g}·v + {1 - beta2:g}·g²"
+
+
+def _adam_hat(c: Context):
+    _, beta1, beta2, _, _ = _optimizer(c)
+    t, first = _t(c), c.step.kind == "adam_m_hat"
+    beta, name = (beta1, "m") if first else (beta2, "v")
+    words = (f"Both moments start at zero, so early on they are too small; dividing by 1 − β^t undoes that. "
+             f"At step {t} the divisor is {1 - beta ** t:.6g}.")
+    return f"Bias-corrected {name}̂", words, f"{name}̂ = {name} / (1 − {beta:g}^{t})"
+
+
+def _adam_step(c: Context):
+    lr, _, _, eps, _ = _optimizer(c)
+    words = ("Each weight moves by the learning rate times its corrected mean gradient over the root of its "
+             "corrected mean squared gradient. At step 1, m̂ = g and v̂ = g², so the step is −lr·g/|g|: every "
+             f"weight with a gradient moves by about lr = {lr:g}, whatever the size of its gradient.")
+    return "Adam step", words, f"step = −{lr:g} · m̂ / (√v̂ + {eps:g})"
+
+
+def _param_new(c: Context):
+    lr, _, _, _, decay = _optimizer(c)
+    words = (f"The weight after the update: first shrunk a little towards zero by the decoupled weight decay "
+             f"(× {1 - lr * decay:.6g}), then moved by the Adam step. The next training step's forward pass uses it.")
+    return "Weight after the update", words, f"W = W·(1 − {lr:g}·{decay:g}) + step"
+
+
 WORDS = {
     "tokens": _tokens, "embed": _embed, "pos_embed": _pos_embed, "resid_pre": _resid_pre,
     "qkv": _qkv, "rotary": _rotary, "attn_raw": _attn_raw, "attn_scaled": _attn_scaled, "mask": _mask,
@@ -377,6 +534,12 @@ WORDS = {
     "mlp_out": _mlp_out, "logits": _logits, "probs": _probs,
     "token_type_embed": _token_type_embed, "mlm_dense": _mlm_dense, "mlm_act": _mlm_act, "pooler_out": _pooler_out,
     "mean_pooled": _mean_pooled, "sentence_embedding": _sentence_embedding,
+    # a training trace's
+    "cls": _cls, "class_logits": _class_logits, "class_probs": _class_probs, "targets": _targets,
+    "token_losses": _token_losses, "loss": _loss, "lora": _lora, "grad": _grad, "grad_logits": _grad_logits,
+    "grad_residual": _grad_residual, "grad_pattern": _grad_pattern, "grad_scores": _grad_scores,
+    "param_value": _param_value, "param_grad": _param_grad, "adam_m": _adam_m, "adam_v": _adam_v,
+    "adam_hat": _adam_hat, "adam_step": _adam_step, "param_new": _param_new,
 }
 """Explanation key (a kind's `explanation` in tracer.trace.anatomy) -> (title, words, formula)."""
 

@@ -1,9 +1,10 @@
 """The Viewer: where the user is in the open traces, and every move the keys make (no Textual).
 
-One object owns the open traces, the position (trace, step, head, cell), the view mode and
-the bookmarks. Each move is a plain method that returns a `Change` saying what changed, or,
-when the move is impossible, nothing changed and a message for the user ("this is the first
-layer"). Screens map keys to these moves and redraw what the change names.
+One object owns the open traces, the position (trace, step, head, cell), the view mode, compare
+mode (the current trace against another: `tracer.tui.view.compare`) and the bookmarks. Each move
+is a plain method that returns a `Change` saying what changed, or, when the move is impossible,
+nothing changed and a message for the user ("this is the first layer"). Screens map keys to
+these moves and redraw what the change names.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from tracer.trace import Step, Trace
+from tracer.trace.diff import DEFAULT_TOL
 from tracer.trace.state import VIEWS, Bookmark, UIState
+from tracer.tui.view.compare import Comparison, Shown
 from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label
 from tracer.tui.view.picture import Picture, build_picture, head_count
 
@@ -42,7 +45,8 @@ def refused(message: str) -> Change:
 class Viewer:
     """The open traces and where the user is in them; `Viewer(traces, state)` restores a saved place."""
 
-    def __init__(self, traces: Sequence[Trace], state: UIState | None = None) -> None:
+    def __init__(self, traces: Sequence[Trace], state: UIState | None = None, tol: float = DEFAULT_TOL) -> None:
+        """`tol`: the tolerance compare mode's figures use (as `tracer diff --tol`)."""
         if not traces:
             raise ValueError("the viewer needs at least one trace")
         self.traces: list[Trace] = list(traces)
@@ -54,6 +58,9 @@ class Viewer:
         self.bookmarks: list[Bookmark] = []
         self._pictures: dict[tuple, Picture] = {}
         self._rows: dict[int, tuple[Trace, list[tuple[str, str, str]]]] = {}
+        self.tol = tol
+        self.comparison: Comparison | None = None   # compare mode: the current trace against another
+        self._comparisons: dict[tuple[int, int], Comparison] = {}  # by (A, B) index: each pair compared once
         self.restore(state or UIState())
 
     # -- where we are -------------------------------------------------------------------
@@ -101,6 +108,8 @@ class Viewer:
         self.trace_index = index
         self.step_id = state.step if state.step in self.trace else self._first_id()
         self._fit_cell()
+        if self.comparison is not None:  # still against the same other trace, if there is one
+            self._compare_against(self.comparison.b_index)
         return Change(trace=True, step=True, head=True, view=True, bookmarks=True)
 
     def to_state(self) -> UIState:
@@ -241,12 +250,20 @@ class Viewer:
         """The next open trace, at the same place: the same step, or the nearest of its kind."""
         if len(self.traces) < 2:
             return refused("only one trace is open (i traces a new sentence)")
-        return self.open_trace((self.trace_index + 1) % len(self.traces), keep_place=True)
+        before = self.trace_index
+        change = self.open_trace((self.trace_index + 1) % len(self.traces), keep_place=True)
+        if self.comparison is not None:  # comparing A with B: o swaps them (B − A becomes A − B)
+            other = self.comparison.b_index
+            self._compare_against(before if other == self.trace_index else other)
+        return change
 
     def add_trace(self, trace: Trace) -> Change:
         """A newly traced sentence: keep the others open and show it from its first step."""
         self.traces.append(trace)
-        return self.open_trace(len(self.traces) - 1)
+        change = self.open_trace(len(self.traces) - 1)
+        if self.comparison is not None:  # the new trace against the one it was compared with
+            self._compare_against(self.comparison.b_index)
+        return change
 
     def open_trace(self, index: int, step_id: str | None = None, keep_place: bool = False) -> Change:
         """Show trace `index` at `step_id`, at the step nearest the current one (`keep_place`), or at its first step."""
@@ -257,6 +274,65 @@ class Viewer:
         self.step_id = step_id
         self._fit_cell()
         return Change(trace=True, step=True)
+
+    # -- compare mode -------------------------------------------------------------------------------
+    def toggle_compare(self) -> Change:
+        """Compare the current trace with the next one; again, with the one after (more than two
+        traces open); after the last, compare mode ends."""
+        if len(self.traces) < 2:
+            return refused("compare needs a second trace (i traces a new sentence)")
+        n = len(self.traces)
+        if self.comparison is None:
+            self._compare_against((self.trace_index + 1) % n)
+            return Change(trace=True, step=True)
+        following = (self.comparison.b_index + 1) % n
+        if following == self.trace_index:
+            self.comparison = None
+            return Change(trace=True, step=True, message="compare mode off")
+        self._compare_against(following)
+        return Change(trace=True, step=True)
+
+    def compare_with(self, index: int) -> Change:
+        """Compare the current trace with trace `index` (from 0)."""
+        if not 0 <= index < len(self.traces) or index == self.trace_index:
+            return refused(f"no other trace {index + 1} to compare with")
+        self._compare_against(index)
+        return Change(trace=True, step=True)
+
+    def _compare_against(self, index: int) -> None:
+        if index == self.trace_index or not 0 <= index < len(self.traces):
+            self.comparison = None
+            return
+        key = (self.trace_index, index)
+        comparison = self._comparisons.get(key)
+        if comparison is None:
+            comparison = self._comparisons[key] = Comparison(self.trace, self.traces[index], *key, tol=self.tol)
+        self.comparison = comparison
+
+    def compared(self) -> Shown | None:
+        """What compare mode shows for the current step and head (None: not comparing)."""
+        if self.comparison is None or not self.trace.steps:
+            return None
+        heads = head_count(self.step)
+        return self.comparison.shown(self.step_id, min(self.head, heads - 1) if heads else 0)
+
+    def most_changed(self, delta: int = 1) -> Change:
+        """The next (`delta` 1) or previous (-1) step in the order of `TraceDiff.most_changed`;
+        from a step that did not change, the most changed (or with -1, the least changed that did)."""
+        if self.comparison is None:
+            return refused("not comparing (c compares this trace with another)")
+        order = self.comparison.most_changed()
+        if not order:
+            return refused("no step changed between the two traces")
+        if self.step_id in order:
+            target = order.index(self.step_id) + delta
+            if target < 0:
+                return refused("this is the most changed step")
+            if target >= len(order):
+                return refused("this is the least changed step of those that changed")
+        else:
+            target = 0 if delta > 0 else len(order) - 1
+        return self.go(order[target])
 
     def _first_id(self) -> str:
         return self.trace.steps[0].id if self.trace.steps else ""

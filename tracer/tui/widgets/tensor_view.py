@@ -143,12 +143,14 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
         self._label_width = 4
         self._lines: LRUCache[tuple, Strip] = LRUCache(1024)
         self._base_style: Style | None = None
+        self.message = ""  # one line drawn in place of a picture (compare mode: a step in one trace only)
 
     # -- what to show --------------------------------------------------------------
     def show(self, picture: Picture | None, view: str | None = None, cursor: tuple[int, int] | None = None) -> None:
         """Draw a new picture (a step, a head) or the same one in another view, the cursor at `cursor`."""
         previous = self.picture
         self.picture = picture
+        self.message = ""
         if view is not None:
             self.view = view
         self._lines.clear()
@@ -183,6 +185,11 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
         # No CellHighlighted here: whoever called show() knows the picture changed and
         # updates in the same frame (a message would cost a second repaint).
 
+    def show_message(self, message: str) -> None:
+        """No picture: one line of text in its place."""
+        self.show(None)
+        self.message = message
+
     def _pick_cell_width(self, picture: Picture) -> int:
         if self.view == "numbers" or picture.scale == "ids":
             return NUMBER_WIDTH
@@ -215,6 +222,8 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             base = self._base_style = self.rich_style
         picture = self.picture
         if picture is None:
+            if y == 0 and self.message:
+                return Strip([Segment(fit(visible(self.message), width), base)]).extend_cell_length(width, base)
             return Strip.blank(width, base)
         scroll_x, scroll_y = self.scroll_offset
         label_width = min(self._label_width, width)
