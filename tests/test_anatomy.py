@@ -91,7 +91,7 @@ def test_every_reference_in_the_anatomy_reads():
     """A typo in a reference's scope would only show on the model that uses that rule."""
     rules = [rule for kind in anatomy.KINDS.values() for rule in kind.computed_from] + list(anatomy.LAYER_OUTPUT)
     refs = [ref for rule in rules for ref in rule.sources] + [anatomy.STACK_OUTPUT]
-    fields = {"arch", "norm", "stack", "layer", "component", "cross", "first_layer"}
+    fields = {"arch", "norm", "stack", "layer", "component", "cross", "first_layer", "embed_norm"}
     for rule in rules:
         assert {name for name, _ in rule.when} <= fields, rule
     for ref in refs:

@@ -99,7 +99,9 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     with contextlib.ExitStack() as hooks:
         if recorder is not None:
             hooks.enter_context(recorder.attached())  # once for the whole run, not per pass
-        if arch == "encoder":
+        if arch == "encoder" and loaded.cfg.output != "logits":
+            forward(lambda: model(tensor(ids)), tokens)  # a pooled or sentence vector: no token to predict
+        elif arch == "encoder":
             logits = forward(lambda: model(tensor(ids)), tokens)
             probs = logits[0].float().softmax(-1).cpu().numpy()
             masked = [i for i, token_id in enumerate(ids) if token_id == tok.mask_id] or list(range(len(ids)))

@@ -9,7 +9,11 @@ from tracer.errors import BadInput
 ARCHS = ("encoder-decoder", "encoder", "decoder")
 POSITIONALS = ("sinusoidal", "learned", "rotary")
 NORMS = ("post", "pre")
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+OUTPUTS = ("logits", "pooled", "sentence")
+ROTARY_SCALINGS = ("llama3",)
+LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_positions")
 
 
 @dataclass
@@ -18,19 +22,35 @@ class ModelConfig:
     arch: str = "encoder-decoder"  # encoder-decoder (the paper), encoder (BERT) or decoder (GPT)
     vocab_size: int = 1000
     d_model: int = 64              # width of the residual stream
-    n_heads: int = 4               # attention heads; d_head = d_model / n_heads
+    n_heads: int = 4               # attention heads (query heads)
+    n_kv_heads: int | None = None  # key/value heads; fewer than n_heads is grouped-query attention (Llama); None = n_heads
+    head_dim: int | None = None    # width of one head; None = d_model / n_heads (Llama and Qwen2 may set it apart)
     d_ff: int = 256                # width of the feed-forward hidden layer
     n_layers: int = 2              # encoder layers (or the single stack's layers)
     n_decoder_layers: int = 2      # decoder layers (encoder-decoder only)
     max_positions: int = 128       # longest sequence the positional encoding covers
     positional: str = "sinusoidal" # sinusoidal (paper) / learned (GPT, BERT) / rotary (RoPE)
     norm: str = "post"             # post: x = LN(x + f(x)) (paper, BERT); pre: x = x + f(LN(x)) (GPT)
-    activation: str = "relu"       # FFN: relu (paper) / gelu / swiglu
+    norm_type: str = "layernorm"   # layernorm (mean, variance, weight, bias) / rmsnorm (root mean square, weight only,
+                                   # computed in float32 as transformers' Llama family does)
+    activation: str = "relu"       # FFN: relu (paper) / gelu (exact, erf) / gelu_tanh (GPT-2's gelu_new) / swiglu
+    qkv_bias: bool = True          # biases on the Q, K, V projections (Llama, Mistral: none; Qwen2: these only)
+    attn_out_bias: bool = True     # bias on the attention output projection W_O
+    mlp_bias: bool = True          # biases on the FFN's linear layers
+    softmax_fp32: bool = False     # attention softmax in float32, cast back (transformers' Llama family); no-op in float32
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model), as the paper does
     tie_embeddings: bool = True    # the output projection reuses the token embedding matrix
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0           # training only; tracing always runs in eval mode
-    rotary_base: float = 10000.0
+    rotary_base: float = 10000.0   # RoPE base θ: the slowest rotation has wavelength ~2π·θ
+    rotary_scaling: dict | None = None  # RoPE frequency rescaling: {"type": "llama3", "factor", "low_freq_factor",
+                                   # "high_freq_factor", "original_max_positions"} (Llama 3.1/3.2); None = plain RoPE
+    token_types: int = 0           # rows of a token-type (segment) embedding, BERT; every token is type 0; 0 = none
+    embed_norm: bool = False       # a layer norm on the summed embeddings before layer 0 (BERT)
+    mlm_head: bool = False         # BERT's MLM transform before the tied decoder: dense, activation, layer norm
+    logits_bias: bool = False      # a learned bias added to the logits (BERT's cls.predictions.bias)
+    output: str = "logits"         # what the model returns: logits over the vocabulary / pooled (BERT's pooler:
+                                   # tanh(W·h[CLS] + b)) / sentence (mean over tokens, L2-normalised: sentence-transformers)
     pad_token: str = "<pad>"
     bos_token: str = "<s>"
     eos_token: str = "</s>"
@@ -39,11 +59,17 @@ class ModelConfig:
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """How many key/value heads; each serves n_heads / kv_heads query heads."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
 
     def validate(self) -> "ModelConfig":
         """Refuse configs the model cannot be built from, naming the field."""
-        for field, allowed in (("arch", ARCHS), ("positional", POSITIONALS), ("norm", NORMS), ("activation", ACTIVATIONS)):
+        for field, allowed in (("arch", ARCHS), ("positional", POSITIONALS), ("norm", NORMS), ("norm_type", NORM_TYPES),
+                               ("activation", ACTIVATIONS), ("output", OUTPUTS)):
             if getattr(self, field) not in allowed:
                 raise BadInput(f"config: {field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
         for field in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_positions"):
@@ -52,11 +78,36 @@ class ModelConfig:
                 raise BadInput(f"config: {field} must be a positive integer, not {value!r}")
         if self.arch == "encoder-decoder" and (type(self.n_decoder_layers) is not int or self.n_decoder_layers < 1):
             raise BadInput(f"config: n_decoder_layers must be a positive integer, not {self.n_decoder_layers!r}")
-        if self.d_model % self.n_heads:
+        for field in ("n_kv_heads", "head_dim"):
+            value = getattr(self, field)
+            if value is not None and (type(value) is not int or value < 1):
+                raise BadInput(f"config: {field} must be a positive integer or null, not {value!r}")
+        if type(self.token_types) is not int or self.token_types < 0:
+            raise BadInput(f"config: token_types must be a non-negative integer, not {self.token_types!r}")
+        if self.head_dim is None and self.d_model % self.n_heads:
             raise BadInput(f"config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise BadInput(f"config: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
+        if self.output != "logits" and self.arch != "encoder":
+            raise BadInput(f"config: output {self.output!r} needs an encoder, not {self.arch!r}")
+        self._validate_rotary_scaling()
         if self.positional == "rotary" and self.d_head % 2:
             raise BadInput(f"config: rotary positions need an even d_head, not {self.d_head}")
         return self
+
+    def _validate_rotary_scaling(self) -> None:
+        scaling = self.rotary_scaling
+        if scaling is None:
+            return
+        if not isinstance(scaling, dict) or scaling.get("type") not in ROTARY_SCALINGS:
+            kind = scaling.get("type") if isinstance(scaling, dict) else scaling
+            raise BadInput(f"config: rotary_scaling type must be one of {', '.join(ROTARY_SCALINGS)}, not {kind!r}")
+        for key in LLAMA3_SCALING_KEYS:
+            if not isinstance(scaling.get(key), (int, float)) or isinstance(scaling.get(key), bool):
+                raise BadInput(f"config: rotary_scaling needs a number {key}, not {scaling.get(key)!r}")
+        unknown = sorted(set(scaling) - {"type", *LLAMA3_SCALING_KEYS})
+        if unknown:
+            raise BadInput(f"config: rotary_scaling has unknown key(s) {', '.join(unknown)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

@@ -30,13 +30,33 @@ def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def llama3_frequencies(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1's RoPE rescaling: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+
+    Written op for op as transformers' `_compute_llama3_parameters`, in float32, so the angles agree bit for bit.
+    """
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_positions"]
+    low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
 class Rotary(nn.Module):
-    """Rotary position embedding (RoPE): rotates pairs of q/k features by a position-dependent angle."""
+    """Rotary position embedding (RoPE): rotates pairs of q/k features by a position-dependent angle.
+
+    Angles are computed in float32 and cast to the model's dtype, as transformers does."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         half = cfg.d_head // 2
         inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(half, dtype=torch.float32) / half))
+        if cfg.rotary_scaling is not None:
+            inv_freq = llama3_frequencies(inv_freq, cfg.rotary_scaling)
         angles = torch.arange(cfg.max_positions, dtype=torch.float32)[:, None] * inv_freq[None]  # (P, dh/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -63,49 +83,91 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps))
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): x / √(mean(x²) + ε), times a learned weight; no mean, no bias.
+
+    As transformers computes it: the normalisation in float32 whatever the model's dtype, the
+    weight applied after casting back. `hook_normalized` is the output (after the weight)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+        self.eps = cfg.layer_norm_eps
+        self.hook_normalized = HookPoint()  # [pos, d_model]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = x.to(torch.float32)
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.hook_normalized(self.weight * wide.to(x.dtype))
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg) if cfg.norm_type == "rmsnorm" else LayerNorm(cfg)
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The non-linearity of an (ungated) FFN or of BERT's MLM transform."""
+    if activation == "relu":
+        return F.relu(x)
+    return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
 class Attention(nn.Module):
-    """Multi-head attention: softmax(Q·Kᵀ/√d_k + mask)·V, one explicit step at a time."""
+    """Multi-head attention: softmax(Q·Kᵀ/√d_k + mask)·V, one explicit step at a time.
+
+    With grouped-query attention (n_kv_heads < n_heads) each key/value head serves a group of
+    n_heads / n_kv_heads consecutive query heads: K and V are recorded once per key/value head,
+    and repeated across their group only to compute the scores and weights·V."""
 
     def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None):
         super().__init__()
-        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
-        self.W_Q = nn.Linear(cfg.d_model, cfg.d_model)
-        self.W_K = nn.Linear(cfg.d_model, cfg.d_model)
-        self.W_V = nn.Linear(cfg.d_model, cfg.d_model)
-        self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
+        self.n_heads, self.n_kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.d_head
+        self.softmax_fp32 = cfg.softmax_fp32
+        inner, kv_inner = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
+        self.W_Q = nn.Linear(cfg.d_model, inner, bias=cfg.qkv_bias)
+        self.W_K = nn.Linear(cfg.d_model, kv_inner, bias=cfg.qkv_bias)
+        self.W_V = nn.Linear(cfg.d_model, kv_inner, bias=cfg.qkv_bias)
+        self.W_O = nn.Linear(inner, cfg.d_model, bias=cfg.attn_out_bias)
         self.rotary = rotary
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_q = HookPoint()             # [pos, head, d_head]
-        self.hook_k = HookPoint()             # [pos, head, d_head]
-        self.hook_v = HookPoint()             # [pos, head, d_head]
+        self.hook_k = HookPoint()             # [pos, kv_head, d_head] (kv_head = head without GQA)
+        self.hook_v = HookPoint()             # [pos, kv_head, d_head]
         if rotary is not None:
             self.hook_rot_q = HookPoint()     # [pos, head, d_head] after rotation
-            self.hook_rot_k = HookPoint()
+            self.hook_rot_k = HookPoint()     # [pos, kv_head, d_head]
         self.hook_attn_raw = HookPoint()      # [head, query, key]  Q·Kᵀ
         self.hook_attn_scaled = HookPoint()   # [head, query, key]  ÷ √d_head
         self.hook_mask = HookPoint()          # [query, key] bool, true = may attend
         self.hook_attn_scores = HookPoint()   # [head, query, key]  masked, pre-softmax
         self.hook_pattern = HookPoint()       # [head, query, key]  softmax over keys
         self.hook_z = HookPoint()             # [pos, head, d_head] weights·V
-        self.hook_concat = HookPoint()        # [pos, d_model]      heads side by side
+        self.hook_concat = HookPoint()        # [pos, head·d_head]  heads side by side
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, Tq, D = x_q.shape
+        B, Tq, _ = x_q.shape
         Tk = x_kv.shape[1]
-        H, dh = self.n_heads, self.d_head
+        H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
         q = self.hook_q(self.W_Q(x_q).view(B, Tq, H, dh))                           # (B, Tq, H, dh)
-        k = self.hook_k(self.W_K(x_kv).view(B, Tk, H, dh))                          # (B, Tk, H, dh)
-        v = self.hook_v(self.W_V(x_kv).view(B, Tk, H, dh))                          # (B, Tk, H, dh)
+        k = self.hook_k(self.W_K(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
+        v = self.hook_v(self.W_V(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
         if self.rotary is not None:
             q = self.hook_rot_q(self.rotary(q))
             k = self.hook_rot_k(self.rotary(k))
+        if Hkv != H:                      # grouped-query: query head h reads key/value head h // (H / Hkv)
+            k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
+            v = v.repeat_interleave(H // Hkv, dim=2)
         raw = self.hook_attn_raw(q.transpose(1, 2) @ k.permute(0, 2, 3, 1))        # (B, H, Tq, Tk)
         scaled = self.hook_attn_scaled(raw / math.sqrt(dh))                         # (B, H, Tq, Tk)
         mask = self.hook_mask(mask)                                                 # (B, Tq, Tk)
         scores = self.hook_attn_scores(scaled.masked_fill(~mask[:, None], float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))                         # (B, H, Tq, Tk)
+        if self.softmax_fp32:
+            pattern = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+        else:
+            pattern = scores.softmax(dim=-1)
+        pattern = self.hook_pattern(pattern)                                        # (B, H, Tq, Tk)
         z = self.hook_z((self.dropout(pattern) @ v.transpose(1, 2)).transpose(1, 2))  # (B, Tq, H, dh)
-        concat = self.hook_concat(z.reshape(B, Tq, D))                              # (B, Tq, D)
+        concat = self.hook_concat(z.reshape(B, Tq, H * dh))                         # (B, Tq, H·dh)
         return self.W_O(concat)
 
 
@@ -115,11 +177,11 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.activation = cfg.activation
-        self.W_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         if self.activation == "swiglu":
-            self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff)
+            self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
             self.hook_pre_linear = HookPoint()  # [pos, d_ff] the ungated branch
-        self.W_out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.W_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
         self.hook_pre = HookPoint()             # [pos, d_ff] before the activation
         self.hook_post = HookPoint()            # [pos, d_ff] after it
 
@@ -129,7 +191,7 @@ class MLP(nn.Module):
             post = self.hook_post(F.silu(pre) * self.hook_pre_linear(self.W_in(x)))
         else:
             pre = self.hook_pre(self.W_in(x))                                       # (B, T, d_ff)
-            post = self.hook_post(F.relu(pre) if self.activation == "relu" else F.gelu(pre))
+            post = self.hook_post(activate(pre, self.activation))
         return self.W_out(post)
 
 
@@ -146,22 +208,22 @@ class Block(nn.Module):
         self.pre_norm = cfg.norm == "pre"
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_resid_pre = HookPoint()        # [pos, d_model]
-        self.ln1 = LayerNorm(cfg)
+        self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, rotary)
         self.hook_attn_out = HookPoint()         # [pos, d_model]
         self.hook_resid_mid = HookPoint()        # [pos, d_model]
-        self.ln2 = LayerNorm(cfg)
+        self.ln2 = make_norm(cfg)
         self.cross = cross
         if cross:
             self.cross_attn = Attention(cfg)
             self.hook_cross_attn_out = HookPoint()    # [pos, d_model]
             self.hook_resid_mid_cross = HookPoint()   # [pos, d_model]
-            self.ln3 = LayerNorm(cfg)
+            self.ln3 = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.hook_mlp_out = HookPoint()          # [pos, d_model]
         self.hook_resid_post = HookPoint()       # [pos, d_model]
 
-    def sublayer(self, x, norm: LayerNorm, f, hook_out: HookPoint, hook_sum: HookPoint):
+    def sublayer(self, x, norm: nn.Module, f, hook_out: HookPoint, hook_sum: HookPoint):
         """Residual connection around f, with the norm before (pre) or after (post) it."""
         out = hook_out(f(norm(x) if self.pre_norm else x))
         total = hook_sum(x + self.dropout(out))
@@ -180,8 +242,23 @@ class Block(nn.Module):
         return self.sublayer(x, ffn_norm, self.mlp, self.hook_mlp_out, self.hook_resid_post)
 
 
+class Pooler(nn.Module):
+    """BertModel's pooled output: the first token's ([CLS]) final vector through a dense layer and tanh."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.hook_pooler_out = HookPoint()       # [d_model] tanh(W·h[CLS] + b), TransformerLens's name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_pooler_out(torch.tanh(self.dense(x[:, 0])))             # (B, d)
+
+
 class Stack(nn.Module):
     """Token embedding, positions, N blocks, a final norm (pre-norm only) and an optional output head.
+
+    The head is the vocabulary logits (optionally after BERT's MLM transform, plus a bias), or
+    for an encoder a single vector: BERT's pooled [CLS] or a sentence-transformers embedding.
 
     `numbered=True` names blocks `0, 1, …` directly under the stack (`encoder.0.attn`);
     otherwise under `blocks` (`blocks.0.attn`, TransformerLens's names).
@@ -194,6 +271,9 @@ class Stack(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.hook_tokens = HookPoint()           # [pos] token ids
         self.hook_embed = HookPoint()            # [pos, d_model]
+        if cfg.token_types:
+            self.W_token_type = nn.Embedding(cfg.token_types, cfg.d_model)
+            self.hook_token_type_embed = HookPoint()  # [pos, d_model] type 0's row at every position
         rotary = None
         if cfg.positional == "learned":
             self.W_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
@@ -203,6 +283,8 @@ class Stack(nn.Module):
             rotary = Rotary(cfg)
         if cfg.positional != "rotary":
             self.hook_pos_embed = HookPoint()    # [pos, d_model]
+        if cfg.embed_norm:
+            self.ln_embed = LayerNorm(cfg)       # BERT: the summed embeddings are normalised before layer 0
         self.dropout = nn.Dropout(cfg.dropout)
         blocks = [Block(cfg, cross, rotary) for _ in range(n_layers)]
         if numbered:
@@ -213,10 +295,22 @@ class Stack(nn.Module):
             self.blocks = nn.ModuleList(blocks)
             self.layers = list(self.blocks)
         if cfg.norm == "pre":
-            self.ln_final = LayerNorm(cfg)
-        if head:
+            self.ln_final = make_norm(cfg)
+        if head and cfg.output == "pooled":
+            self.pooler = Pooler(cfg)
+        elif head and cfg.output == "sentence":
+            self.hook_mean_pooled = HookPoint()  # [d_model] mean of the last hidden states over the tokens
+            self.hook_sentence_embedding = HookPoint()  # [d_model] divided by its length (L2 norm 1)
+        elif head:
+            if cfg.mlm_head:                     # BERT's MLM transform: dense, activation, layer norm
+                self.mlm_dense = nn.Linear(cfg.d_model, cfg.d_model)
+                self.hook_mlm_dense = HookPoint()  # [pos, d_model]
+                self.hook_mlm_act = HookPoint()  # [pos, d_model] after the activation
+                self.ln_mlm = LayerNorm(cfg)
             if not cfg.tie_embeddings:
                 self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            if cfg.logits_bias:
+                self.b_U = nn.Parameter(torch.zeros(cfg.vocab_size))
             self.hook_logits = HookPoint()       # [vocab] next token ([pos, vocab] encoder-only)
             self.hook_probs = HookPoint()        # softmax of the logits
 
@@ -229,15 +323,19 @@ class Stack(nn.Module):
 
     def forward(self, ids, memory=None, padding=None, memory_padding=None, all_positions=False):
         """ids (B, T) -> logits (B, vocab) for the next token, (B, T, vocab) if encoder-only or
-        all_positions; a stack without a head returns its hidden states (B, T, d)."""
+        all_positions; a pooled or sentence output (B, d); a stack without a head its hidden states (B, T, d)."""
         B, T = ids.shape
         if T > self.cfg.max_positions:
             raise BadInput(f"{T} tokens is longer than the model's {self.cfg.max_positions} positions")
         ids = self.hook_tokens(ids)
         x = self.hook_embed(self.W_E(ids) * self.embed_scale)                      # (B, T, d)
+        if self.cfg.token_types:
+            x = x + self.hook_token_type_embed(self.W_token_type(torch.zeros_like(ids)))
         pos = self.positions(T, x)
         if pos is not None:
             x = x + self.hook_pos_embed(pos.expand(B, T, -1))
+        if self.cfg.embed_norm:
+            x = self.ln_embed(x)
         x = self.dropout(x)
         valid = torch.ones(B, T, dtype=torch.bool, device=ids.device) if padding is None else padding
         mask = valid[:, None, :].expand(B, T, T)                                    # (B, T, T)
@@ -254,12 +352,29 @@ class Stack(nn.Module):
             x = self.ln_final(x)
         if not self.head:
             return x
+        if self.cfg.output == "pooled":
+            return self.pooler(x)                                                   # (B, d)
+        if self.cfg.output == "sentence":
+            return self.sentence_embedding(x, valid)                                # (B, d)
         if self.causal and not all_positions:
             x = x[:, -1]                                                            # (B, d) last position
+        if self.cfg.mlm_head:
+            x = self.hook_mlm_act(activate(self.hook_mlm_dense(self.mlm_dense(x)), self.cfg.activation))
+            x = self.ln_mlm(x)
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
-        logits = self.hook_logits(x @ weight.T)
+        logits = x @ weight.T
+        if self.cfg.logits_bias:
+            logits = logits + self.b_U
+        logits = self.hook_logits(logits)
         self.hook_probs(logits.softmax(dim=-1))
         return logits
+
+    def sentence_embedding(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """sentence-transformers' mean pooling over the real tokens, then L2 normalisation
+        (written as its `Pooling` and `Normalize` modules compute them)."""
+        weights = valid[..., None].to(x.dtype)                                      # (B, T, 1)
+        mean = self.hook_mean_pooled((x * weights).sum(1) / weights.sum(1).clamp(min=1e-9))
+        return self.hook_sentence_embedding(F.normalize(mean, p=2, dim=1))
 
 
 class EncoderDecoder(nn.Module):

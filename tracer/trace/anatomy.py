@@ -24,7 +24,7 @@ is a reference, read from where the step sits:
     "a | b"                    the first of a, b that was recorded
     "…?"                       optional: left out where not recorded (a rotary model has no pos_embed)
 
-Conditions name `Place` fields: arch, norm, stack, layer, component, cross, first_layer.
+Conditions name `Place` fields: arch, norm, stack, layer, component, cross, first_layer, embed_norm.
 """
 
 from __future__ import annotations
@@ -101,13 +101,15 @@ class Place:
     t: int | None             # decoding step
     s: int | None = None      # training step (`@sN`, a `tracer finetune` trace)
     module: str | None = None # a LoRA-wrapped projection the tap sits in (`W_Q`)
+    embed_norm: bool = False  # the embeddings pass through a layer norm (`ln_embed`, BERT) before layer 0
 
     @classmethod
     def of(cls, step_id: str, trace) -> "Place":
         """The place of `step_id` in `trace` (anything with `.arch` and `.model`)."""
         config = trace.model.get("config")
         norm = config.get("norm", "post") if isinstance(config, dict) else "post"
-        return _place(step_id, trace.arch, norm)
+        embed_norm = bool(config.get("embed_norm", False)) if isinstance(config, dict) else False
+        return _place(step_id, trace.arch, norm, embed_norm)
 
     @property
     def cross(self) -> bool:
@@ -125,10 +127,10 @@ class Place:
 
 
 @lru_cache(maxsize=16384)  # check and the explain panel ask for the same steps' places again and again
-def _place(step_id: str, arch: str, norm: str) -> Place:
+def _place(step_id: str, arch: str, norm: str, embed_norm: bool = False) -> Place:
     name, t, s = split_step_id(step_id)
     parts = parse_name(name)
-    return Place(arch, norm, parts["stack"], parts["layer"], parts["component"], t, s, parts["module"])
+    return Place(arch, norm, parts["stack"], parts["layer"], parts["component"], t, s, parts["module"], embed_norm)
 
 
 # -- the model ---------------------------------------------------------------------------
@@ -140,11 +142,13 @@ POS_D = (("pos", "d_model"),)
 POS_HEAD = (("pos", "head", "d_head"),)
 SCORES = (("head", "query", "key"),)
 POS_FF = (("pos", "d_ff"),)
+VECTOR = (("d_model",),)                # one vector for the whole input (pooled outputs)
 VOCAB = (("vocab",), ("pos", "vocab"))  # the last position's next token, or every position (encoder-only)
 
 # The sub-layer a module's taps belong to. Norms are numbered in the order they are used:
 # ln1 around self-attention, ln2 around the next sub-layer, ln3 around a decoder's FFN.
-MODULE_GROUPS = {"attn": "attn", "cross_attn": "cross", "mlp": "mlp", "ln1": "attn", "ln2": "cross", "ln3": "mlp"}
+MODULE_GROUPS = {"attn": "attn", "cross_attn": "cross", "mlp": "mlp", "ln1": "attn", "ln2": "cross", "ln3": "mlp",
+                 "ln_embed": "embed", "ln_mlm": "out"}
 MODULE_GROUPS_WITHOUT_CROSS = {"ln2": "mlp"}  # in a layer without cross-attention ln2 is the FFN's norm
 
 GROUPS = {
@@ -153,6 +157,7 @@ GROUPS = {
     "cross": Group("Cross-attention"),
     "mlp": Group("Feed-forward"),
     "out": Group("Logits and probabilities", encoder_only_label="Masked-token predictions"),
+    "pooled": Group("Pooled output"),
     # a training trace (tracer finetune)
     "head": Group("Classification head"),
     "loss": Group("Loss"),
@@ -160,7 +165,7 @@ GROUPS = {
     "update": Group("AdamW update"),
     "lens": Group("Logit lens"),
 }
-STACK_GROUPS = ("embed", "out", "head", "loss")  # groups of steps outside the layers; the others sit inside a layer
+STACK_GROUPS = ("embed", "out", "pooled", "head", "loss")  # groups of steps outside the layers; the others sit inside a layer
 
 # What a layer hands to the next: post-norm's last norm, or pre-norm's last residual sum.
 LAYER_OUTPUT = (rule("hook_resid_post", norm="pre"), rule("ln3.hook_normalized", cross=True), rule("ln2.hook_normalized"))
@@ -175,10 +180,14 @@ _KINDS = (
     Kind("tokens", (("pos",),), "token ids (labels hold the strings)", "tokens", None, "tokens"),
     Kind("embed", POS_D, "token embedding (× √d_model as in the paper)", "token embedding", "embed", "embed",
          (rule("stack:hook_tokens"),)),
+    Kind("token_type_embed", POS_D, "token-type (segment) embedding, type 0's row at every position (BERT)",
+         "token-type embedding", "embed", "token_type_embed", (rule("stack:hook_tokens"),)),
     Kind("pos_embed", POS_D, "positional encoding (not with rotary positions)", "positional encoding", "embed",
          "pos_embed", (rule("stack:hook_tokens"),)),
     Kind("resid_pre", POS_D, "the sum entering layer L", "layer input x", None, "resid_pre",
-         (rule("stack:hook_embed", "stack:hook_pos_embed?", first_layer=True), rule("previous_layer:output"))),
+         (rule("stack:ln_embed.hook_normalized", first_layer=True, embed_norm=True),
+          rule("stack:hook_embed", "stack:hook_token_type_embed?", "stack:hook_pos_embed?", first_layer=True),
+          rule("previous_layer:output"))),
     Kind("q", POS_HEAD, "queries", "Q  queries", BY_MODULE, "qkv",
          (rule("ln2.hook_normalized", component="cross_attn", norm="pre"),
           rule("ln1.hook_normalized", component="cross_attn"),
@@ -209,9 +218,11 @@ _KINDS = (
          (rule("cross_attn.hook_concat"),)),
     Kind("resid_mid_cross", POS_D, "residual add after cross-attention", "residual add", "cross", "residual",
          (rule("hook_resid_mid", "hook_cross_attn_out", norm="pre"), rule("ln1.hook_normalized", "hook_cross_attn_out"))),
-    Kind("normalized", POS_D, "layer norm output, after its learned scale and shift (`lnN`, `ln_final`)", "layer norm",
-         BY_MODULE, "normalized",
+    Kind("normalized", POS_D, "layer norm (or RMSNorm) output, after its learned scale (and shift) "
+         "(`lnN`, `ln_final`, BERT's `ln_embed` and `ln_mlm`)", "layer norm", BY_MODULE, "normalized",
          (rule("last_layer:hook_resid_post", component="ln_final"),
+          rule("stack:hook_embed", "stack:hook_token_type_embed?", "stack:hook_pos_embed?", component="ln_embed"),
+          rule("stack:hook_mlm_act", component="ln_mlm"),
           rule("hook_resid_pre", component="ln1", norm="pre"), rule("hook_resid_mid", component="ln1"),
           rule("hook_resid_mid", component="ln2", norm="pre"),
           rule("hook_resid_mid_cross", component="ln2", cross=True), rule("hook_resid_post", component="ln2"),
@@ -225,12 +236,22 @@ _KINDS = (
          (rule("hook_resid_mid_cross", "hook_mlp_out", norm="pre", cross=True),
           rule("hook_resid_mid", "hook_mlp_out", norm="pre"),
           rule("ln2.hook_normalized", "hook_mlp_out", cross=True), rule("ln1.hook_normalized", "hook_mlp_out"))),
+    Kind("mlm_dense", POS_D, "BERT's MLM transform: a dense layer on the last hidden states", "MLM dense", "out",
+         "mlm_dense", (rule("stack:output"),)),
+    Kind("mlm_act", POS_D, "the MLM transform's activation (its layer norm follows as `ln_mlm`)", "MLM activation",
+         "out", "mlm_act", (rule("stack:hook_mlm_dense"),)),
     Kind("logits", VOCAB, "next-token scores (encoder-only: every position's)", "logits", "out", "logits",
-         (rule("stack:output"),)),
+         (rule("stack:ln_mlm.hook_normalized | stack:output"),)),
     Kind("probs", VOCAB, "softmax of the logits", "probabilities", "out", "probs", (rule("stack:hook_logits"),)),
     Kind("lens_probs", VOCAB, "logit lens: the layer's output through the final norm (if any) and the unembedding, "
          "softmaxed (encoder-only: the masked positions'; top_k extra)", "what this layer would predict", "lens",
          "lens_probs", (rule("output"),)),
+    Kind("pooler_out", VECTOR, "BERT's pooled output: tanh(W·h[CLS] + b)", "pooled [CLS]", "pooled", "pooler_out",
+         (rule("stack:output"),)),
+    Kind("mean_pooled", VECTOR, "mean of the last hidden states over the tokens (sentence-transformers)",
+         "mean pooling", "pooled", "mean_pooled", (rule("stack:output"),)),
+    Kind("sentence_embedding", VECTOR, "the mean divided by its length: a unit vector (sentence-transformers)",
+         "sentence embedding", "pooled", "sentence_embedding", (rule("stack:hook_mean_pooled"),)),
 )
 
 # -- a training trace (tracer finetune; every id ends in @sN) ---------------------------------

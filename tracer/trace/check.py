@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
 from tracer.trace import anatomy
@@ -105,6 +107,30 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _shared_heads(kv: np.ndarray, n_heads: int, config: dict) -> np.ndarray:
+    """K or V with one head per query head. Under grouped-query attention (the config's n_kv_heads)
+    key/value head j serves the g query heads j·g … j·g + g − 1, g = n_heads / n_kv_heads; any
+    other head count is a damaged trace."""
+    if kv.shape[1] == n_heads:
+        return kv
+    if kv.shape[1] != config.get("n_kv_heads") or n_heads % kv.shape[1]:
+        raise ValueError(f"{kv.shape[1]} key/value heads where the queries have {n_heads}")
+    return np.repeat(kv, n_heads // kv.shape[1], axis=1)
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _activation(x: np.ndarray, name: str) -> np.ndarray | None:
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return None
+
+
 class _Checker:
     """Walks the trace's steps; each known kind's relation is recomputed from the steps the
     anatomy says it is computed from. Which step feeds which is the anatomy's; what the
@@ -176,6 +202,7 @@ class _Checker:
         return sum((part.astype(np.float64) for part in parts[1:]), parts[0].astype(np.float64))
 
     def scores_raw(self, step: Step, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {})
         return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
 
     def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
@@ -191,6 +218,7 @@ class _Checker:
         return _softmax(scores)
 
     def weighted_values(self, step: Step, pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
+        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {})
         return np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64))
 
     def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
@@ -228,6 +256,39 @@ class _Checker:
     def rounding_of_concat(self, step: Step, expected, z: np.ndarray):
         return self.rel * np.abs(expected)
 
+    def normalised(self, step: Step, *parts: np.ndarray) -> np.ndarray:
+        """A norm's output is its input normalised at each position, times one learned weight per
+        feature (plus one shift, for a layer norm). The weights are not recorded, so they are
+        fitted over the positions; what the fit cannot explain must not be there.
+
+        RMSNorm (Llama): x / √(mean(x²) + ε), no mean taken off, no shift.
+        Layer norm: (x − mean) / √(var + ε)."""
+        config = self.trace.model.get("config") or {}
+        x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
+        eps = float(config.get("layer_norm_eps", 1e-5))
+        out = step.data.astype(np.float64)
+        if config.get("norm_type") == "rmsnorm" and step.component not in ("ln_embed", "ln_mlm"):
+            xhat = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+            energy = (xhat ** 2).sum(0)
+            weight = np.divide((out * xhat).sum(0), energy, out=np.zeros_like(energy), where=energy > 0)
+            return weight * xhat
+        centred = x - x.mean(-1, keepdims=True)
+        xhat = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        dx, dout = xhat - xhat.mean(0), out - out.mean(0)
+        spread = (dx ** 2).sum(0)
+        weight = np.divide((dx * dout).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
+        return weight * xhat + (out.mean(0) - weight * xhat.mean(0))
+
+    def mean_over_tokens(self, step: Step, hidden: np.ndarray) -> np.ndarray:
+        return hidden.astype(np.float64).mean(0)
+
+    def unit_length(self, step: Step, mean: np.ndarray) -> np.ndarray:
+        mean = mean.astype(np.float64)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    def activated(self, step: Step, pre: np.ndarray) -> np.ndarray | None:
+        return _activation(pre.astype(np.float64), (self.trace.model.get("config") or {}).get("activation", ""))
+
     # -- the properties: what a step's own values must satisfy ------------------------
     def weights(self, step: Step) -> None:
         """Attention weights: each row sums to 1, and a masked position has no weight."""
@@ -240,6 +301,19 @@ class _Checker:
         mask = self.sibling(step, "{attn}.hook_mask")
         if mask is not None and np.any(pattern[:, ~mask] != 0):
             self.fail(step.id, "masked positions have non-zero weight")
+
+    def tanh_range(self, step: Step) -> None:
+        """A tanh's output lies in [−1, 1] (BERT's pooler; its weights are not recorded)."""
+        self.checked += 1
+        if np.any(np.abs(step.data.astype(np.float64)) > 1.0):
+            self.fail(step.id, "values outside [−1, 1], which a tanh cannot give")
+
+    def same_row_everywhere(self, step: Step) -> None:
+        """Every token is type 0, so every position gets the same row of the token-type table."""
+        self.checked += 1
+        data = step.data
+        if len(data) and not np.array_equal(data, np.broadcast_to(data[:1], data.shape)):
+            self.fail(step.id, "positions differ, but every token is type 0")
 
     def causal_mask(self, step: Step) -> None:
         if step.component != "attn" or not anatomy.Place.of(step.id, self.trace).causal:
@@ -308,7 +382,11 @@ RELATIONS = {
     "pattern": ("softmax of the scores", _Checker.softmax),
     "z": ("pattern·V", _Checker.weighted_values),
     "concat": ("heads side by side", _Checker.heads_side_by_side),
+    "normalized": ("normalised input × one weight per feature", _Checker.normalised),
+    "mlm_act": ("activation of the MLM dense layer", _Checker.activated),
     "probs": ("softmax of the logits", _Checker.softmax),
+    "mean_pooled": ("mean over the tokens", _Checker.mean_over_tokens),
+    "sentence_embedding": ("divided by its length", _Checker.unit_length),
     "class_probs": ("softmax of the class scores", _Checker.softmax),
 }
 # kind -> what rounding its inputs (a --precision export) can do to the recomputed values
@@ -321,7 +399,8 @@ ROUNDING = {
     "probs": _Checker.rounding_of_softmax,
 }
 # kind -> a check of the step's own values
-PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions}
+PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
+              "pooler_out": _Checker.tanh_range, "token_type_embed": _Checker.same_row_everywhere}
 
 
 def check_trace(trace: Trace) -> CheckReport:

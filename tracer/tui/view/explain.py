@@ -60,8 +60,9 @@ class Context:
         cross = step.component == "cross_attn"
         decoder_side = step.stack == "decoder" or trace.arch == "decoder"
         where = "cross-attention" if cross else "masked self-attention" if decoder_side else "self-attention"
+        dh = config.get("head_dim") or (d // H if H else d)   # Llama-family models may set d_head apart
         return cls(step, trace, config, inputs_of(step, trace), shape, shape[0] if shape else 0, d, H,
-                   d // H if H else d, config.get("d_ff", "d_ff"), cross, decoder_side, where)
+                   dh, config.get("d_ff", "d_ff"), cross, decoder_side, where)
 
 
 def inputs_of(step: Step, trace: Trace) -> list[str]:
@@ -76,6 +77,9 @@ _NO_ATTENTION_BIAS = {"llama": (False, False), "mistral": (False, False), "qwen2
 
 def attention_biases(trace: Trace) -> tuple[bool, bool]:
     """(Q/K/V projections have a bias, the output projection W_O has one) for this trace's model."""
+    config = trace.model.get("config") or {}
+    if isinstance(config, dict) and "qkv_bias" in config:  # what the model was built with (tracer.nn.config)
+        return bool(config["qkv_bias"]), bool(config.get("attn_out_bias", True))
     source = trace.model.get("source")
     model_type = source.get("model_type") if isinstance(source, dict) else None
     return _NO_ATTENTION_BIAS.get(model_type, (True, True))
@@ -120,6 +124,14 @@ def _pos_embed(c: Context):
 
 def _resid_pre(c: Context):
     layer, n, d = c.step.layer, c.n, c.d
+    if layer == 0 and c.config.get("embed_norm"):
+        words = ("What enters the first layer: the token, token-type and position embeddings added up and "
+                 "layer-normalised (BERT), one vector per position.")
+        return f"Input to layer {layer}", words, f"x = LN(embedding + token type + positions): {_size(n, d)}"
+    if layer == 0 and c.config.get("positional") == "rotary":
+        words = ("What enters the first layer: the token embedding, one vector per position. Positions come in "
+                 "later, inside attention, by rotating the queries and keys (RoPE).")
+        return f"Input to layer {layer}", words, f"x = embedding: {_size(n, d)}"
     if layer == 0:
         words = "What enters the first layer: token embedding plus positional encoding, one vector per position."
         return f"Input to layer {layer}", words, f"x = embedding + positions: {_size(n, d)}"
@@ -144,9 +156,34 @@ def _qkv(c: Context):
     if c.cross:
         words += (" In cross-attention the queries come from the decoder (what the next word needs) and the keys "
                   "and values from the encoder's output (the source sentence).")
+    Hkv = _gqa(c)
+    if Hkv and kind in ("k", "v"):
+        H = Hkv
+        words = (f"{role[0]}: {role[1]}. Grouped-query attention: there are only {Hkv} key/value heads for "
+                 f"{c.H} query heads, so each is computed once and shared ({_kv_groups(c.H, Hkv)}). "
+                 "That makes the cache of keys and values smaller at the same number of query heads.")
+    elif Hkv:
+        words += f" Their keys and values are shared in groups of {c.H // Hkv} (grouped-query attention)."
     bias = f" + b_{kind.upper()}" if attention_biases(c.trace)[0] else ""
     formula = f"{kind.upper()} = x·W_{kind.upper()}{bias}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)} = {n}×{H} heads×{dh}"
+    if H * dh != d:
+        formula = f"{kind.upper()} = x·W_{kind.upper()}{bias}: ({_size(n, d)})·({_size(d, H * dh)}) → {n}×{H} heads×{dh}"
     return f"{role[0]} ({c.where})", words, formula
+
+
+def _kv_groups(H: int, Hkv: int) -> str:
+    """Which query heads share each key/value head, counted from 1 as the head picker does:
+    "query heads 1–2 share key/value head 1, …"."""
+    g = H // Hkv
+    parts = [f"query heads {j * g + 1}–{j * g + g} share key/value head {j + 1}" if g > 1 else
+             f"query head {j + 1} has key/value head {j + 1}" for j in range(Hkv)]
+    return ", ".join(parts[:3]) + (", …" if Hkv > 3 else "")
+
+
+def _gqa(c: Context) -> int | None:
+    """The number of key/value heads when fewer than the query heads (grouped-query attention)."""
+    Hkv = c.config.get("n_kv_heads")
+    return Hkv if Hkv and Hkv != c.H and not c.cross else None
 
 
 def _rotary(c: Context):
@@ -212,10 +249,10 @@ def _z(c: Context):
 
 def _concat(c: Context):
     H, dh = c.H, c.dh
-    words = (f"The {H} heads' outputs are placed side by side: {H} × {dh} = {c.d} numbers per position. "
+    words = (f"The {H} heads' outputs are placed side by side: {H} × {dh} = {H * dh} numbers per position. "
              f"Several narrow heads instead of one wide one let the layer gather by {H} relations at once, each "
              "in its own subspace, at the same cost; W_O then mixes what they found.")
-    return f"Concatenate heads ({c.where})", words, f"[head₀ … head{sub(H - 1)}]: {c.n}×{H}×{dh} → {_size(c.n, c.d)}"
+    return f"Concatenate heads ({c.where})", words, f"[head₀ … head{sub(H - 1)}]: {c.n}×{H}×{dh} → {_size(c.n, H * dh)}"
 
 
 def _attn_out(c: Context):
@@ -236,10 +273,20 @@ def _residual(c: Context):
 
 def _normalized(c: Context):
     component = c.step.component
-    title = "Final layer norm" if component == "ln_final" else f"Layer norm ({component})"
+    titles = {"ln_final": "Final layer norm", "ln_embed": "Embedding layer norm", "ln_mlm": "MLM head: layer norm"}
+    title = titles.get(component, f"Layer norm ({component})")
+    eps = c.config.get("layer_norm_eps", 1e-5)
+    if c.config.get("norm_type") == "rmsnorm" and component not in ("ln_embed", "ln_mlm"):
+        title = title.replace("Layer norm", "RMSNorm").replace("layer norm", "RMSNorm")
+        words = ("RMSNorm: each position's vector is divided by its root mean square, so its numbers have "
+                 "mean square 1, then scaled by a learned weight g. Unlike a layer norm it does not subtract "
+                 "the mean and has no shift. As in transformers, it is computed in float32 whatever the "
+                 "model's dtype.")
+        return title, words, f"x / √(mean(x²) + {eps:g}) · g over {c.d} numbers, for each of {c.n} positions"
     words = ("Each position's vector is shifted to mean 0 and scaled to variance 1, then scaled and shifted "
              "by learned γ and β. It keeps the numbers in a steady range from layer to layer.")
-    eps = c.config.get("layer_norm_eps", 1e-5)
+    if component == "ln_embed":
+        words += " BERT normalises the summed embeddings this way before the first layer."
     return title, words, f"(x − mean) / √(var + {eps:g}) · γ + β over {c.d} numbers, for each of {c.n} positions"
 
 
@@ -259,14 +306,17 @@ def _pre_linear(c: Context):
 def _post(c: Context):
     n, dff = c.n, c.dff
     activation = c.config.get("activation", "relu")
-    name = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}.get(activation, activation)
+    name = {"relu": "ReLU", "gelu": "GELU", "gelu_tanh": "GELU, tanh approximation", "swiglu": "SwiGLU"}.get(activation, activation)
     explain_act = {
         "relu": "ReLU keeps positive numbers and turns negatives into 0.",
         "gelu": "GELU is a smooth ReLU: negatives are squashed towards 0, positives kept.",
+        "gelu_tanh": ("GELU is a smooth ReLU: negatives are squashed towards 0, positives kept; GPT-2 computes "
+                      "it with a tanh approximation of Φ."),
         "swiglu": "SwiGLU gates one projection with SiLU of the other, element by element.",
     }.get(activation, "")
     words = explain_act + " It is the layer's non-linearity: without it the two linear layers would collapse into one."
     formula = {"relu": f"max(0, pre): {_size(n, dff)}", "gelu": f"pre·Φ(pre): {_size(n, dff)}",
+               "gelu_tanh": f"½·pre·(1 + tanh(√(2/π)·(pre + 0.044715·pre³))): {_size(n, dff)}",
                "swiglu": f"SiLU(gate) ⊙ value: {_size(n, dff)}"}.get(activation, f"{_size(n, dff)}")
     return f"Feed-forward: activation ({name})", words, formula
 
@@ -280,6 +330,11 @@ def _mlp_out(c: Context):
 def _logits(c: Context):
     n, d, shape = c.n, c.d, c.shape
     V = shape[-1] if shape else "V"
+    if c.trace.arch == "encoder" and c.config.get("mlm_head"):
+        words = ("BERT's MLM head: each position's vector, after the MLM transform (dense, activation, layer "
+                 "norm), is compared with every token's embedding (the decoder is tied to them), and a learned "
+                 "bias per token is added: one score per vocabulary token.")
+        return "Logits", words, f"h·Eᵀ + b: ({_size(n, d)})·({_size(d, V)}) → {_size(*shape)}"
     if c.trace.arch == "encoder":
         words = "Every position's final vector is compared with every token's embedding: one score per vocabulary token."
         return "Logits", words, f"x·Eᵀ: ({_size(n, d)})·({_size(d, V)}) → {_size(*shape)}"
@@ -313,6 +368,44 @@ def _lens_probs(c: Context):
         words += f" Here the most likely token is {quoted(top[0]['token'])} ({top[0]['prob']:.3f})."
     formula = f"softmax({'LN_final(x)' if norm else 'x'}·W_Uᵀ): ({d})·({_size(d, V)}) → {V}"
     return f"Logit lens, layer {step.layer}", words, formula
+
+
+def _token_type_embed(c: Context):
+    words = ("BERT was trained on pairs of sentences and adds a learned vector saying which sentence a token "
+             "belongs to (its token type, or segment). With one text every token is type 0, so the same row "
+             "is added at every position.")
+    return "Token-type embedding", words, f"W_type[0] at each of {c.n} positions → {_size(c.n, c.d)}"
+
+
+def _mlm_dense(c: Context):
+    words = ("BERT's masked-LM head starts with its own dense layer over each position's final vector, "
+             "before the activation, a layer norm and the comparison with the vocabulary.")
+    return "MLM head: dense", words, f"h·W + b: ({_size(c.n, c.d)})·({_size(c.d, c.d)}) → {_size(c.n, c.d)}"
+
+
+def _mlm_act(c: Context):
+    name = {"gelu": "GELU", "gelu_tanh": "GELU (tanh approximation)", "relu": "ReLU"}.get(c.config.get("activation"), "the activation")
+    words = f"The MLM head's non-linearity, {name}, element by element; its layer norm (ln_mlm) comes next."
+    return "MLM head: activation", words, f"{name}(dense): {_size(c.n, c.d)}"
+
+
+def _pooler_out(c: Context):
+    words = ("BertModel's pooled output: the final vector of the first token ([CLS]) through a dense layer "
+             "and tanh. It is one vector for the whole text, the input BERT's sentence classifiers were trained on.")
+    return "Pooled output ([CLS])", words, f"tanh(W·h[CLS] + b): ({c.d}) → ({c.d})"
+
+
+def _mean_pooled(c: Context):
+    words = ("sentence-transformers' pooling: the final vectors of all the tokens are averaged, one vector "
+             "for the whole text.")
+    tokens = c.trace.step(c.inputs[0]).shape[0] if c.inputs else "T"
+    return "Mean pooling", words, f"mean over the {tokens} tokens of h: ({_size(tokens, c.d)}) → ({c.d})"
+
+
+def _sentence_embedding(c: Context):
+    words = ("The mean is divided by its length, so every sentence embedding has length 1; comparing two "
+             "texts is then a dot product (their cosine similarity).")
+    return "Sentence embedding", words, f"m / ‖m‖₂: ({c.d}) → ({c.d}), length 1"
 
 
 def _generic(c: Context):
@@ -483,6 +576,8 @@ WORDS = {
     "attn_scores": _attn_scores, "pattern": _pattern, "z": _z, "concat": _concat, "attn_out": _attn_out,
     "residual": _residual, "normalized": _normalized, "pre": _pre, "pre_linear": _pre_linear, "post": _post,
     "mlp_out": _mlp_out, "logits": _logits, "probs": _probs,
+    "token_type_embed": _token_type_embed, "mlm_dense": _mlm_dense, "mlm_act": _mlm_act, "pooler_out": _pooler_out,
+    "mean_pooled": _mean_pooled, "sentence_embedding": _sentence_embedding,
     # a training trace's
     "cls": _cls, "class_logits": _class_logits, "class_probs": _class_probs, "targets": _targets,
     "token_losses": _token_losses, "loss": _loss, "lora": _lora, "grad": _grad, "grad_logits": _grad_logits,
@@ -664,8 +759,16 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
             col_name = f'{col} "{name}"' if name is not None else col_name
         return f"{picture.row_axis} {row_name} · {picture.col_axis} {col_name}{head}: {shown}"
     place = anatomy.Place.of(step.id, trace)
-    q = _vector(trace, anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace), row, picture.head)
-    k = _vector(trace, anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace), col, picture.head)
+    q_id = anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace)
+    k_id = anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace)
+    kv_head = picture.head
+    if q_id and k_id:  # grouped-query attention: query head h reads key/value head h // (heads per key/value head)
+        H, Hkv = trace.step(q_id).shape[1], trace.step(k_id).shape[1]
+        if 0 < Hkv < H and H % Hkv == 0:
+            kv_head = picture.head // (H // Hkv)
+            head += f" (key/value head {kv_head + 1}/{Hkv})"
+    q = _vector(trace, q_id, row, picture.head)
+    k = _vector(trace, k_id, col, kv_head)
     text = f"query {row_name} · key {col_name}{head}: "
     if q is None or k is None:
         return text + shown
