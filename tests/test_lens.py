@@ -121,3 +121,36 @@ def test_a_trace_with_the_lens_passes_check(seq2seq_model):
 
     report = check_trace(trace_text(load_model(seq2seq_model), "ich bin", max_new_tokens=2, lens=True))
     assert report.ok and report.skipped == []  # a known kind: not skipped as one from a newer tracer
+
+
+@pytest.mark.parametrize("options", [
+    dict(arch="decoder", norm="pre", norm_type="rmsnorm", positional="rotary", activation="swiglu",
+         qkv_bias=False, attn_out_bias=False, mlp_bias=False, logits_bias=True),          # Llama-style, with a logits bias
+    dict(arch="encoder", norm="post", positional="learned", activation="gelu",
+         token_types=1, embed_norm=True, mlm_head=True, logits_bias=True),                # BERT's MLM head
+])
+def test_last_layer_lens_is_the_models_distribution_through_any_head(tmp_path, options):
+    """The lens goes through the model's own final norm and head: an RMSNorm (no bias), BERT's MLM
+    transform, a logits bias. (It once applied a layer norm by hand: an RMSNorm model crashed.)"""
+    import torch
+
+    from tracer.capture import trace_text
+    from tracer.nn.config import ModelConfig
+    from tracer.nn.loading import load_model
+    from tracer.nn.random_model import make_random_model
+
+    cfg = ModelConfig(name="lens-head", vocab_size=60, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_positions=32, **options)
+    folder = make_random_model(tmp_path / "model", cfg)
+    loaded = load_model(folder)
+    with torch.no_grad():  # the logits bias is zero at init: make it count
+        head = loaded.model
+        head.b_U.copy_(torch.linspace(-3, 3, head.b_U.numel()))
+    text = "the cat drank the [MASK]" if cfg.arch == "encoder" else "the cat drank"
+    trace = trace_text(loaded, text, max_new_tokens=3, lens=True)
+    probs_steps = trace.find(kind="probs")
+    assert probs_steps
+    for probs in probs_steps:
+        lens = [s for s in trace.find(kind="lens_probs", decode_step=probs.decode_step)]
+        assert len(lens) == cfg.n_layers
+        np.testing.assert_allclose(lens[-1].data, probs.data[..., :] if cfg.arch != "encoder"
+                                   else probs.data[[p["pos"] for p in probs.extra["predictions"]]], rtol=1e-5, atol=1e-7)

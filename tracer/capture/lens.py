@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tracer.trace import Step, anatomy
 
@@ -24,7 +23,6 @@ def with_lens(loaded, steps: list[Step], top_k: int) -> list[Step]:
     """`steps` with the lens steps of every predicting pass inserted after its `probs` step."""
     model, cfg = loaded.model, loaded.cfg
     head = model.decoder if cfg.arch == "encoder-decoder" else model
-    weight = head.W_E.weight if cfg.tie_embeddings else head.W_U.weight
     final_norm = getattr(head, "ln_final", None) if cfg.norm == "pre" else None
     by_id = {step.id: step for step in steps}
     stack = "decoder" if cfg.arch == "encoder-decoder" else None
@@ -33,11 +31,11 @@ def with_lens(loaded, steps: list[Step], top_k: int) -> list[Step]:
         out.append(step)
         if step.kind == "probs" and step.layer is None:
             place = anatomy.Place(cfg.arch, cfg.norm, stack, None, None, step.decode_step)
-            out.extend(_pass_lens(loaded, place, by_id, weight, final_norm, step, top_k))
+            out.extend(_pass_lens(loaded, place, by_id, head, final_norm, step, top_k))
     return out
 
 
-def _pass_lens(loaded, place, by_id: dict[str, Step], weight, final_norm, probs: Step, top_k: int) -> list[Step]:
+def _pass_lens(loaded, place, by_id: dict[str, Step], head, final_norm, probs: Step, top_k: int) -> list[Step]:
     last = anatomy.last_layer(place.stack, place.t, by_id)
     if last is None:
         return []
@@ -52,7 +50,7 @@ def _pass_lens(loaded, place, by_id: dict[str, Step], weight, final_norm, probs:
             continue
         residual = np.asarray(by_id[output_id].data)                      # [pos, d_model]
         rows = residual[positions] if positions is not None else residual[-1:]  # causal: the last position predicts
-        values = _probabilities(rows, weight, final_norm)
+        values = _probabilities(rows, head, final_norm)
         name = anatomy.step_name(place.stack, layer, f"hook_{LENS_KIND}")
         if positions is None:
             values = values[0]
@@ -67,12 +65,14 @@ def _pass_lens(loaded, place, by_id: dict[str, Step], weight, final_norm, probs:
     return lens
 
 
-def _probabilities(rows: np.ndarray, weight: torch.Tensor, final_norm) -> np.ndarray:
-    """softmax(norm(x) · W_Uᵀ) per row, in the model's own dtype and on its device."""
+def _probabilities(rows: np.ndarray, head, final_norm) -> np.ndarray:
+    """softmax(head(norm(x))) per row, in the model's own dtype and on its device. The run's taps
+    are detached by now, so calling the norm and the head's modules records nothing."""
+    weight = head.W_E.weight
     x = torch.from_numpy(np.ascontiguousarray(rows)).to(device=weight.device, dtype=weight.dtype)
-    if final_norm is not None:  # the norm's module is not called: its tap would record a step
-        x = F.layer_norm(x, x.shape[-1:], final_norm.weight, final_norm.bias, final_norm.eps)
-    probs = (x @ weight.T).softmax(dim=-1)
+    if final_norm is not None:
+        x = final_norm(x)  # whatever norm the model has: layer norm, RMSNorm
+    probs = head.unembed(x).softmax(dim=-1)
     return probs.float().cpu().numpy()
 
 
