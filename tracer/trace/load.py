@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile
+from tracer.trace.reading import read_regular
 from tracer.trace.schema import validate_extra, validate_header, validate_labels, validate_meta
 from tracer.trace.step import META_KEYS, Step
 from tracer.trace.trace import Trace
@@ -22,16 +23,7 @@ _STEP_META = META_KEYS | {"data", "null_as", "nonfinite_at"}  # a JSON step also
 
 def read_json(path: str | os.PathLike) -> Trace:
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise DamagedFile(
-                f"{path}: {size / 1024**2:.0f} MB is too large to read as JSON (limit {MAX_JSON_BYTES // 1024**2} MB); "
-                "save the trace as a session instead"
-            )
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_regular(path, MAX_JSON_BYTES, what="JSON", advice="; save the trace as a session instead")
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

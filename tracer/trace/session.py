@@ -38,6 +38,7 @@ from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
 from tracer.trace.atomic import fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
+from tracer.trace.reading import read_regular
 from tracer.trace.schema import validate_extra, validate_header, validate_meta
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step
@@ -342,17 +343,7 @@ def _folder_size(path: Path) -> int:
 # -- reading -----------------------------------------------------------------------------
 def _read_json(path: Path, limit: int):
     """Parse a JSON file; missing, oversized, truncated or invalid -> DamagedFile naming it."""
-    try:
-        if path.is_symlink():
-            raise DamagedFile(f"{path}: is a symbolic link; a session holds plain files only")
-        size = path.stat().st_size
-        if size > limit:
-            raise DamagedFile(f"{path}: {size} bytes is too large for this file")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DamagedFile(f"{path.parent}: missing file {path.name}") from None
-    except OSError as exc:
-        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_regular(path, limit, follow_links=False, what="a session file")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
