@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import orjson
 
+from tracer.errors import BadInput
+from tracer.text import visible
 from tracer.trace.atomic import atomic_write
 from tracer.trace.trace import Trace
 
@@ -51,6 +54,16 @@ def step_json(step, precision: int | None = None) -> bytes:
     return orjson.dumps(body, option=_OPTIONS)
 
 
+def refuse_session_folder(path: str | os.PathLike) -> None:
+    """An export never goes into a session folder (it would replace or orphan the session's own
+    files). Links are resolved first, so a link to a session folder is refused too."""
+    from tracer.trace.session import MANIFEST
+
+    folder = Path(path).resolve().parent
+    if (folder / MANIFEST).is_file():
+        raise BadInput(f"{visible(path)}: is inside session folder {visible(folder)}; write the export elsewhere")
+
+
 def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None) -> None:
     """Stream the trace to `path` one step at a time, atomically.
 
@@ -60,6 +73,7 @@ def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = No
     """
     if precision is not None and not 1 <= precision <= 9:
         raise ValueError("precision must be between 1 and 9 significant digits")
+    refuse_session_folder(path)
     header = trace.header()
     if precision is not None:  # recorded, so that a reader (and `tracer check`) knows the floats are rounded
         header["precision"] = min(precision, trace.precision or precision)
