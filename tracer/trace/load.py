@@ -10,8 +10,10 @@ import orjson
 
 from tracer.errors import DamagedFile
 from tracer.trace.reading import read_regular
-from tracer.trace.schema import validate_extra, validate_header, validate_labels, validate_meta
-from tracer.trace.step import META_KEYS, Step
+from tracer.trace.schema import (
+    usable_labels, validate_consistency, validate_extra, validate_header, validate_labels, validate_meta,
+)
+from tracer.trace.step import META_KEYS, Step, parse_name
 from tracer.trace.trace import Trace
 
 # Reading a JSON export holds it all in memory as Python objects (~3x the file); larger traces
@@ -40,6 +42,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
     steps = []
     for position, item in enumerate(document["steps"]):
         steps.append(step_from_json(item, position, fail))
+    validate_consistency(steps, fail)
     try:
         return Trace(
             steps,
@@ -47,7 +50,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
             device=str(document.get("device", "unknown")),
             input=document["input"],
             output=document["output"],
-            created=str(document.get("created") or "") or None,
+            created=document.get("created") or None,
             tracer_version=str(document.get("tracer_version", "unknown")),
             precision=document.get("precision"),
         )
@@ -57,10 +60,10 @@ def trace_from_document(document, source: str = "trace") -> Trace:
 
 def step_from_json(item, position: int, fail) -> Step:
     step_id, shape, dtype, axes = validate_meta(item, position, fail)
-    labels = validate_labels(item.get("labels", {}), step_id, fail)
+    labels = usable_labels(validate_labels(item.get("labels", {}), step_id, fail), shape, axes)
     step_fail = lambda m: fail(f"step {step_id!r}: {m}")  # noqa: E731
     array = array_from_json(item.get("data"), shape, dtype, item, step_fail)
-    extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail)
+    extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail, shape, parse_name(step_id.partition("@")[0])["kind"])
     return Step(
         id=step_id, shape=shape, dtype=dtype, axes=axes,
         labels=labels, extra=extra, _array=array,
