@@ -175,7 +175,7 @@ def models():
         try:
             cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
             detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, a 5000-digit integer
             detail = "unreadable config.json"
         except BadInput as exc:
             detail = f"unusable {exc}"
