@@ -61,7 +61,7 @@ DEFAULT_DIR = "sessions"
 
 MAX_META_BYTES = 512 * 1024**2        # a metadata JSON larger than this is not a trace
 _MAX_INDEX = 2**31 - 1                # a head or cell index beyond this is not one the UI can show
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")  # \Z: `$` would let a trailing newline through
 _FILE = re.compile(r"^trace-\d{1,6}\.(meta\.json|safetensors)$")
 # hidden work folders beside a session: .NAME.tmp-PID-xxxx (being written),
 # .NAME.old-PID-xxxx (the replaced session, about to be deleted), .NAME.rm-PID-xxxx (being removed)
