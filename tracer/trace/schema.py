@@ -39,6 +39,8 @@ SAME_LENGTH_AXES = ("d_model", "vocab")  # one length across a whole trace
 # imported model's tap, a hand-built trace): the UI and check treat them generically.
 FIXED_LAYOUT_KINDS = frozenset({"tokens", "mask", "logits", "probs"})
 _PREDICTION_KINDS = ("probs", "logits")
+_CHECKED_HEADER_KEYS = frozenset({"steps", "format", "version", "created", "device", "tracer_version", "precision"})
+_CHECKED_PART_KEYS = frozenset({"text", "tokens", "ids"})
 _STATS_NUMBERS = ("min", "max", "mean", "std")
 
 
@@ -94,8 +96,12 @@ def validate_header(document, fail) -> None:
     for key in ("created", "device", "tracer_version"):
         if document.get(key) is not None and type(document[key]) is not str:
             fail(f"'{key}' must be a string, not {type(document[key]).__name__}")
-    for key, value in document.items():
-        if key != "steps":
+    for key, value in document.items():  # the free-form fields; steps and the lists above are checked already
+        if key in ("input", "output"):
+            for part_key, part_value in value.items():
+                if part_key not in _CHECKED_PART_KEYS:
+                    check_nesting(part_value, fail, f"'{key}.{part_key}'")
+        elif key not in _CHECKED_HEADER_KEYS:
             check_nesting(value, fail, f"'{key}'")
     precision = document.get("precision")
     if precision is not None and not (type(precision) is int and 1 <= precision <= 9):
@@ -189,7 +195,7 @@ def validate_consistency(steps, fail) -> None:
     embeds: dict[tuple, tuple[tuple, str]] = {}
     layouts_seen: set = set()
     for step in steps:
-        kind = step.kind
+        kind = parse_name(step.id.partition("@")[0])["kind"]  # cached; Step.kind's first use costs more (replay start-up)
         known = KINDS.get(kind)
         if known is None:
             continue
