@@ -130,6 +130,7 @@ REGRESSIONS = {
     "nested thousands deep in an extra field": lambda d: step_of(d, "encoder.hook_embed").update(note=nested(900)),
     "chosen id outside the vocabulary": lambda d: step_of(d, "decoder.hook_probs@1")["chosen"].update(id=10),
     "layer number beyond 64 bits": lambda d: step_of(d, "encoder.0.attn.hook_q").update(id=f"encoder.{2**70}.attn.hook_q"),
+    "an empty steps list": lambda d: d.update(steps=[]),
     "two d_model lengths": lambda d: d["steps"].insert(2, dict(
         step_of(d, "encoder.hook_embed"), id="encoder.0.hook_resid_pre", shape=[3, 5], data=np.zeros((3, 5)).tolist())),
 }

@@ -67,8 +67,9 @@ def check_nesting(value, fail, where: str, depth: int = MAX_DEPTH) -> None:
 
 
 # -- header --------------------------------------------------------------------------------
-def validate_header(document, fail) -> None:
-    """Check a trace's header fields (a JSON export's top level; a session trace's `trace`)."""
+def validate_header(document, fail, header_only: bool = False) -> None:
+    """Check a trace's header fields (a JSON export's top level; a session trace's `trace`);
+    `header_only`: the steps are checked by the caller (a writer)."""
     if not isinstance(document, dict):
         fail("not a tracer trace (the top level is not an object)")
     if document.get("format") != FORMAT:
@@ -79,6 +80,8 @@ def validate_header(document, fail) -> None:
     for key, kind in (("model", dict), ("input", dict), ("output", dict), ("steps", list)):
         if not isinstance(document.get(key), kind):
             fail(f"'{key}' is missing or is not a {kind.__name__}")
+    if not document["steps"] and not header_only:
+        fail("'steps' is empty (a trace records at least one step)")
     # the fields the summary, the check and the UI read
     for key in ("input", "output"):
         part = document[key]
@@ -281,7 +284,9 @@ def validate_extra(extra: dict, step_fail, shape: tuple | None = None, kind: str
 
 def validate_trace(trace, fail) -> None:
     """What a writer checks before writing: the trace as its reader would check it."""
-    validate_header(dict(trace.header(), steps=[]), fail)
+    validate_header(dict(trace.header(), steps=[]), fail, header_only=True)
+    if not trace.steps:
+        fail("the trace has no steps")
     seen: set = set()
     for position, step in enumerate(trace.steps):
         item = {"index": position, "id": step.id, "shape": list(step.shape), "dtype": step.dtype, "axes": list(step.axes)}
