@@ -8,18 +8,27 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
-from tracer.text import human_size
+from tracer.text import human_size, visible
 from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
-    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130."""
+    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130.
+
+    The message goes through `visible`: it may echo a path, a `--model` value or a file's field."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TracerError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {visible(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -61,6 +70,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     Example:
       tracer run "ich bin piyush" --no-tui
     """
+    check_text(text)
     from tracer.capture import trace_text
     from tracer.capture.device import resolve_device
     from tracer.nn.loading import load_model
@@ -186,6 +196,21 @@ def parse_betas(value: str) -> tuple[float, float]:
         raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
     return numbers
 
+
+def check_text(text: str) -> None:
+    """TEXT must be Unicode: bytes that are not UTF-8 (a Latin-1 terminal's ü) reach Python as
+    lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        from tracer.errors import BadInput
+
+        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else "a character"
+        raise BadInput(f"TEXT is not valid UTF-8 ({what} at position {exc.start}); "
+                       "set the terminal to UTF-8 or pass the text in UTF-8") from None
+
+
 def ui_can_run() -> bool:
     """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
     on the other); if not, say in one line on stderr that the summary is printed instead."""
@@ -244,7 +269,7 @@ def check(source, reference, tol):
         if report.tolerance_note:  # a --precision export: say what rounding was allowed for
             click.echo(prefix + report.tolerance_note)
         for failure in report.failures:
-            click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
+            click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)
         skipped += report.skipped_kinds
     if not failed:
@@ -254,7 +279,7 @@ def check(source, reference, tol):
     if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
         kinds = sorted(set(skipped))
         click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
-                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {visible(', '.join(kinds))}")
     if failed:
         sys.exit(1)
 
@@ -278,11 +303,11 @@ def models():
         try:
             cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
             detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, a 5000-digit integer
             detail = "unreadable config.json"
         except BadInput as exc:
             detail = f"unusable {exc}"
-        click.echo(f"{folder.name:16} {detail}  ({folder})")
+        click.echo(visible(f"{folder.name:16} {detail}  ({folder})"))
     try:
         from tracer.nn.convert import SUPPORTED
     except ImportError:
@@ -290,10 +315,10 @@ def models():
     loadable = [m for m in cached if m.has_weights and m.model_type is not None
                 and (SUPPORTED is None or m.model_type in SUPPORTED)]
     if loadable:
-        click.echo(f"Hugging Face cache ({cache_dir()}):")
+        click.echo(visible(f"Hugging Face cache ({cache_dir()}):"))
     for model in loadable:
         detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
-        click.echo(f"{model.name:16} {detail}  ({model.path})")
+        click.echo(visible(f"{model.name:16} {detail}  ({model.path})"))
     skipped = len(cached) - len(loadable)
     if skipped:
         click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
@@ -321,12 +346,12 @@ def train(model_name, out, steps, seed, eval_size, force):
     from tracer.train.trainer import destination, train as train_model
 
     folder = destination(model_name, out, force)
-    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    click.echo(visible(f"training {model_name} into {folder}") + ("" if out else " (the bundled model is left as it is)"))
     result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
+    click.echo(visible(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}"))
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -394,7 +419,7 @@ def export(source, output, precision, trace_number, sessions_dir):
     write_export(session.traces[(trace_number or 1) - 1], output, precision)
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
-    click.echo(f"wrote {output}", err=True)
+    click.echo(f"wrote {visible(output)}", err=True)
 
 
 @cli.command("diff")
@@ -462,12 +487,12 @@ def sessions(ctx, as_json, sessions_dir):
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
         return
     if not rows:
-        click.echo(f"No sessions in {store.root}. Save one with `tracer run TEXT --save NAME`.")
+        click.echo(f"No sessions in {visible(store.root)}. Save one with `tracer run TEXT --save NAME`.")
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sessions in {store.root}", title_justify="left")
+    table = Table(title=f"sessions in {visible(store.root)}", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("model", no_wrap=True)
@@ -477,11 +502,11 @@ def sessions(ctx, as_json, sessions_dir):
     table.add_column("size", justify="right", no_wrap=True)
     for row in rows:
         if row.error:
-            table.add_row(row.name, "", "", f"damaged: {row.error}", "", "", human_size(row.size))
+            table.add_row(visible(row.name), "", "", f"damaged: {visible(row.error)}", "", "", human_size(row.size))
             continue
         created = (row.created or "").replace("T", " ").removesuffix("Z")[:16]
         steps = str(row.steps) + (f" ({row.traces} traces)" if row.traces and row.traces > 1 else "")
-        table.add_row(*(str(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
+        table.add_row(*(visible(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
                       steps, human_size(row.size))
     # a pipe gets full lines (no wrapping at 80 columns); a terminal gets its own width
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table, markup=False)
@@ -503,13 +528,13 @@ def sessions_rm(ctx, name, yes, sessions_dir):
         raise BadInput(f"no session named {name!r} in {store.root}")
     if not yes:
         info = store.info(path)
-        click.confirm(f"Remove session {name!r} ({human_size(info.size)})?", abort=True)
+        click.confirm(f"Remove session {visible(name)!r} ({human_size(info.size)})?", abort=True)
     store.remove(name)
-    click.echo(f"removed {name}", err=True)
+    click.echo(f"removed {visible(name)}", err=True)
 
 
 def main():
-    cli(prog_name="tracer")
+    cli(prog_name="tracer")  # the installed program starts in tracer.entry (Ctrl-C while modules load)
 
 
 if __name__ == "__main__":

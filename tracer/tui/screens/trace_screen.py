@@ -121,6 +121,9 @@ class TraceScreen(PassViews):
         self.speed = DEFAULT_SPEED
         self._play_on_mount = play
         self._play_timer = None
+        # the problems of steps that could not be drawn, one line each (tracer.tui.open_traces
+        # turns them into the exit code once the UI closes)
+        self.step_errors: list[str] = []
 
     # -- where we are (the viewer's; kept here for tests and callers) --------------------
     @property
@@ -192,23 +195,45 @@ class TraceScreen(PassViews):
         if change.trace or change.bookmarks:
             navigator.set_bookmarks(viewer.bookmarked_steps())
         shown = viewer.compared()
+        picture = None
         if shown is not None:
             self._hide_all_heads()
             self._draw_compared(shown)
         else:
-            picture = viewer.picture()
-            self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
-            self._update_tensor_title(picture)
-            self._draw_all_heads()
-            self._update_inspect(picture, *viewer.cell)
+            try:
+                picture = viewer.picture()
+            except Exception as exc:  # noqa: BLE001 - one step that cannot be drawn must not end the UI
+                self._cannot_draw(step, "the tensor", exc)
+            else:
+                self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
+                self._update_tensor_title(picture)
+                self._draw_all_heads()
+                self._update_inspect(picture, *viewer.cell)
         if shown is not None:
             if change.trace or change.step:  # another head or view: the panels have not changed
                 self._explain_compared(step)
-        elif change.trace or change.step or step.kind in WORKED:  # another head or view: only a worked cell changes
-            self.query_one(ExplainPanel).show(explain(step, trace, picture, viewer.cell), step)
+        elif change.trace or change.step or (step.kind in WORKED and picture is not None):
+            try:  # another head or view: only a worked cell changes
+                self.query_one(ExplainPanel).show(explain(step, trace, picture, viewer.cell), step)
+            except Exception as exc:  # noqa: BLE001
+                self._cannot_draw(step, "the explanation", exc)
         if change.trace or change.step:
-            self.query_one(NextTokenPanel).show(trace, step)
+            try:
+                self.query_one(NextTokenPanel).show(trace, step)
+            except Exception as exc:  # noqa: BLE001
+                self._cannot_draw(step, "the prediction", exc)
             navigator.show_current(step.id)
+
+    def _cannot_draw(self, step: Step, what: str, exc: Exception) -> None:
+        """Say in one line, where the tensor would be, why this step cannot be drawn; the UI goes on."""
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        message = f"{step.id}: {what} cannot be drawn ({first})"
+        self.step_errors.append(message)
+        if what == "the tensor":
+            self.query_one(TensorView).show(None)
+            self.query_one("#inspect", Static).update("", layout=False)
+        line = Text(visible(message), style="bold red", no_wrap=True, overflow="ellipsis")
+        self.query_one("#tensor-title", FittedLine).show(lambda width: line)
 
     def go(self, step_id: str) -> None:
         """Open `step_id` (from the outline, the finder, or a caller that set the head or view)."""

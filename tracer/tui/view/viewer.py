@@ -250,7 +250,11 @@ class Viewer:
         """Keep the cell cursor inside the picture now shown (a smaller tensor, a shorter vector)."""
         if not self.trace.steps:
             return
-        picture = self.picture()
+        try:
+            picture = self.picture()
+        except Exception:  # noqa: BLE001 - a step that cannot be drawn: the screen says why when it draws it
+            self.cell = (0, 0)
+            return
         row = min(self.cell[0], max(0, picture.rows - 1))
         col = min(self.cell[1], max(0, picture.cols - 1))
         if picture.wrap is not None:
