@@ -25,12 +25,13 @@ def stored_bytes(trace) -> int:
 @pytest.mark.parametrize("name,text", CASES)
 @pytest.mark.parametrize("kv_cache", [True, False])
 @pytest.mark.parametrize("select", FILTERS, ids=["all", "only-pattern", "layer1-steps2-3"])
-def test_the_estimate_is_the_size_of_the_trace(name, text, kv_cache, select):
+@pytest.mark.parametrize("lens", [False, True])
+def test_the_estimate_is_the_size_of_the_trace(name, text, kv_cache, select, lens):
     """Within 5% of the real size (it counts exactly what is stored) when decoding runs every step."""
     loaded = load_model(name)
-    result = generate(loaded, text, max_new_tokens=6, traced=True, kv_cache=kv_cache, select=select)
+    result = generate(loaded, text, max_new_tokens=6, traced=True, kv_cache=kv_cache, select=select, lens=lens)
     passes = len(result.output_ids) + (len(result.output_ids) < 6)  # a stop token ends a pass too
-    found = estimate(loaded, text, max_new_tokens=passes, kv_cache=kv_cache, select=select)
+    found = estimate(loaded, text, max_new_tokens=passes, kv_cache=kv_cache, select=select, lens=lens)
     assert abs(found["bytes"] - stored_bytes(result.trace)) <= 0.05 * stored_bytes(result.trace)
 
 

@@ -8,18 +8,27 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
-from tracer.text import human_size
+from tracer.text import human_size, visible
 from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
-    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130."""
+    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130.
+
+    The message goes through `visible`: it may echo a path, a `--model` value or a file's field."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TracerError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {visible(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -52,6 +61,7 @@ def cli():
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
 @click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+@click.option("--no-lens", is_flag=True, help="Do not record the logit lens (each layer's prediction: one vocab-sized step per layer and decoding step).")
 @click.option("--no-kv-cache", is_flag=True,
               help="Re-run the whole prefix at every decoding step (default: a KV cache, each step runs only the new token).")
 @click.option("--estimate", "estimate_only", is_flag=True, help="Print the trace's estimated size and exit.")
@@ -62,13 +72,14 @@ def cli():
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
+        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
     Example:
       tracer run "ich bin piyush" --no-tui
     """
+    check_text(text)
     from tracer.capture import trace_text
     from tracer.capture.budget import default_budget, estimate, parse_size, refuse_over_budget
     from tracer.capture.device import resolve_device
@@ -79,7 +90,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     select = TapFilter.parse(only, layers, decode_steps)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-    options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat)
+    options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens)
     if estimate_only:
         found = estimate(loaded, text, **options)
         click.echo(f"about {human_size(found['bytes'])} ({found['bytes']} bytes): {found['passes']} pass(es), "
@@ -206,6 +217,21 @@ def parse_betas(value: str) -> tuple[float, float]:
         raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
     return numbers
 
+
+def check_text(text: str) -> None:
+    """TEXT must be Unicode: bytes that are not UTF-8 (a Latin-1 terminal's ü) reach Python as
+    lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        from tracer.errors import BadInput
+
+        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else "a character"
+        raise BadInput(f"TEXT is not valid UTF-8 ({what} at position {exc.start}); "
+                       "set the terminal to UTF-8 or pass the text in UTF-8") from None
+
+
 def ui_can_run() -> bool:
     """Whether stdin and stdout are a terminal, as the UI needs (it reads keys from one and draws
     on the other); if not, say in one line on stderr that the summary is printed instead."""
@@ -261,8 +287,10 @@ def check(source, reference, tol):
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
+        if report.tolerance_note:  # a --precision export: say what rounding was allowed for
+            click.echo(prefix + report.tolerance_note)
         for failure in report.failures:
-            click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
+            click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)
         skipped += report.skipped_kinds
     if not failed:
@@ -272,7 +300,7 @@ def check(source, reference, tol):
     if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
         kinds = sorted(set(skipped))
         click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
-                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {visible(', '.join(kinds))}")
     if failed:
         sys.exit(1)
 
@@ -296,11 +324,11 @@ def models():
         try:
             cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
             detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, a 5000-digit integer
             detail = "unreadable config.json"
         except BadInput as exc:
             detail = f"unusable {exc}"
-        click.echo(f"{folder.name:16} {detail}  ({folder})")
+        click.echo(visible(f"{folder.name:16} {detail}  ({folder})"))
     try:
         from tracer.nn.convert import SUPPORTED
     except ImportError:
@@ -308,10 +336,10 @@ def models():
     loadable = [m for m in cached if m.has_weights and m.model_type is not None
                 and (SUPPORTED is None or m.model_type in SUPPORTED)]
     if loadable:
-        click.echo(f"Hugging Face cache ({cache_dir()}):")
+        click.echo(visible(f"Hugging Face cache ({cache_dir()}):"))
     for model in loadable:
         detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
-        click.echo(f"{model.name:16} {detail}  ({model.path})")
+        click.echo(visible(f"{model.name:16} {detail}  ({model.path})"))
     skipped = len(cached) - len(loadable)
     if skipped:
         click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
@@ -339,12 +367,12 @@ def train(model_name, out, steps, seed, eval_size, force):
     from tracer.train.trainer import destination, train as train_model
 
     folder = destination(model_name, out, force)
-    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    click.echo(visible(f"training {model_name} into {folder}") + ("" if out else " (the bundled model is left as it is)"))
     result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
+    click.echo(visible(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}"))
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -412,7 +440,7 @@ def export(source, output, precision, trace_number, sessions_dir):
     write_export(session.traces[(trace_number or 1) - 1], output, precision)
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
-    click.echo(f"wrote {output}", err=True)
+    click.echo(f"wrote {visible(output)}", err=True)
 
 
 @cli.command("diff")
@@ -422,8 +450,9 @@ def export(source, output, precision, trace_number, sessions_dir):
               help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--tui", is_flag=True, help="Open the UI on both traces in compare mode (Δ = B − A; d: next most-changed step).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
-def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+def diff_command(source_a, source_b, tol, top, as_json, tui, sessions_dir):
     """Compare two traces step by step: what changed, how much, and where first.
 
     A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
@@ -441,9 +470,20 @@ def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
     Example:
       tracer diff hungrig suess
       tracer diff piyush:1 piyush:2 --json
+      tracer diff hungrig suess --tui
     """
+    if tui:
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as replay: the UI needs no BLAS thread pool
     from tracer.diff_report import run_diff
     from tracer.trace.diff import DEFAULT_TOL
+
+    if tui:
+        from tracer.diff_report import run_diff_tui
+
+        sys.exit(run_diff_tui(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                              sessions_dir=sessions_dir, can_run=ui_can_run))
 
     sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
                       sessions_dir=sessions_dir))
@@ -468,12 +508,12 @@ def sessions(ctx, as_json, sessions_dir):
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
         return
     if not rows:
-        click.echo(f"No sessions in {store.root}. Save one with `tracer run TEXT --save NAME`.")
+        click.echo(f"No sessions in {visible(store.root)}. Save one with `tracer run TEXT --save NAME`.")
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sessions in {store.root}", title_justify="left")
+    table = Table(title=f"sessions in {visible(store.root)}", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("model", no_wrap=True)
@@ -483,11 +523,11 @@ def sessions(ctx, as_json, sessions_dir):
     table.add_column("size", justify="right", no_wrap=True)
     for row in rows:
         if row.error:
-            table.add_row(row.name, "", "", f"damaged: {row.error}", "", "", human_size(row.size))
+            table.add_row(visible(row.name), "", "", f"damaged: {visible(row.error)}", "", "", human_size(row.size))
             continue
         created = (row.created or "").replace("T", " ").removesuffix("Z")[:16]
         steps = str(row.steps) + (f" ({row.traces} traces)" if row.traces and row.traces > 1 else "")
-        table.add_row(*(str(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
+        table.add_row(*(visible(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
                       steps, human_size(row.size))
     # a pipe gets full lines (no wrapping at 80 columns); a terminal gets its own width
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table, markup=False)
@@ -509,13 +549,13 @@ def sessions_rm(ctx, name, yes, sessions_dir):
         raise BadInput(f"no session named {name!r} in {store.root}")
     if not yes:
         info = store.info(path)
-        click.confirm(f"Remove session {name!r} ({human_size(info.size)})?", abort=True)
+        click.confirm(f"Remove session {visible(name)!r} ({human_size(info.size)})?", abort=True)
     store.remove(name)
-    click.echo(f"removed {name}", err=True)
+    click.echo(f"removed {visible(name)}", err=True)
 
 
 def main():
-    cli(prog_name="tracer")
+    cli(prog_name="tracer")  # the installed program starts in tracer.entry (Ctrl-C while modules load)
 
 
 if __name__ == "__main__":

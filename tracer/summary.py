@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tracer.input_notes import input_notes
 from tracer.text import visible
 from tracer.trace import Trace
 
@@ -25,6 +26,8 @@ def print_summary(trace: Trace, console: Console | None = None) -> None:
     console.print(Text("input:  ", style="bold") + _literal(trace.input.get("text", "")))
     console.print(Text("tokens: ", style="bold") + _literal(" | ".join(map(str, trace.input.get("tokens", [])))))
     console.print(Text("output: ", style="bold") + _literal(trace.output.get("text", "")))
+    for note in input_notes(trace):  # the model does not know the words; BERT without [MASK]
+        console.print(Text("note:   ", style="bold yellow") + Text(note))
     if isinstance(trace.output.get("training"), dict):
         print_training(trace, console)
         return

@@ -86,21 +86,33 @@ def _tap_bytes(name: str, axes, per: int, rows: int, keys: int, source: int, cro
     return size
 
 
+def _lens_layers(loaded: LoadedModel, taps) -> int:
+    """How many layers get a logit-lens step per predicting pass: those whose output was recorded."""
+    cfg = loaded.cfg
+    ends = ("hook_resid_post",) if cfg.norm == "pre" else ("ln3.hook_normalized",) if cfg.arch == "encoder-decoder" \
+        else ("ln2.hook_normalized",)
+    return sum(1 for name, *_ in taps if parse_name(name)["stack"] != "encoder" and name.endswith(ends))
+
+
 def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: bool = True,
-             select: TapFilter | None = None, chat: bool = False, taps=None) -> dict:
+             select: TapFilter | None = None, chat: bool = False, lens: bool = False, taps=None) -> dict:
     """{"bytes", "passes", "new_tokens", "prompt"}: the trace's tensor bytes if decoding runs all
-    `max_new_tokens` steps (a decode that stops early is smaller)."""
+    `max_new_tokens` steps (a decode that stops early is smaller); with `lens`, the logit lens's
+    steps too (one float32 vocabulary per recorded layer and predicting pass)."""
     ids, _, max_new_tokens, _ = validate_request(loaded, text, max_new_tokens, None, chat)
     taps = probe_taps(loaded, select) if taps is None else taps
     arch, tok = loaded.cfg.arch, loaded.tokenizer
     keep = (lambda t: True) if select is None else select.keeps_step
     standalone = select is not None and select.steps is not None  # kept steps recorded whole (see generate)
     S = len(ids)
+    has_head = any(name.endswith("hook_probs") for name, *_ in taps)
+    lens_pass = 4 * loaded.cfg.vocab_size * _lens_layers(loaded, taps) if lens and has_head else 0
     decoder_taps = [tap for tap in taps if parse_name(tap[0])["stack"] != "encoder"]
     total = 0
     if arch == "encoder":
-        return {"bytes": sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps), "passes": 1,
-                "new_tokens": 0, "prompt": S}
+        masked = sum(1 for i in ids if i == tok.mask_id) or S  # the lens predicts the masked positions
+        return {"bytes": sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps) + lens_pass * masked,
+                "passes": 1, "new_tokens": 0, "prompt": S}
     if arch == "encoder-decoder":
         total += sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps if parse_name(n)["stack"] == "encoder")
         prefix = 1
@@ -115,14 +127,14 @@ def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: b
         whole = not kv_cache or t == 1 or standalone
         rows = keys if whole else 1
         cross_kv_rows = S if whole else 0
-        total += sum(_tap_bytes(n, a, p, rows, keys, S, cross_kv_rows) for n, a, p, _ in decoder_taps)
+        total += sum(_tap_bytes(n, a, p, rows, keys, S, cross_kv_rows) for n, a, p, _ in decoder_taps) + lens_pass
     return {"bytes": total, "passes": passes, "new_tokens": max_new_tokens, "prompt": prefix}
 
 
 def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_tokens=None, kv_cache=True,
-                       select: TapFilter | None = None, chat: bool = False) -> dict:
+                       select: TapFilter | None = None, chat: bool = False, lens: bool = False) -> dict:
     """The estimate; BadInput (one line) when it passes `budget`, naming options that bring it under."""
-    found = estimate(loaded, text, max_new_tokens=max_new_tokens, kv_cache=kv_cache, select=select, chat=chat)
+    found = estimate(loaded, text, max_new_tokens=max_new_tokens, kv_cache=kv_cache, select=select, chat=chat, lens=lens)
     if found["bytes"] <= budget:
         return found
     base = select or TapFilter()
@@ -131,11 +143,13 @@ def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_t
     def fits(**changes) -> int | None:
         trial = TapFilter(changes.get("only", base.only), changes.get("layers", base.layers), base.steps)
         size = estimate(loaded, text, max_new_tokens=changes.get("new", max_new_tokens), select=trial,
-                        kv_cache=changes.get("kv", kv_cache), chat=chat)["bytes"]
+                        kv_cache=changes.get("kv", kv_cache), chat=chat, lens=changes.get("lens", lens))["bytes"]
         return size if size <= budget else None
 
     if not kv_cache and (size := fits(kv=True)) is not None:
         hints.append(f"without --no-kv-cache (about {human_size(size)})")
+    if lens and (size := fits(lens=False)) is not None:
+        hints.append(f"--no-lens (about {human_size(size)})")
     pattern = "*attn.hook_pattern"
     if (size := fits(only=(pattern,))) is not None:
         hints.append(f"--only '{pattern}' (about {human_size(size)})")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tracer.capture.familiar import familiarity
+from tracer.capture.lens import with_lens
 from tracer.capture.recorder import Recorder
 from tracer.capture.select import TapFilter
 from tracer.errors import BadInput
@@ -73,9 +75,11 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
-             chat: bool = False, kv_cache: bool = True, select: TapFilter | None = None) -> GenerationResult:
-    """Greedy decoding; with `traced`, every tap of every forward pass is recorded; with `chat`, the
-    text is one user message in the model's chat template.
+             chat: bool = False, lens: bool = False, kv_cache: bool = True,
+             select: TapFilter | None = None) -> GenerationResult:
+    """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
+    each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
+    model's chat template.
 
     With `kv_cache` (the default) the first decoding pass runs the prompt (or the start token) and
     each later one only the newest token, against the keys and values cached from the passes before;
@@ -158,13 +162,16 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     output_tokens = [tok.token(i) for i in generated]
     result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
     if traced:
+        if lens:
+            steps = with_lens(loaded, steps, top_k)
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
                    "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                    "source": loaded.source, "tokenization": tok.policy(arch, chat)},
             device=device_label(device),
-            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
+            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {})
+            | familiarity(loaded, text),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
             capture={"kv_cache": kv_cache and arch != "encoder"} | ({"filter": select.to_dict()} if select else {}),
         )
@@ -200,9 +207,9 @@ def last_probs(steps: list[Step]) -> Step:
 
 
 def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
-               kv_cache: bool = True, select: TapFilter | None = None) -> Trace:
+               lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None) -> Trace:
     """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat,
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens,
                     kv_cache=kv_cache, select=select).trace
 
 

@@ -16,6 +16,7 @@ is a reference, read from where the step sits:
     "ln1.hook_normalized"      a module's tap in the same layer
     "{attn}.hook_q"            a tap of the step's own attention module (attn or cross_attn)
     "stack:hook_tokens"        a tap of the stack itself, outside its layers
+    "output"                   what the step's own layer hands on
     "previous_layer:output"    in the layer before (`output`: what a layer or stack hands on)
     "last_layer:hook_resid_post"   in the stack's last layer
     "encoder:output"           the encoder's (its single pass, no decoding step)
@@ -162,6 +163,7 @@ GROUPS = {
     "loss": Group("Loss"),
     "backward": Group("Backward pass"),
     "update": Group("AdamW update"),
+    "lens": Group("Logit lens"),
 }
 STACK_GROUPS = ("embed", "out", "pooled", "head", "loss")  # groups of steps outside the layers; the others sit inside a layer
 
@@ -241,6 +243,9 @@ _KINDS = (
     Kind("logits", VOCAB, "next-token scores (encoder-only: every position's)", "logits", "out", "logits",
          (rule("stack:ln_mlm.hook_normalized | stack:output"),)),
     Kind("probs", VOCAB, "softmax of the logits", "probabilities", "out", "probs", (rule("stack:hook_logits"),)),
+    Kind("lens_probs", VOCAB, "logit lens: the layer's output through the final norm (if any) and the unembedding, "
+         "softmaxed (encoder-only: the masked positions'; top_k extra)", "what this layer would predict", "lens",
+         "lens_probs", (rule("output"),)),
     Kind("pooler_out", VECTOR, "BERT's pooled output: tanh(W·h[CLS] + b)", "pooled [CLS]", "pooled", "pooler_out",
          (rule("stack:output"),)),
     Kind("mean_pooled", VECTOR, "mean of the last hidden states over the tokens (sentence-transformers)",

@@ -104,6 +104,14 @@ def row_axis(axes) -> int | None:
     return 0 if axes and axes[0] == "pos" else None
 
 
+def full_shape(shape, axes, cached: int) -> tuple[int, ...]:
+    """The shape a KV-cached step's rows assemble to: `cached` more rows along its row axis."""
+    axis = row_axis(axes) if cached else None
+    if axis is None:
+        return tuple(shape)
+    return tuple(shape[:axis]) + (shape[axis] + cached,) + tuple(shape[axis + 1:])
+
+
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
 META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
                        "axes", "labels", "stats", "cached"})
