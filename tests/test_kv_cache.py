@@ -179,3 +179,52 @@ def test_a_kv_step_in_json_holds_its_new_rows_and_the_cached_count(tmp_path):
     assert scores["shape"] == [4, 1, T] and scores["cached"] == T - 1          # one row: the newest query
     assert steps["blocks.0.attn.hook_k@3"]["cached"] == T - 1 and steps["blocks.0.attn.hook_k@3"]["shape"][0] == 1
     assert "cached" not in steps["blocks.0.attn.hook_k@1"]
+
+
+def kv_form(trace):
+    """The same trace as a KV-cached capture stores it: each decoding step after the first keeps only
+    its new rows (cross-attention's keys and values none), saying how many came before."""
+    from tracer.trace.step import Step, row_axis
+    from tracer.trace.trace import Trace
+
+    seen: dict[str, int] = {}
+    steps = []
+    for step in trace:
+        axis, data = row_axis(step.axes), step.data
+        cached = 0
+        if axis is not None and step.decode_step is not None and step.decode_step > 1:
+            source_side = step.component == "cross_attn" and step.kind in ("k", "v")
+            cached = data.shape[axis] if source_side else seen[step.name]
+            data = data[(slice(None),) * axis + (slice(cached, None),)]
+        if axis is not None:
+            seen[step.name] = cached + data.shape[axis]
+        steps.append(Step.from_array(step.id, data, step.axes, step.labels, step.extra, cached=cached))
+    return Trace(steps, model=trace.model, device=trace.device, input=trace.input, output=trace.output,
+                 capture={"kv_cache": True})
+
+
+async def test_the_ui_shows_the_same_full_masked_matrix_at_decoding_step_3():
+    """The UI fixture's trace in KV form: at step 3's masked scores (numbers view, 80×24, as the
+    snapshot test shows it) the tensor view is the whole trace's, character for character; the
+    explain panel adds what the cache did."""
+    from tui_helpers import fixture_trace
+
+    from tracer.tui.app import TracerApp
+    from tracer.tui.widgets.tensor_view import TensorView
+
+    whole = fixture_trace()
+    compact = kv_form(whole)
+    assert compact.step("decoder.0.attn.hook_attn_scores@3").rows_shape[1] == 1
+    screens = []
+    for trace in (whole, compact):
+        app = TracerApp([trace])
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.trace_screen.go("decoder.0.attn.hook_attn_scores@3")
+            await pilot.press("v")
+            await pilot.pause()
+            view = app.screen.query_one(TensorView)
+            screens.append([view.render_line(y).text for y in range(view.size.height)])
+    assert screens[0] == screens[1]
+    assert "−∞" in "".join(screens[1]) and len([line for line in screens[1] if line.strip()]) >= 4
+    assert compact.ids == whole.ids

@@ -129,7 +129,8 @@ def validate_meta(item, position: int, fail, seen_axes: set | None = None) -> tu
     if len(step_id) > MAX_ID_CHARS:
         fail(f"step {position} has an id of {len(step_id)} characters (at most {MAX_ID_CHARS})")
     name, at, t = step_id.partition("@")
-    if at and not (t.isascii() and t.isdigit() and len(t) <= 18):
+    number = t[1:] if t.startswith("s") else t  # `@sN`: a training trace's step (tracer finetune)
+    if at and not (number.isascii() and number.isdigit() and len(number) <= 18):
         fail(f"step id {step_id!r} has an invalid decoding step")
     parts = parse_name(name)  # cached: the Step asks for the same parts again
     if parts["layer"] is not None and parts["layer"] > MAX_LAYER:
