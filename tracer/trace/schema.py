@@ -129,9 +129,10 @@ def validate_meta(item, position: int, fail, seen_axes: set | None = None) -> tu
     if len(step_id) > MAX_ID_CHARS:
         fail(f"step {position} has an id of {len(step_id)} characters (at most {MAX_ID_CHARS})")
     name, at, t = step_id.partition("@")
-    number = t[1:] if t.startswith("s") else t  # `@sN`: a training trace's step (tracer finetune)
+    training = at and t.startswith("s")  # `@sN`: a `tracer finetune` trace's training step
+    number = t[1:] if training else t
     if at and not (number.isascii() and number.isdigit() and len(number) <= 18):
-        fail(f"step id {step_id!r} has an invalid decoding step")
+        fail(f"step id {step_id!r} has an invalid {'training' if training else 'decoding'} step")
     parts = parse_name(name)  # cached: the Step asks for the same parts again
     if parts["layer"] is not None and parts["layer"] > MAX_LAYER:
         fail(f"step id {step_id!r} has an invalid layer number")
