@@ -75,10 +75,14 @@ def test_every_ranged_field_is_refused_past_either_end():
 def test_a_wide_model_is_refused_in_a_fresh_process_allocating_nothing(seq2seq_model, tmp_path):
     """d_model 10^6: the estimate is refused before torch allocates; the process stays under 500 MB."""
     folder = folder_with(tmp_path, seq2seq_model, d_model=10**6)
-    # The child reports its own peak (RUSAGE_CHILDREN would be the largest of every child this
-    # test process has waited for, e.g. an earlier test's transformers run).
-    code = ("import atexit, resource, sys\n"
-            "atexit.register(lambda: sys.stderr.write(f'\\nPEAK_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+    # The child reports its own peak: VmHWM, the high-water mark of its own address space since
+    # exec. (RUSAGE_CHILDREN is the largest of every child this test process waited for, and a
+    # child's ru_maxrss also keeps the forked copy of this big pytest process from before exec.)
+    code = ("import atexit, sys\n"
+            "def peak():\n"
+            "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "    sys.stderr.write(f'\\nPEAK_KB {hwm.split()[1]}\\n')\n"
+            "atexit.register(peak)\n"
             f"sys.argv = ['tracer', 'run', 'ich bin', '--model', {str(folder)!r}, '--no-tui']\n"
             "from tracer.entry import main\n"
             "main()\n")
