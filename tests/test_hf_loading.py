@@ -276,3 +276,18 @@ def test_a_sentence_transformers_folder_runs_end_to_end(tmp_path, isolated_sessi
     assert result.exit_code == 0, result.output
     doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "st")
     assert doc["model"]["source"]["notes"].get("head") == "sentence"
+
+
+def test_finetune_classifies_with_an_imported_bert_end_to_end(tmp_path, isolated_sessions):
+    """Issue 17 on an imported checkpoint: a classification step on a tiny BertForMaskedLM folder
+    (a new head on [CLS]); the loss goes down, the trace checks, saves, replays without torch, exports."""
+    folder = tiny_bert(tmp_path / "bert")
+    result = run("finetune", "the cat drank the milk", "--model", folder, "--label", "positive",
+                 "--labels", "negative,positive", "--steps", "3", "--lr", "0.01", "--no-tui", "--save", "bert-ft")
+    assert result.exit_code == 0, result.output
+    doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "bert-ft")
+    training = doc["output"]["training"]
+    assert training["loss_after"] < training["losses"][0], training
+    assert doc["input"]["tokens"][0] == "[CLS]" and doc["model"]["source"]["model_type"] == "bert"
+    checked = run("check", "bert-ft")
+    assert checked.exit_code == 0, checked.output
