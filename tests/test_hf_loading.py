@@ -114,6 +114,7 @@ def identity_converter(calls: list):
 @pytest.fixture
 def hf_wrapped(tmp_path, make_model):
     """A Hugging Face-layout folder around tracer's own random decoder (vocabulary wide enough for a GPT-2 tokenizer)."""
+    pytest.importorskip("transformers", reason="its tokenizer files are written by transformers (a test oracle)")
     source = make_model(arch="decoder", positional="learned", norm="pre", vocab_size=400, scale_embeddings=False)
     cfg = json.loads((source / "config.json").read_text())
     cfg.pop("name")  # a converter leaves the name unset: the folder names the model
@@ -181,7 +182,6 @@ def test_without_the_converters_an_hf_folder_is_one_line(hf_wrapped, monkeypatch
 
 def tiny_llama(folder, dtype=torch.float32):
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tracer.nn.convert")
     tokenizer = llama_tokenizer()
     config = transformers.LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -194,7 +194,6 @@ def tiny_llama(folder, dtype=torch.float32):
 
 def tiny_bert(folder, masked_lm=True):
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tracer.nn.convert")
     from hf_files import bert_tokenizer
 
     tokenizer = bert_tokenizer()
@@ -277,3 +276,18 @@ def test_a_sentence_transformers_folder_runs_end_to_end(tmp_path, isolated_sessi
     assert result.exit_code == 0, result.output
     doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "st")
     assert doc["model"]["source"]["notes"].get("head") == "sentence"
+
+
+def test_finetune_classifies_with_an_imported_bert_end_to_end(tmp_path, isolated_sessions):
+    """Issue 17 on an imported checkpoint: a classification step on a tiny BertForMaskedLM folder
+    (a new head on [CLS]); the loss goes down, the trace checks, saves, replays without torch, exports."""
+    folder = tiny_bert(tmp_path / "bert")
+    result = run("finetune", "the cat drank the milk", "--model", folder, "--label", "positive",
+                 "--labels", "negative,positive", "--steps", "3", "--lr", "0.01", "--no-tui", "--save", "bert-ft")
+    assert result.exit_code == 0, result.output
+    doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "bert-ft")
+    training = doc["output"]["training"]
+    assert training["loss_after"] < training["losses"][0], training
+    assert doc["input"]["tokens"][0] == "[CLS]" and doc["model"]["source"]["model_type"] == "bert"
+    checked = run("check", "bert-ft")
+    assert checked.exit_code == 0, checked.output

@@ -302,3 +302,24 @@ def test_outline_labels_keep_the_chosen_token():
     assert fit_label('Decoder step 2 → "am"', 9) == '2 → "am"'
     assert fit_label('probabilities → "piyush"', 16) == 'prob… → "piyush"'
     assert fit_label("Embedding + positions", 12) == "Embedding +…"
+
+
+def test_screen_title_names_where_the_model_came_from(trace):
+    """Issue 13: the title carries the provenance the header records (source, model_type, digest)."""
+    from tracer.tui.view.titles import model_label, screen_title
+
+    assert model_label(trace) == trace.model["name"]  # a bundled model: just its name
+    saved = dict(trace.model)
+    digest = "sha256:" + "1a2b3c4d" * 8
+    trace.model["source"] = {"source": "hub", "hub": "HuggingFaceTB/SmolLM2-135M", "model_type": "llama", "digest": digest}
+    try:
+        assert model_label(trace) == "HuggingFaceTB/SmolLM2-135M (llama, hub, sha256:1a2b3c4d)"
+        wide = "".join(text for text, _ in screen_title(trace, 1, 1, None, 160))
+        assert "SmolLM2-135M (llama, hub, sha256:1a2b3c4d)" in wide
+        narrow = "".join(text for text, _ in screen_title(trace, 1, 1, None, 70))
+        assert "sha256" not in narrow and len(narrow) <= 70  # gives way before the sentence does
+        trace.model["source"] = {"source": "folder", "model_type": "bert", "digest": digest}
+        assert model_label(trace) == f"{trace.model['name']} (bert folder, sha256:1a2b3c4d)"
+    finally:
+        trace.model.clear()
+        trace.model.update(saved)

@@ -394,7 +394,8 @@ def finetune(loaded: LoadedModel, request: FinetuneRequest) -> FinetuneResult:
     trace = Trace(
         steps,
         model={"name": loaded.cfg.name, "arch": loaded.cfg.arch, "config": loaded.cfg.to_dict(),
-               "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+               "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+               "source": loaded.source},  # provenance, as tracer run records it: a diff or check knows the weights
         device=device_label(device),
         input=example.input,
         output={"text": f"loss {losses[0]:.4f} → {loss_after:.4f} after {request.steps} step{'s' if request.steps > 1 else ''}",

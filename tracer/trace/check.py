@@ -263,21 +263,54 @@ class _Checker:
 
         RMSNorm (Llama): x / √(mean(x²) + ε), no mean taken off, no shift.
         Layer norm: (x − mean) / √(var + ε)."""
+        fit = self._norm_fit(step, *parts)
+        return fit["weight"] * fit["xhat"] + fit["shift"]
+
+    def _norm_fit(self, step: Step, *parts: np.ndarray) -> dict:
+        """The normalised input x̂, the weight (and shift) fitted per feature, and what the fit needs
+        again to bound the effect of rounded inputs (rounding_of_normalised)."""
         config = self.trace.model.get("config") or {}
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
         out = step.data.astype(np.float64)
         if config.get("norm_type") == "rmsnorm" and step.component not in ("ln_embed", "ln_mlm"):
-            xhat = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+            scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+            xhat = x / scale
             energy = (xhat ** 2).sum(0)
             weight = np.divide((out * xhat).sum(0), energy, out=np.zeros_like(energy), where=energy > 0)
-            return weight * xhat
+            return dict(x=x, xhat=xhat, scale=scale, spread_of=xhat, spread=energy, weight=weight, shift=0.0, rms=True)
         centred = x - x.mean(-1, keepdims=True)
-        xhat = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        scale = np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        xhat = centred / scale
         dx, dout = xhat - xhat.mean(0), out - out.mean(0)
         spread = (dx ** 2).sum(0)
         weight = np.divide((dx * dout).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
-        return weight * xhat + (out.mean(0) - weight * xhat.mean(0))
+        return dict(x=x, xhat=xhat, scale=scale, spread_of=dx, spread=spread, weight=weight,
+                    shift=out.mean(0) - weight * xhat.mean(0), rms=False)
+
+    def rounding_of_normalised(self, step: Step, expected, *parts: np.ndarray):
+        """First order: each input x moves by δx = ε'|x| (a sum of parts: ε'·Σ|parts|), each recorded
+        output by δy = ε'|y|. Then x̂ moves by at most δx̂ (through the centring and the division by
+        the norm), and the fitted weight w by |Σ d·(δy + |w|δx̂)| / Σ d² over the positions (d: x̂
+        about its mean for a layer norm, x̂ for RMSNorm); the shift takes the mean of the rest."""
+        fit = self._norm_fit(step, *parts)
+        xhat, scale, weight = fit["xhat"], fit["scale"], np.abs(fit["weight"])
+        dx = self.rel * (sum(np.abs(p.astype(np.float64)) for p in parts) if len(parts) > 1
+                         else np.abs(fit["x"]))
+        if fit["rms"]:
+            dxhat = dx / scale + np.abs(xhat) * (np.abs(xhat) * dx).mean(-1, keepdims=True) / scale
+        else:
+            dcentred = dx + dx.mean(-1, keepdims=True)
+            dscale = (np.abs(xhat) * dcentred).mean(-1, keepdims=True)
+            dxhat = dcentred / scale + np.abs(xhat) * dscale / scale
+        dout = self.rel * np.abs(step.data.astype(np.float64))
+        moved = dout + weight * dxhat
+        spread = fit["spread"]
+        dweight = np.divide((np.abs(fit["spread_of"]) * moved).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
+        bound = weight * dxhat + dweight * np.abs(xhat)
+        if not fit["rms"]:
+            bound = bound + moved.mean(0) + dweight * np.abs(xhat.mean(0))
+        return bound
 
     def mean_over_tokens(self, step: Step, hidden: np.ndarray) -> np.ndarray:
         return hidden.astype(np.float64).mean(0)
@@ -396,7 +429,7 @@ ROUNDING = {
     "attn_raw": _Checker.rounding_of_scores_raw, "attn_scaled": _Checker.rounding_of_scaled,
     "attn_scores": _Checker.rounding_of_masked, "pattern": _Checker.rounding_of_softmax,
     "z": _Checker.rounding_of_weighted_values, "concat": _Checker.rounding_of_concat,
-    "probs": _Checker.rounding_of_softmax,
+    "probs": _Checker.rounding_of_softmax, "normalized": _Checker.rounding_of_normalised,
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions,

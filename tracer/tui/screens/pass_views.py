@@ -17,7 +17,6 @@ from textual.screen import Screen
 
 from tracer.errors import TracerError
 from tracer.tui.screens.dialogs import TextPrompt
-from tracer.tui.screens.views import AttentionMapScreen, LensScreen
 from tracer.tui.view.titles import fit_parts
 from tracer.tui.widgets.heads_view import HeadsView
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
@@ -144,6 +143,8 @@ class PassViews(Screen[None]):
             if cell is not None:
                 self.apply(self.viewer.open_pattern(cell, query))
 
+        from tracer.tui.screens.views import AttentionMapScreen  # its DataTable loads when first asked for, not at start-up
+
         self.app.push_screen(AttentionMapScreen(found), open_cell)
 
     def action_lens(self) -> None:
@@ -155,6 +156,8 @@ class PassViews(Screen[None]):
         def open_step(step_id: str | None) -> None:
             if step_id is not None:
                 self.apply(self.viewer.jump(step_id))
+
+        from tracer.tui.screens.views import LensScreen  # as above: not at start-up
 
         self.app.push_screen(LensScreen(table, self.viewer.lens_table), open_step)
 

@@ -93,6 +93,11 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
             path.append((f"{layer_key}.{group}", group_label))
     elif group in anatomy.STACK_GROUPS:
         path.append((f"{prefix}{step.stack}.{group}", group_label))
+    if step.train_step is not None:  # tracer finetune: training step, then forward / loss / backward / update
+        s, phase = step.train_step, anatomy.phase_of(step.kind)
+        outer = f"s{s}.{phase}"
+        inner = [(f"{outer}.{key}", label) for key, label in path if label != anatomy.PHASES[phase]]
+        return [(f"s{s}", f"Training step {s}"), (outer, anatomy.PHASES[phase])] + inner
     return path
 
 

@@ -48,6 +48,22 @@ def width_of(parts: list[Part]) -> int:
     return sum(cell_len(text) for text, _ in parts)
 
 
+def model_label(trace: Trace) -> str:
+    """The model and where it came from (the header's `model.source`): `de-en-tiny` for a bundled
+    model; `tiny-llama (llama folder, sha256:1a2b3c4d)`, `ORG/NAME (llama, hub, sha256:…)` otherwise."""
+    name = str(trace.model.get("name", "?"))
+    source = trace.model.get("source")
+    if not isinstance(source, dict) or source.get("source") not in ("folder", "hub"):
+        return name
+    model_type = source.get("model_type")
+    digest = source.get("digest")
+    short = f", {digest[:15]}" if isinstance(digest, str) and digest.startswith("sha256:") else ""
+    if source["source"] == "hub":
+        return f"{source.get('hub') or name} ({model_type}, hub{short})"
+    kind = "folder" if model_type in (None, "tracer") else f"{model_type} folder"
+    return f"{name} ({kind}{short})"
+
+
 def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str] | None, width: int,
                  comparing: int | None = None) -> list[Part]:
     """`tracer · model · device · "input" → "output"   trace 2/3   ▶ playing…` in `width` cells.
@@ -63,6 +79,7 @@ def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str
     sentence = [source] if output is None else [source, visible(output)]
     frame = 2 * len(sentence) + (3 if output is not None else 0)  # the quotes and " → "
     heads = [
+        [("tracer", "bold"), (visible(f" · {model_label(trace)} · {trace.device} · "), "")],
         [("tracer", "bold"), (visible(f" · {trace.model.get('name', '?')} · {trace.device} · "), "")],
         [("tracer", "bold"), (" · ", "")],
     ]
