@@ -62,6 +62,17 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
     return ids, tokens, max_new_tokens, top_k
 
 
+def allowed(probs: np.ndarray, suppressed) -> np.ndarray:
+    """The probabilities with the tokens decoding never chooses (Marian's pad) set to 0, as generate()'s
+    bad-words and suppress-tokens processors set their logits to −∞; the others are not renormalised,
+    so they are still the model's own softmax."""
+    if not suppressed:
+        return probs
+    probs = probs.copy()
+    probs[sorted(suppressed)] = 0.0
+    return probs
+
+
 def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
     """The k most likely tokens, and the greedy choice (the first of them)."""
     order = np.argsort(-probs, kind="stable")[:k]
@@ -113,7 +124,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         else:
             if arch == "encoder-decoder":
                 memory = forward(lambda: model.encode(tensor(ids)), tokens)
-                prefix = [tok.bos_id if tok.bos_id is not None else 0]
+                prefix = [tok.decoder_start_id]  # BOS for tracer's own models; a Hugging Face model's decoder start
                 step_fn = lambda seq: model.decode(tensor(seq), memory)  # noqa: E731
             else:
                 prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
@@ -121,7 +132,8 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
                 logits = forward(lambda: step_fn(seq), [tok.token(i) for i in seq], tokens, t)
-                top, chosen = choose(logits[0].float().softmax(-1).cpu().numpy(), top_k, tok.token)
+                top, chosen = choose(allowed(logits[0].float().softmax(-1).cpu().numpy(), tok.suppressed_ids),
+                                     top_k, tok.token)
                 predictions.append({"step": t, "top_k": top, "chosen": chosen})
                 if traced:
                     last_probs(steps).extra.update(top_k=top, chosen=chosen)
