@@ -114,12 +114,13 @@ def tracer_taps(model, src, tgt):
     return logits, taps
 
 
-def stack_parity(out, taps, n_layers: int, last_norm: str) -> dict[str, float]:
+def stack_parity(out, taps, n_layers: int, last: dict[str, str]) -> dict[str, float]:
+    """max |Δ| of every encoder and decoder hidden state (each layer's input, then `last[stack]`: the stack's
+    output), every self- and cross-attention pattern, against transformers' outputs."""
     diffs = {}
     for stack, hidden, attentions in (("encoder", out.encoder_hidden_states, out.encoder_attentions),
                                       ("decoder", out.decoder_hidden_states, out.decoder_attentions)):
-        last = f"{stack}.{n_layers - 1}.{last_norm[stack]}"
-        names = [f"{stack}.{layer}.hook_resid_pre" for layer in range(n_layers)] + [last]
+        names = [f"{stack}.{layer}.hook_resid_pre" for layer in range(n_layers)] + [last[stack]]
         diffs.update({name: max_diff(h, taps[name]) for name, h in zip(names, hidden)})
         diffs.update({f"{stack}.{layer}.attn.hook_pattern": max_diff(p, taps[f"{stack}.{layer}.attn.hook_pattern"])
                       for layer, p in enumerate(attentions)})
@@ -132,7 +133,7 @@ def parity(hf, loaded_model, src, tgt):
     logits, taps = tracer_taps(loaded_model, src, tgt)
     with torch.no_grad():
         out = hf(input_ids=src, decoder_input_ids=tgt, output_hidden_states=True, output_attentions=True)
-    diffs = stack_parity(out, taps, 2, {"encoder": "ln2.hook_normalized", "decoder": "ln3.hook_normalized"})
+    diffs = stack_parity(out, taps, 2, {"encoder": "encoder.1.ln2.hook_normalized", "decoder": "decoder.1.ln3.hook_normalized"})
     diffs["logits"] = max_diff(out.logits, logits)
     return diffs
 
