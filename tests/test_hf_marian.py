@@ -243,3 +243,32 @@ def test_traced_as_tracer_run_traces_it_and_tracer_check_passes(folder):
         out = hf(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
     assert max_diff(torch.as_tensor(trace[f"decoder.1.cross_attn.hook_pattern@{t}"]), out.cross_attentions[1][0]) < 1e-5
     assert max_diff(torch.as_tensor(trace[f"decoder.hook_logits@{t}"]), out.logits[0, -1]) < 1e-4
+
+
+def test_tracer_run_on_the_marian_folder_saves_replays_without_torch_and_exports(folder, tmp_path, isolated_sessions):
+    """`tracer run "ich bin piyush" --model DIR`, as the README's example, on the tiny opus-mt-style folder."""
+    from test_hf_loading import run, saves_replays_without_torch_and_exports
+
+    _, path, tokenizer = folder
+    result = run("run", "ich bin piyush", "--model", path, "--no-tui", "--max-new-tokens", "4", "--save", "marian")
+    assert result.exit_code == 0, result.output
+    doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "marian")
+    assert doc["input"]["ids"] == tokenizer("ich bin piyush")["input_ids"]
+    assert doc["input"]["tokens"][-1] == "</s>" and doc["model"]["source"]["model_type"] == "marian"
+    assert doc["model"]["tokenization"]["decoder_start"] == "<pad>"
+
+
+async def test_the_ui_opens_on_a_marian_trace_and_explains_its_positions(folder):
+    from tracer.capture.run import trace_text
+    from tracer.tui.app import TracerApp
+    from tui_helpers import screen_text
+
+    _, path, _ = folder
+    trace = trace_text(load_folder(path), "ich bin piyush", max_new_tokens=3)
+    app = TracerApp([trace])
+    async with app.run_test(size=(160, 50)) as pilot:
+        assert app.trace_screen.step_id == "encoder.hook_tokens"
+        assert "ich bin piyush" in screen_text(app)
+        await pilot.press("n", "n")
+        assert app.trace_screen.step_id == "encoder.hook_pos_embed"
+        assert "Marian" in screen_text(app)
