@@ -185,3 +185,41 @@ def test_key_accounting_and_refusals(v11):
         convert(dict(hf_config, feed_forward_proj="gated-silu"), weights)
     with pytest.raises(BadInput, match=r"missing key 'decoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias"):
         convert(hf_config, {k: v for k, v in weights.items() if "decoder.block.0.layer.0.SelfAttention.relative" not in k})
+
+
+TEXTS = ["the cat sat on the mat", "translate English to German: the house is big", "hello world",
+         "summarize: the cat and the house", "zebra", "Ünïcödé text", "  spaces   between  ", "the mat, the cat.",
+         "1 2 3 4", "a</s>b", "translate English to German: hello", "cat" * 5, "the", "house big world",
+         "ThE CaT", "mat-sat", "question: where is the cat? context: on the mat", "tab\there", "new\nline",
+         "emoji 🙂", "<extra_id_0> the cat <extra_id_1>"]
+
+
+def test_t5_tokenizer_ids_equal_transformers(v11, tmp_path):
+    """T5's tokenizer.json (a SentencePiece unigram built offline) through tracer's HFTokenizer: ids, with the
+    appended </s>, equal transformers' T5Tokenizer's on 21 texts, unknown characters and sentinels included."""
+    import shutil
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS[:3] * 20), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=30,
+                                             model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    tokenizer = transformers.T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + vocab[3:], extra_ids=4)
+    _, _, _, folder = v11
+    model_folder = tmp_path / "t5"
+    shutil.copytree(folder, model_folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model_folder / name).unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(model_folder))
+    ours = load_folder(model_folder).tokenizer
+    unknown = 0
+    for text in TEXTS:
+        expected = tokenizer(text)["input_ids"]
+        ids, tokens = ours.encode(text)
+        assert ids == expected, text
+        assert ids[-1] == 1 and tokens[-1] == "</s>"
+        unknown += ids.count(2)
+    assert unknown > 0
+    assert ours.decoder_start_id == 0 and ours.suppressed_ids == frozenset()
