@@ -223,3 +223,31 @@ def test_t5_tokenizer_ids_equal_transformers(v11, tmp_path):
         unknown += ids.count(2)
     assert unknown > 0
     assert ours.decoder_start_id == 0 and ours.suppressed_ids == frozenset()
+
+
+def test_tracer_run_on_a_t5_folder_saves_replays_without_torch_and_exports(v10, tmp_path, isolated_sessions):
+    from test_hf_loading import run, saves_replays_without_torch_and_exports
+
+    _, _, _, folder = v10
+    src = input_ids(VOCAB, seed=SOURCE_SEED["v10"])
+    result = run("run", as_text(src), "--model", folder, "--no-tui", "--max-new-tokens", "3", "--save", "t5")
+    assert result.exit_code == 0, result.output
+    doc = saves_replays_without_torch_and_exports(tmp_path, isolated_sessions, "t5")
+    assert doc["input"]["ids"] == src[0].tolist() and doc["model"]["source"]["model_type"] == "t5"
+    assert doc["model"]["tokenization"]["decoder_start_id"] == 0
+    assert doc["model"]["config"]["positional"] == "relative"
+
+
+async def test_the_ui_shows_the_position_bias_step_with_its_buckets(v11):
+    from tracer.capture.run import trace_text
+    from tracer.trace.state import UIState
+    from tracer.tui.app import TracerApp
+    from tui_helpers import screen_text
+
+    _, _, _, folder = v11
+    trace = trace_text(load_folder(folder), as_text(input_ids(VOCAB, seed=SOURCE_SEED["v11"])), max_new_tokens=2)
+    app = TracerApp([trace], state=UIState(step="decoder.0.attn.hook_attn_bias@2"))
+    async with app.run_test(size=(160, 60)):
+        assert app.trace_screen.step_id == "decoder.0.attn.hook_attn_bias@2"
+        text = screen_text(app)
+        assert "Relative position bias" in text and "+ position bias" in text
