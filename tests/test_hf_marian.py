@@ -42,7 +42,16 @@ N_NEW = 24
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny opus-mt-style folder: (hf model, folder, MarianTokenizer)."""
-    root = tmp_path_factory.mktemp("marian")
+    return make_folder(tmp_path_factory.mktemp("marian"))
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory):
+    """The same with separate source and target vocabularies (share_encoder_decoder_embeddings false)."""
+    return make_folder(tmp_path_factory.mktemp("marian-separate"), separate=True)
+
+
+def make_folder(root, separate: bool = False):
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(CORPUS * 3) + "\n", encoding="utf-8")
     for side in ("source", "target"):
@@ -50,19 +59,22 @@ def folder(tmp_path_factory):
             input=str(corpus), model_prefix=str(root / side), vocab_size=60, model_type="unigram",
             character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2)
         (root / f"{side}.model").rename(root / f"{side}.spm")
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(root / "source.spm"))
-    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size()) if processor.id_to_piece(i) != "<unk>"]
-    vocab = {"</s>": 0, "<unk>": 1, ">>en<<": 2, ">>fr<<": 3}
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
-    vocab["<pad>"] = len(vocab)
+    vocab = marian_vocab(root / "source.spm")
     (root / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    tokenizer = transformers.MarianTokenizer(str(root / "source.spm"), str(root / "target.spm"), str(root / "vocab.json"))
+    extra = {}
+    if separate:  # the target vocabulary: the target pieces only, in another order
+        target = marian_vocab(root / "target.spm", reverse=True, codes=False)
+        (root / "target_vocab.json").write_text(json.dumps(target), encoding="utf-8")
+        extra = dict(separate_vocabs=True, target_vocab_file=str(root / "target_vocab.json"))
+    tokenizer = transformers.MarianTokenizer(str(root / "source.spm"), str(root / "target.spm"), str(root / "vocab.json"),
+                                             **extra)
     out = root / "model"
     tokenizer.save_pretrained(str(out))
-    pad = len(vocab) - 1
+    target_size = len(target) if separate else len(vocab)
+    pad = target_size - 1
+    shared = {} if not separate else dict(share_encoder_decoder_embeddings=False, decoder_vocab_size=target_size)
     config = transformers.MarianConfig(
-        vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        vocab_size=len(vocab), **shared, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=96,
         pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=None,
         activation_function="swish", scale_embedding=True)
@@ -72,7 +84,8 @@ def folder(tmp_path_factory):
             stack.embed_positions.weight.copy_(stack.embed_positions.create_weight())
         # narrower shared embeddings (float32 numbers, as every weight here), and pad favoured by the bias,
         # so that unsuppressed greedy decoding would pick pad
-        hf.model.shared.weight.copy_((0.1 * hf.model.shared.weight).float().double())
+        for embedding in {id(e): e for e in (hf.model.encoder.embed_tokens.weight, hf.model.decoder.embed_tokens.weight)}.values():
+            embedding.copy_((0.1 * embedding).float().double())
         generator = torch.Generator().manual_seed(5)
         bias = (0.5 * torch.randn(hf.final_logits_bias.shape, generator=generator)).float()  # float32 numbers
         bias[0, pad] = 2.0
@@ -81,6 +94,17 @@ def folder(tmp_path_factory):
     hf.generation_config.forced_eos_token_id = None
     hf.save_pretrained(str(out))
     return hf, out, tokenizer
+
+
+def marian_vocab(spm_file, reverse: bool = False, codes: bool = True) -> dict[str, int]:
+    """vocab.json as Marian's converter lays it out: </s> 0, <unk> 1, (language codes,) the pieces, <pad> last."""
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_file))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size()) if processor.id_to_piece(i) != "<unk>"]
+    vocab = {"</s>": 0, "<unk>": 1, **({">>en<<": 2, ">>fr<<": 3} if codes else {})}
+    for piece in reversed(pieces) if reverse else pieces:
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    return vocab
 
 
 def read(folder):
@@ -156,6 +180,7 @@ def test_every_hidden_state_pattern_and_logit_matches_transformers_over_the_gree
     assert result.output_ids == expected[0, 1:].tolist()
     assert len(result.output_ids) == N_NEW
     assert loaded.tokenizer.pad_id not in result.output_ids
+    assert result.output_text == tokenizer.decode(expected[0], skip_special_tokens=True)
     # this random model's greedy decode repeats one token (its tied head favours the token just read), so
     # the decoder is also compared on a varied target of the same length
     varied = torch.cat([expected[:, :1], torch.randint(0, hf.config.vocab_size - 1, (1, N_NEW),
@@ -220,7 +245,8 @@ def test_final_logits_bias_and_swish_are_both_needed(folder):
 def test_unsupported_options_are_refused_by_name(folder):
     _, path, _ = folder
     hf_config, weights = read(path)
-    with pytest.raises(BadInput, match="share_encoder_decoder_embeddings = False is not supported"):
+    # a shared checkpoint whose config says otherwise lacks the stacks' own embeddings
+    with pytest.raises(BadInput, match=r"missing key 'model\.encoder\.embed_tokens\.weight'"):
         convert(dict(hf_config, share_encoder_decoder_embeddings=False), weights)
     with pytest.raises(BadInput, match="activation_function 'mish'"):
         convert(dict(hf_config, activation_function="mish"), weights)
@@ -292,3 +318,30 @@ def test_a_marian_repo_downloads_its_sentencepiece_files(folder, tmp_path, monke
     source = locate_model("Helsinki-NLP/opus-mt-tiny")
     assert {"source.spm", "target.spm", "vocab.json"} <= set(asked["patterns"]) and "pytorch_model.bin" not in asked["patterns"]
     assert load_folder(source.path).tokenizer.encode("ich bin piyush")[0] == tokenizer("ich bin piyush")["input_ids"]
+
+
+def test_separate_vocabularies_match_transformers(separate):
+    """share_encoder_decoder_embeddings false: the decoder reads and predicts its own vocabulary
+    (target_vocab.json, decoder_vocab_size), with its own embeddings, tied to the output."""
+    from tracer.capture.run import generate
+
+    hf, path, tokenizer = separate
+    hf_config, weights = read(path)
+    assert hf_config["share_encoder_decoder_embeddings"] is False and hf_config["decoder_vocab_size"] != hf_config["vocab_size"]
+    loaded = load_folder(path)
+    assert loaded.cfg.decoder_vocab_size == hf_config["decoder_vocab_size"]
+    for text in SENTENCES:
+        assert loaded.tokenizer.encode(text)[0] == tokenizer(text)["input_ids"], text
+    src = torch.tensor([tokenizer(SOURCE)["input_ids"]])
+    result = generate(loaded, SOURCE, max_new_tokens=N_NEW)
+    expected = hf.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=N_NEW, do_sample=False, num_beams=1)
+    assert result.output_ids == expected[0, 1:].tolist()
+    # (the generated tokens: transformers skips special tokens by their source-vocabulary ids, so it would
+    # keep the decoder's start token, which is pad in the target vocabulary)
+    assert result.output_text == tokenizer.decode(expected[0, 1:], skip_special_tokens=True)
+    assert result.output_tokens == tokenizer.convert_ids_to_tokens(expected[0, 1:].tolist())
+    varied = torch.cat([expected[:, :1], torch.randint(0, hf.config.decoder_vocab_size - 1, (1, N_NEW),
+                                                       generator=torch.Generator().manual_seed(7))], dim=1)
+    for tgt in (expected, varied):
+        diffs = parity(hf, loaded.model, src, tgt)
+        assert max(diffs.values()) <= 1e-10, max(diffs.items(), key=lambda item: item[1])

@@ -44,8 +44,9 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
         top_k = DEFAULT_TOP_K
     if top_k < 1:
         raise BadInput(f"--top-k must be at least 1, not {top_k}")
-    if top_k > cfg.vocab_size:
-        raise BadInput(f"--top-k {top_k} is more than the vocabulary's {cfg.vocab_size} tokens")
+    vocab_size = cfg.decoder_vocab_size or cfg.vocab_size  # what is predicted: the decoder's vocabulary
+    if top_k > vocab_size:
+        raise BadInput(f"--top-k {top_k} is more than the vocabulary's {vocab_size} tokens")
     prefix = len(ids) + (1 if loaded.tokenizer.decoder_bos_id is not None and cfg.arch == "decoder" else 0)
     if prefix > cfg.max_positions:
         raise BadInput(f"the text is {len(ids)} tokens; the model has only {cfg.max_positions} positions")

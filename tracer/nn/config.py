@@ -23,6 +23,8 @@ class ModelConfig:
     name: str = "model"
     arch: str = "encoder-decoder"  # encoder-decoder (the paper), encoder (BERT) or decoder (GPT)
     vocab_size: int = 1000
+    decoder_vocab_size: int | None = None  # an encoder-decoder's decoder vocabulary when it has its own (Marian
+                                   # without shared embeddings); None = vocab_size
     d_model: int = 64              # width of the residual stream
     n_heads: int = 4               # attention heads (query heads)
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads is grouped-query attention (Llama); None = n_heads
@@ -92,7 +94,9 @@ class ModelConfig:
                 raise BadInput(f"config: {field} must be a positive integer, not {value!r}")
         if self.arch == "encoder-decoder" and (type(self.n_decoder_layers) is not int or self.n_decoder_layers < 1):
             raise BadInput(f"config: n_decoder_layers must be a positive integer, not {self.n_decoder_layers!r}")
-        for field in ("n_kv_heads", "head_dim"):
+        if self.decoder_vocab_size is not None and self.arch != "encoder-decoder":
+            raise BadInput(f"config: decoder_vocab_size needs an encoder-decoder, not {self.arch!r}")
+        for field in ("n_kv_heads", "head_dim", "decoder_vocab_size"):
             value = getattr(self, field)
             if value is not None and (type(value) is not int or value < 1):
                 raise BadInput(f"config: {field} must be a positive integer or null, not {value!r}")

@@ -32,7 +32,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 OTHER_WEIGHTS = ("tf_model.h5", "flax_model.msgpack", "model.onnx", "model.gguf")
 # Small JSON files the converters may want (sentence-transformers modules, generation settings), by
 # relative path. The big or already-read ones are left out.
-NOT_EXTRAS = {"config.json", TOKENIZER, WEIGHTS_INDEX, "vocab.json"}
+NOT_EXTRAS = {"config.json", TOKENIZER, WEIGHTS_INDEX, "vocab.json", "target_vocab.json"}
 EXTRA_MAX_BYTES = 1 << 20
 
 

@@ -202,7 +202,7 @@ def load_hf_model(source: ModelSource) -> tuple[ModelConfig, nn.Module, TextToke
     load_weights(model, converted.state_dict, source.path)
     record["notes"] = dict(converted.notes)
     if folder.sentencepiece:
-        return cfg, model, MarianSPTokenizer(folder, cfg.vocab_size), record
+        return cfg, model, MarianSPTokenizer(folder, cfg.vocab_size, cfg.decoder_vocab_size), record
     return cfg, model, HFTokenizer.from_folder(folder, cfg.vocab_size), record
 
 

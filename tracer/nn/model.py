@@ -341,10 +341,12 @@ class Stack(nn.Module):
     otherwise under `blocks` (`blocks.0.attn`, TransformerLens's names).
     """
 
-    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, head: bool, numbered: bool):
+    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, head: bool, numbered: bool,
+                 vocab_size: int | None = None):
         super().__init__()
         self.cfg, self.causal, self.head = cfg, causal, head
-        self.W_E = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        vocab_size = vocab_size or cfg.vocab_size                 # a decoder's own vocabulary (Marian, unshared)
+        self.W_E = nn.Embedding(vocab_size, cfg.d_model)
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.hook_tokens = HookPoint()           # [pos] token ids
         self.hook_embed = HookPoint()            # [pos, d_model]
@@ -388,9 +390,9 @@ class Stack(nn.Module):
                 self.hook_mlm_act = HookPoint()  # [pos, d_model] after the activation
                 self.ln_mlm = LayerNorm(cfg)
             if not cfg.tie_embeddings:
-                self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+                self.W_U = nn.Linear(cfg.d_model, vocab_size, bias=False)
             if cfg.logits_bias:
-                self.b_U = nn.Parameter(torch.zeros(cfg.vocab_size))
+                self.b_U = nn.Parameter(torch.zeros(vocab_size))
             self.hook_logits = HookPoint()       # [vocab] next token ([pos, vocab] encoder-only)
             self.hook_probs = HookPoint()        # softmax of the logits
 
@@ -468,7 +470,8 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Stack(cfg, n_layers=cfg.n_layers, causal=False, cross=False, head=False, numbered=True)
-        self.decoder = Stack(cfg, n_layers=cfg.n_decoder_layers, causal=True, cross=True, head=True, numbered=True)
+        self.decoder = Stack(cfg, n_layers=cfg.n_decoder_layers, causal=True, cross=True, head=True, numbered=True,
+                             vocab_size=cfg.decoder_vocab_size)
 
     def encode(self, src, padding=None):
         return self.encoder(src, padding=padding)                                    # (B, S, d)

@@ -168,23 +168,22 @@ class MarianSPTokenizer(TextTokenizer):
     """Marian's tokenizer (no tokenizer.json exists): `source.spm` cuts the source text into SentencePiece
     pieces, `vocab.json` maps each piece to its id (a piece it lacks to `<unk>`), and `</s>` is appended —
     transformers' MarianTokenizer, id for id. A leading `>>xx<<` (a multi-target model's target language)
-    is one token of its own. Output ids are turned back into text with `target.spm`."""
+    is one token of its own. Output ids are turned back into text with `target.spm`; a model with separate
+    vocabularies (`separate_vocabs`) names its output ids with `target_vocab.json`."""
 
     decoder_bos_id = None
 
-    def __init__(self, folder: "HFFolder", vocab_size: int):
+    def __init__(self, folder: "HFFolder", vocab_size: int, decoder_vocab_size: int | None = None):
         import sentencepiece
 
-        from tracer.nn.hf_folder import read_json
-
-        vocab = read_json(folder.path / "vocab.json")
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-            raise BadInput(f"{folder.path / 'vocab.json'}: expected a JSON object of piece -> id")
+        config = {**folder.special_tokens_map, **folder.tokenizer_config}
+        vocab = read_vocab(folder.path / "vocab.json", vocab_size)
+        target = read_vocab(folder.path / "target_vocab.json", decoder_vocab_size or vocab_size) \
+            if config.get("separate_vocabs") else vocab
         self.encoder = vocab
-        self.decoder = {i: piece for piece, i in vocab.items()}
-        self.vocab_size = max(vocab.values()) + 1
-        if self.vocab_size > vocab_size:
-            raise BadInput(f"vocab.json has ids up to {self.vocab_size - 1} but the model only {vocab_size} tokens")
+        self.source_tokens = {i: piece for piece, i in vocab.items()}
+        self.decoder = {i: piece for piece, i in target.items()}   # what the decoder reads and predicts
+        self.vocab_size = max(target.values()) + 1
         self.spm = {}
         for side in ("source", "target"):
             path = folder.path / f"{side}.spm"
@@ -192,16 +191,17 @@ class MarianSPTokenizer(TextTokenizer):
                 self.spm[side] = sentencepiece.SentencePieceProcessor(model_file=str(path))
             except (OSError, RuntimeError) as exc:
                 raise BadInput(f"{path}: not a SentencePiece model ({str(exc).splitlines()[0][:120]})") from None
-        config = {**folder.special_tokens_map, **folder.tokenizer_config}
         names = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
         self.specials = {name: token_content(config.get(f"{name}_token")) or default for name, default in names.items()}
         if self.specials["unk"] not in vocab:
             raise BadInput(f"{folder.path / 'vocab.json'}: has no unknown token {self.specials['unk']!r}")
-        self.pad_id, self.eos_id, self.unk_id = (vocab.get(self.specials[name]) for name in ("pad", "eos", "unk"))
+        self.unk_id, self.source_eos_id = vocab[self.specials["unk"]], vocab.get(self.specials["eos"])
+        self.pad_id, self.eos_id = (target.get(self.specials[name]) for name in ("pad", "eos"))
         self.bos_id = self.mask_id = None
         self.stop_ids = hf_stop_ids(folder) or ({self.eos_id} - {None})
         self.decoder_start_id = hf_decoder_start(folder, self.pad_id)
         self.suppressed_ids = hf_suppressed_ids(folder)
+        self.decoder_unk_id = target.get(self.specials["unk"])
         self.language_codes = sorted(piece for piece in vocab if piece.startswith(">>") and piece.endswith("<<"))
 
     def encode(self, text: str, chat: bool = False) -> tuple[list[int], list[str]]:
@@ -211,11 +211,11 @@ class MarianSPTokenizer(TextTokenizer):
         if text.startswith(">>") and (end := text.find("<<")) != -1:  # as MarianTokenizer.remove_language_code
             code, text = [text[: end + 2]], text[end + 2:]
         pieces = code + self.spm["source"].encode(text, out_type=str)
-        ids = [self.encoder.get(piece, self.unk_id) for piece in pieces] + [self.eos_id]
-        return ids, [self.token(i) for i in ids]
+        ids = [self.encoder.get(piece, self.unk_id) for piece in pieces] + [self.source_eos_id]
+        return ids, [self.source_tokens.get(i, f"<id {i}>") for i in ids]
 
     def decode(self, ids: list[int]) -> str:
-        specials = {self.pad_id, self.eos_id, self.unk_id}
+        specials = {self.pad_id, self.eos_id, self.decoder_unk_id}
         pieces = [self.token(i) for i in ids if i not in specials]
         return self.spm["target"].decode_pieces(pieces).replace("\u2581", " ").strip()
 
@@ -262,6 +262,20 @@ def hf_stop_ids(folder: "HFFolder") -> set[int]:
         if ids:
             return ids
     return set()
+
+
+def read_vocab(path: Path, model_vocab_size: int) -> dict[str, int]:
+    """A Marian vocab.json (piece -> id), checked against the model's vocabulary size."""
+    from tracer.nn.hf_folder import read_json
+
+    if not path.is_file():
+        raise BadInput(f"{path} is missing (tokenizer_config.json says the vocabularies are separate)")
+    vocab = read_json(path)
+    if not isinstance(vocab, dict) or not vocab or not all(isinstance(i, int) and i >= 0 for i in vocab.values()):
+        raise BadInput(f"{path}: expected a JSON object of piece -> id")
+    if max(vocab.values()) >= model_vocab_size:
+        raise BadInput(f"{path.name} has ids up to {max(vocab.values())} but the model only {model_vocab_size} tokens")
+    return vocab
 
 
 def _generation_setting(folder: "HFFolder", key: str):
