@@ -93,12 +93,13 @@ def model_folder(arch: str = "encoder-decoder") -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def model_trace(arch: str = "encoder-decoder", text: str = "ich bin piyush") -> Trace:
-    """A real captured trace (3 decoding steps) from a tiny random model."""
+def model_trace(arch: str = "encoder-decoder", text: str = "ich bin piyush", lens: bool = False) -> Trace:
+    """A real captured trace (3 decoding steps) from a tiny random model (`lens`: with the logit
+    lens, as `tracer run` records it)."""
     from tracer.capture import trace_text
     from tracer.nn.loading import load_model
 
-    return trace_text(load_model(str(model_folder(arch))), text, max_new_tokens=3)
+    return trace_text(load_model(str(model_folder(arch))), text, max_new_tokens=3, lens=lens)
 
 
 def assert_bit_identical(a: np.ndarray, b: np.ndarray, what: str = "") -> None:

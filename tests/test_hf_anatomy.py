@@ -69,8 +69,8 @@ def test_every_new_kind_is_described_explained_and_checked(traces, name):
         assert step.axes in kind.axes, (step.id, step.axes)
         heads = kv_heads if step.kind in ("k", "v", "rot_k") else config["n_heads"]
         # the heads side by side are n_heads·d_head wide, d_model only where d_head = d_model / n_heads
-        width = config["n_heads"] * d_head if step.kind == "concat" else config["d_model"]
-        sizes = {"d_model": width, "head": heads, "d_head": d_head, "d_ff": config["d_ff"]}
+        sizes = {"d_model": config["d_model"], "d_concat": config["n_heads"] * d_head, "head": heads, "d_head": d_head,
+                 "d_ff": config["d_ff"]}
         for axis, size in zip(step.axes, step.shape):
             assert sizes.get(axis, size) == size, (step.id, axis)
         assert kind.explanation in WORDS and explain(step, trace).words != "A recorded intermediate value.", step.id

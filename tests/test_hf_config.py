@@ -21,13 +21,13 @@ def llama_like(**changes) -> ModelConfig:
 
 @pytest.mark.parametrize("changes, message", [
     ({"n_kv_heads": 3}, "n_heads 4 is not a multiple of n_kv_heads 3"),
-    ({"n_kv_heads": 0}, "n_kv_heads must be a positive integer"),
+    ({"n_kv_heads": 0}, r"n_kv_heads must be in \[1, 4,096\], not 0"),
     ({"head_dim": 5}, "even d_head"),
     ({"norm_type": "batchnorm"}, "norm_type must be one of"),
     ({"output": "pooled"}, "output 'pooled' needs an encoder"),
     ({"rotary_scaling": {"type": "yarn"}}, "rotary_scaling type must be one of llama3, not 'yarn'"),
     ({"rotary_scaling": {"type": "llama3", "factor": 8}}, "rotary_scaling needs a number low_freq_factor"),
-    ({"token_types": -1}, "token_types must be a non-negative integer"),
+    ({"token_types": -1}, r"token_types must be in \[0, 1,024\], not -1"),
 ])
 def test_bad_new_fields_are_refused_by_name(changes, message):
     with pytest.raises(BadInput, match=message):

@@ -126,7 +126,7 @@ def test_run_save_then_replay_without_the_model(store, monkeypatch):
     assert opened["session_name"] == "piyush" and opened["play"] is True
     assert opened["state"].step == "decoder.1.attn.hook_pattern@2" and opened["state"].head == 1
     assert opened["state"].bookmarks == [Bookmark(0, "encoder.hook_embed", "x")]
-    assert opened["traces"][0].ids == model_trace("encoder-decoder").ids
+    assert opened["traces"][0].ids == model_trace("encoder-decoder", lens=True).ids  # `tracer run` records the lens
 
 
 def test_save_export_then_replay_the_json(store, tmp_path):

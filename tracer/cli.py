@@ -8,18 +8,27 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
-from tracer.text import human_size
+from tracer.text import human_size, visible
 from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
-    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130."""
+    """Turns TracerError into `Error: …` plus its exit code, and Ctrl-C into status 130.
+
+    The message goes through `visible`: it may echo a path, a `--model` value or a file's field."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TracerError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {visible(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -52,20 +61,22 @@ def cli():
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
 @click.option("--chat", is_flag=True, help="Wrap TEXT as a user message in the model's chat template.")
+@click.option("--no-lens", is_flag=True, help="Do not record the logit lens (each layer's prediction: one vocab-sized step per layer and decoding step).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat):
+        dtype, chat, no_lens):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
     Example:
       tracer run "ich bin piyush" --no-tui
     """
+    check_text(text)
     from tracer.capture import trace_text
     from tracer.capture.device import resolve_device
     from tracer.nn.loading import load_model
 
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat)
+    trace = trace_text(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, chat=chat, lens=not no_lens)
     if export_path is not None:
         write_export(trace, export_path, precision)
     if save_name is not None:
@@ -81,8 +92,123 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         from tracer.tui import open_traces
 
         open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, max_new_tokens=max_new_tokens, top_k=top_k,
-                                                                 chat=chat),
+                                                                 chat=chat, lens=not no_lens),
                     session_name=save_name, store=SessionStore(sessions_dir))
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH",
+              help="Bundled model name or a model folder (default: de-en-tiny).")
+@click.option("--target", default=None, help="Translation models: the target sentence (teacher-forced).")
+@click.option("--label", default=None, help="Encoder models: the text's class, one of --labels.")
+@click.option("--labels", default=None, metavar="A,B,...",
+              help="Encoder models: the classes, comma-separated (a new head on position 0 gets one output each).")
+@click.option("--steps", type=int, default=1, show_default=True, help="Training steps to trace.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW decoupled weight decay.")
+@click.option("--betas", default="0.9,0.999", show_default=True, help="AdamW beta1,beta2.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for a new head and the LoRA adapters.")
+@click.option("--lora", "lora_rank", type=int, default=None, metavar="R",
+              help="Train rank-R LoRA adapters instead of all weights.")
+@click.option("--lora-alpha", type=float, default=None, help="With --lora: the adapters' scale is alpha/R (default alpha = R).")
+@click.option("--lora-targets", default=None, metavar="W_Q,W_V",
+              help="With --lora: the projections to adapt (default W_Q,W_V, attention's query and value).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Save the trained model as a new model folder (LoRA merged, head included) that `tracer run` loads.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--save", "save_name", default=None, metavar="NAME", help="Save the trace as a session.")
+@click.option("--force", is_flag=True, help="With --save: replace a session of the same name.")
+@click.option("--sessions-dir", default=None, type=click.Path(file_okay=False),
+              help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).")
+@click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the trace as JSON to this file.")
+@click.option("--precision", type=click.IntRange(1, 9), default=None,
+              help="With --export: significant digits for floats (default: full float32).")
+@click.option("--no-tui", is_flag=True, help="Print the loss per step instead of opening the UI (as when stdin or stdout is not a terminal).")
+def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, betas, seed, lora_rank, lora_alpha,
+             lora_targets, out, device, save_name, force, sessions_dir, export_path, precision, no_tui):
+    """Trace training steps on one example: forward, loss, the gradient at every tap, each AdamW update.
+
+    \b
+    Examples:
+      tracer finetune "ich bin piyush" --target "i am tired" --no-tui
+      tracer finetune "the cat drank the milk" --model en-gpt-tiny --lora 4
+      tracer finetune "i love this movie" --model en-bert-tiny --label positive --labels negative,positive
+    """
+    from tracer.errors import BadInput
+
+    if lora_rank is None and lora_targets is not None:
+        raise BadInput("--lora-targets needs --lora R")
+    request_options = dict(
+        target=target, label=label, labels=comma_list(labels, "--labels") if labels is not None else None,
+        steps=steps, lr=lr, weight_decay=weight_decay, betas=parse_betas(betas), seed=seed,
+        lora_rank=lora_rank, lora_alpha=lora_alpha,
+    )
+    if lora_targets is not None:
+        request_options["lora_targets"] = tuple(comma_list(lora_targets, "--lora-targets"))
+    from tracer.capture.device import resolve_device
+    from tracer.capture.finetune import FinetuneRequest, finetune as trace_finetune
+    from tracer.capture.finetuned_folder import check_out_folder, save_finetuned
+    from tracer.nn.loading import load_model
+
+    loaded = load_model(model_name, resolve_device(device))
+    if out is not None:
+        check_out_folder(out, loaded.path)  # before the work, not after it
+    result = trace_finetune(loaded, FinetuneRequest(text, **request_options))
+    trace = result.trace
+    if out is not None:
+        click.echo(f"wrote {save_finetuned(result, out)}", err=True)
+    if export_path is not None:
+        write_export(trace, export_path, precision)
+    if save_name is not None:
+        from tracer.trace.session import SessionStore
+
+        SessionStore(sessions_dir).save(save_name, [trace], force=force)
+    if no_tui or not ui_can_run():
+        from tracer.summary import print_summary
+
+        print_summary(trace)
+    else:
+        from tracer.trace.session import SessionStore
+        from tracer.tui import open_traces
+
+        open_traces([trace], session_name=save_name, store=SessionStore(sessions_dir))
+
+
+def comma_list(value: str, option: str) -> list[str]:
+    from tracer.errors import BadInput
+
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        raise BadInput(f"{option} {value!r}: give names separated by commas, e.g. a,b")
+    return items
+
+
+def parse_betas(value: str) -> tuple[float, float]:
+    from tracer.errors import BadInput
+
+    try:
+        numbers = tuple(float(item) for item in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 2:
+        raise BadInput(f"--betas {value!r}: give two numbers separated by a comma, e.g. 0.9,0.999")
+    return numbers
+
+
+def check_text(text: str) -> None:
+    """TEXT must be Unicode: bytes that are not UTF-8 (a Latin-1 terminal's ü) reach Python as
+    lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        from tracer.errors import BadInput
+
+        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else "a character"
+        raise BadInput(f"TEXT is not valid UTF-8 ({what} at position {exc.start}); "
+                       "set the terminal to UTF-8 or pass the text in UTF-8") from None
 
 
 def ui_can_run() -> bool:
@@ -140,8 +266,10 @@ def check(source, reference, tol):
     for number, trace in enumerate(traces, 1):
         report = check_trace(trace)
         prefix = f"trace {number}: " if len(traces) > 1 else ""
+        if report.tolerance_note:  # a --precision export: say what rounding was allowed for
+            click.echo(prefix + report.tolerance_note)
         for failure in report.failures:
-            click.echo(f"{prefix}FAIL {failure.step_id}: {failure.message}")
+            click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)
         skipped += report.skipped_kinds
     if not failed:
@@ -151,7 +279,7 @@ def check(source, reference, tol):
     if skipped:  # steps of kinds this tracer does not know (a newer tracer's, an imported model's)
         kinds = sorted(set(skipped))
         click.echo(f"skipped {len(skipped)} step{'s' if len(skipped) > 1 else ''} of "
-                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {', '.join(kinds)}")
+                   f"{'kinds' if len(kinds) > 1 else 'a kind'} tracer does not know: {visible(', '.join(kinds))}")
     if failed:
         sys.exit(1)
 
@@ -175,11 +303,11 @@ def models():
         try:
             cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
             detail = f"{cfg.arch}, {cfg.n_layers} layers, d_model {cfg.d_model}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, a 5000-digit integer
             detail = "unreadable config.json"
         except BadInput as exc:
             detail = f"unusable {exc}"
-        click.echo(f"{folder.name:16} {detail}  ({folder})")
+        click.echo(visible(f"{folder.name:16} {detail}  ({folder})"))
     try:
         from tracer.nn.convert import SUPPORTED
     except ImportError:
@@ -187,10 +315,10 @@ def models():
     loadable = [m for m in cached if m.has_weights and m.model_type is not None
                 and (SUPPORTED is None or m.model_type in SUPPORTED)]
     if loadable:
-        click.echo(f"Hugging Face cache ({cache_dir()}):")
+        click.echo(visible(f"Hugging Face cache ({cache_dir()}):"))
     for model in loadable:
         detail = model.model_type if SUPPORTED is not None else f"{model.model_type}, needs tracer.nn.convert"
-        click.echo(f"{model.name:16} {detail}  ({model.path})")
+        click.echo(visible(f"{model.name:16} {detail}  ({model.path})"))
     skipped = len(cached) - len(loadable)
     if skipped:
         click.echo(f"({skipped} other cached model(s) not listed: no safetensors weights, or a model_type "
@@ -218,12 +346,12 @@ def train(model_name, out, steps, seed, eval_size, force):
     from tracer.train.trainer import destination, train as train_model
 
     folder = destination(model_name, out, force)
-    click.echo(f"training {model_name} into {folder}" + ("" if out else " (the bundled model is left as it is)"))
+    click.echo(visible(f"training {model_name} into {folder}") + ("" if out else " (the bundled model is left as it is)"))
     result = train_model(model_name, out=folder, force=force, steps=steps, seed=seed, eval_size=eval_size)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
     figures = ", ".join(f"{k} {v:.2%}" if k != "perplexity" else f"{k} {v:.2f}" for k, v in shown.items())
     click.echo(f"{model_name}: {result.parameters:,} parameters, {result.seconds / 60:.1f} min; {figures}")
-    click.echo(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}")
+    click.echo(visible(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}"))
 
 
 SESSIONS_DIR_OPTION = dict(
@@ -291,7 +419,7 @@ def export(source, output, precision, trace_number, sessions_dir):
     write_export(session.traces[(trace_number or 1) - 1], output, precision)
     if trace_number is None and count > 1:
         click.echo(f"note: the session has {count} traces; wrote the first (use --trace N for another)", err=True)
-    click.echo(f"wrote {output}", err=True)
+    click.echo(f"wrote {visible(output)}", err=True)
 
 
 @cli.command("diff")
@@ -301,8 +429,9 @@ def export(source, output, precision, trace_number, sessions_dir):
               help="A step differs when max |Δ| > TOL × max(1, its largest |value|) (default 1e-4, for float32).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Rows of the most-changed-steps table.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts instead of the table.")
+@click.option("--tui", is_flag=True, help="Open the UI on both traces in compare mode (Δ = B − A; d: next most-changed step).")
 @click.option("--sessions-dir", **SESSIONS_DIR_OPTION)
-def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
+def diff_command(source_a, source_b, tol, top, as_json, tui, sessions_dir):
     """Compare two traces step by step: what changed, how much, and where first.
 
     A and B are each a session (NAME:N for its N-th trace, from 1), a session folder or a JSON
@@ -320,9 +449,20 @@ def diff_command(source_a, source_b, tol, top, as_json, sessions_dir):
     Example:
       tracer diff hungrig suess
       tracer diff piyush:1 piyush:2 --json
+      tracer diff hungrig suess --tui
     """
+    if tui:
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as replay: the UI needs no BLAS thread pool
     from tracer.diff_report import run_diff
     from tracer.trace.diff import DEFAULT_TOL
+
+    if tui:
+        from tracer.diff_report import run_diff_tui
+
+        sys.exit(run_diff_tui(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
+                              sessions_dir=sessions_dir, can_run=ui_can_run))
 
     sys.exit(run_diff(source_a, source_b, tol=DEFAULT_TOL if tol is None else tol, top=top, as_json=as_json,
                       sessions_dir=sessions_dir))
@@ -347,12 +487,12 @@ def sessions(ctx, as_json, sessions_dir):
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
         return
     if not rows:
-        click.echo(f"No sessions in {store.root}. Save one with `tracer run TEXT --save NAME`.")
+        click.echo(f"No sessions in {visible(store.root)}. Save one with `tracer run TEXT --save NAME`.")
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sessions in {store.root}", title_justify="left")
+    table = Table(title=f"sessions in {visible(store.root)}", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("model", no_wrap=True)
@@ -362,11 +502,11 @@ def sessions(ctx, as_json, sessions_dir):
     table.add_column("size", justify="right", no_wrap=True)
     for row in rows:
         if row.error:
-            table.add_row(row.name, "", "", f"damaged: {row.error}", "", "", human_size(row.size))
+            table.add_row(visible(row.name), "", "", f"damaged: {visible(row.error)}", "", "", human_size(row.size))
             continue
         created = (row.created or "").replace("T", " ").removesuffix("Z")[:16]
         steps = str(row.steps) + (f" ({row.traces} traces)" if row.traces and row.traces > 1 else "")
-        table.add_row(*(str(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
+        table.add_row(*(visible(v) if v is not None else "" for v in (row.name, created, row.model, row.input, row.output)),
                       steps, human_size(row.size))
     # a pipe gets full lines (no wrapping at 80 columns); a terminal gets its own width
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table, markup=False)
@@ -388,13 +528,13 @@ def sessions_rm(ctx, name, yes, sessions_dir):
         raise BadInput(f"no session named {name!r} in {store.root}")
     if not yes:
         info = store.info(path)
-        click.confirm(f"Remove session {name!r} ({human_size(info.size)})?", abort=True)
+        click.confirm(f"Remove session {visible(name)!r} ({human_size(info.size)})?", abort=True)
     store.remove(name)
-    click.echo(f"removed {name}", err=True)
+    click.echo(f"removed {visible(name)}", err=True)
 
 
 def main():
-    cli(prog_name="tracer")
+    cli(prog_name="tracer")  # the installed program starts in tracer.entry (Ctrl-C while modules load)
 
 
 if __name__ == "__main__":

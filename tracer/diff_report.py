@@ -84,6 +84,22 @@ def run_diff(source_a: str, source_b: str, *, tol: float, top: int, as_json: boo
     return 0 if result.equal else 1
 
 
+def run_diff_tui(source_a: str, source_b: str, *, tol: float, top: int, as_json: bool, sessions_dir=None,
+                 can_run=lambda: True) -> int:
+    """`tracer diff A B --tui`: the UI on both traces, in compare mode (no torch: it replays).
+    Where the UI cannot run (not a terminal; `can_run` says so on stderr) the report is printed
+    instead, with its exit code; after the UI, 0."""
+    if as_json:
+        raise BadInput("--tui and --json do not go together (--json is for scripts)")
+    if not can_run():
+        return run_diff(source_a, source_b, tol=tol, top=top, as_json=False, sessions_dir=sessions_dir)
+    a, b = open_side(source_a, sessions_dir), open_side(source_b, sessions_dir)
+    from tracer.tui import open_traces
+
+    open_traces([a.trace, b.trace], compare=True, tol=tol)
+    return 0
+
+
 def print_diff(result: TraceDiff, a: Side, b: Side, top: int, console: Console | None = None) -> None:
     # a pipe gets full lines (no wrapping at 80 columns); a terminal gets its own width
     console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 200)

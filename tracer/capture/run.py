@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tracer.capture.familiar import familiarity
+from tracer.capture.lens import with_lens
 from tracer.capture.recorder import Recorder
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
@@ -83,9 +85,10 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
-             chat: bool = False) -> GenerationResult:
-    """Greedy decoding; with `traced`, every tap of every forward pass is recorded; with `chat`, the
-    text is one user message in the model's chat template."""
+             chat: bool = False, lens: bool = False) -> GenerationResult:
+    """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
+    each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
+    model's chat template."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     recorder = Recorder(model) if traced else None
@@ -144,13 +147,16 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     output_tokens = [tok.token(i) for i in generated]
     result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
     if traced:
+        if lens:
+            steps = with_lens(loaded, steps, top_k)
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
                    "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                    "source": loaded.source, "tokenization": tok.policy(arch, chat)},
             device=device_label(device),
-            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {}),
+            input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {})
+            | familiarity(loaded, text),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
         )
     return result
@@ -174,9 +180,10 @@ def last_probs(steps: list[Step]) -> Step:
     return next(step for step in reversed(steps) if step.kind == "probs")
 
 
-def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False) -> Trace:
+def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
+               lens: bool = False) -> Trace:
     """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its full Trace."""
-    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat).trace
+    return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens).trace
 
 
 def device_label(device: torch.device) -> str:

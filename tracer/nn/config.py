@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 
 from tracer.errors import BadInput
@@ -16,6 +20,21 @@ GATED_ACTIVATIONS = ("swiglu", "gated_gelu_tanh")  # activation(W_gate·x) * (W_
 OUTPUTS = ("logits", "pooled", "sentence")
 ROTARY_SCALINGS = ("llama3",)
 LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_positions")
+
+# The ranges a model folder's numbers must fall in (inclusive; None: unbounded). Wide enough for
+# every published transformer, narrow enough that nothing absurd reaches torch's allocator.
+# A field not named here is checked for its type only.
+RANGES = {
+    "vocab_size": (1, 2**22), "d_model": (1, 65536), "n_heads": (1, 4096), "d_ff": (1, 2**20),
+    "n_layers": (1, 1024), "n_decoder_layers": (0, 1024), "max_positions": (1, 2**24),
+    "head_dim": (1, 65536), "n_kv_heads": (1, 4096), "token_types": (0, 1024),
+    "decoder_vocab_size": (1, 2**22), "relative_buckets": (1, 4096), "relative_max_distance": (1, 2**24),
+    "layer_norm_eps": (0.0, 1.0), "dropout": (0.0, 1.0), "rotary_base": (0.0, 1e12),
+}
+EXCLUSIVE_LOW = {"layer_norm_eps", "rotary_base"}   # must be above the low end, not at it
+EXCLUSIVE_HIGH = {"dropout"}
+MAX_TEXT = 1000                 # a name or a special token's string
+MEMORY_ENV = "TRACER_MAX_MODEL_BYTES"
 
 
 @dataclass
@@ -82,17 +101,19 @@ class ModelConfig:
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
 
     def validate(self) -> "ModelConfig":
-        """Refuse configs the model cannot be built from, naming the field."""
+        """Refuse configs the model cannot be built from, naming the field: every field's type and
+        range, the choices, and a parameter memory estimate over the limit (nothing is allocated)."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name), hints[f.name])
+        self.check_memory()  # before the upper bounds: an absurd width is refused with its size
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name), hints[f.name], upper=True)
         for field, allowed in (("arch", ARCHS), ("positional", POSITIONALS), ("norm", NORMS), ("norm_type", NORM_TYPES),
                                ("activation", ACTIVATIONS), ("output", OUTPUTS), ("sinusoid_layout", SINUSOID_LAYOUTS)):
             if getattr(self, field) not in allowed:
                 raise BadInput(f"config: {field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
-        for field in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_positions", "relative_buckets",
-                      "relative_max_distance"):
-            value = getattr(self, field)
-            if type(value) is not int or value < 1:
-                raise BadInput(f"config: {field} must be a positive integer, not {value!r}")
-        if self.arch == "encoder-decoder" and (type(self.n_decoder_layers) is not int or self.n_decoder_layers < 1):
+        if self.arch == "encoder-decoder" and self.n_decoder_layers < 1:
             raise BadInput(f"config: n_decoder_layers must be a positive integer, not {self.n_decoder_layers!r}")
         if self.decoder_vocab_size is not None and self.arch != "encoder-decoder":
             raise BadInput(f"config: decoder_vocab_size needs an encoder-decoder, not {self.arch!r}")
@@ -127,6 +148,37 @@ class ModelConfig:
         if unknown:
             raise BadInput(f"config: rotary_scaling has unknown key(s) {', '.join(unknown)}")
 
+    def parameter_estimate(self) -> int:
+        """About how many float values building this model allocates: weights plus the position
+        tables (an upper-side estimate from the widths; biases and norms included)."""
+        d, ff, v, p = self.d_model, self.d_ff, self.vocab_size, self.max_positions
+        d_head = getattr(self, "head_dim", None) or self.d_head
+        kv = (getattr(self, "n_kv_heads", None) or self.n_heads) * d_head
+        attention = d * self.n_heads * d_head * 2 + d * kv * 2 + 4 * d
+        ffn = (3 if self.activation in GATED_ACTIVATIONS else 2) * d * ff + ff + d
+        layer = attention + ffn + 4 * d
+        layers = self.n_layers * layer
+        if self.arch == "encoder-decoder":
+            layers += self.n_decoder_layers * (layer + attention + 2 * d)
+        embeddings = v * d * (1 if self.tie_embeddings else 2) + v
+        embeddings += (self.decoder_vocab_size or 0) * (d + 1)   # a decoder's own vocabulary (Marian, unshared)
+        positions = p * d if self.positional != "rotary" else p * d_head
+        return layers + embeddings + positions
+
+    def check_memory(self) -> None:
+        """Refuse a model whose parameters would not fit the limit: $TRACER_MAX_MODEL_BYTES, else
+        this machine's memory. Built in float32, 4 bytes a value."""
+        if self.n_heads < 1 or type(self.n_heads) is not int:
+            return  # refused by the caller's own checks
+        need = 4 * self.parameter_estimate()
+        limit = memory_limit()
+        if need > limit:
+            raise BadInput(
+                f"config: this model would need about {_gigabytes(need)} for its parameters "
+                f"({self.parameter_estimate():,} values in float32), more than the {_gigabytes(limit)} limit "
+                f"(this machine's memory, or ${MEMORY_ENV}); not building it"
+            )
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         if not isinstance(data, dict):
@@ -139,6 +191,64 @@ class ModelConfig:
             return cls(**data).validate()
         except TypeError as exc:
             raise BadInput(f"config: {exc}") from None
+        except (OverflowError, ValueError) as exc:  # a number too large for the arithmetic above
+            raise BadInput(f"config: {str(exc)[:200]}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_field(name: str, value, hint, upper: bool = False) -> None:
+    """One field against its annotation (int, float, bool, str, X | None) and the low end of its
+    RANGES entry; with `upper`, the high end only."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    expected = next((t for t in allowed if t is not type(None)), object)
+    origin = typing.get_origin(expected) or expected
+    if origin is float:
+        ok = type(value) in (int, float) and math.isfinite(value)
+    elif origin is int:
+        ok = type(value) is int
+    elif isinstance(origin, type):
+        ok = isinstance(value, origin) and not (origin is not bool and type(value) is bool)
+    else:
+        ok = True
+    if not ok:
+        raise BadInput(f"config: {name} must be {_type_name(origin)}, not {_shown(value)}")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise BadInput(f"config: {name} is {len(value)} characters long (at most {MAX_TEXT})")
+    if name in RANGES:
+        low, high = RANGES[name]
+        below = value <= low if name in EXCLUSIVE_LOW else value < low
+        above = value >= high if name in EXCLUSIVE_HIGH else value > high
+        if (above if upper else below):
+            left, right = "(" if name in EXCLUSIVE_LOW else "[", ")" if name in EXCLUSIVE_HIGH else "]"
+            raise BadInput(f"config: {name} must be in {left}{low:,}, {high:,}{right}, not {_shown(value)}")
+
+
+def _type_name(kind) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, f"a {kind.__name__}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def memory_limit() -> int:
+    """Bytes a model's parameters may take: $TRACER_MAX_MODEL_BYTES, else the machine's memory."""
+    raw = os.environ.get(MEMORY_ENV)
+    if raw:
+        try:
+            return int(float(raw))
+        except ValueError:
+            raise BadInput(f"${MEMORY_ENV} must be a number of bytes, not {raw!r}") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 * 1024**3
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1024**3:,.1f} GB" if n >= 1024**3 else f"{n / 1024**2:,.0f} MB"

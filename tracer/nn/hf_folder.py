@@ -121,8 +121,8 @@ def read_json(path: Path, *, reject_duplicates: bool = False) -> object:
     try:
         text = path.read_text(encoding="utf-8")
         return json.loads(text, object_pairs_hook=no_duplicates if reject_duplicates else None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5000-digit integer
+        raise BadInput(f"{path}: not valid JSON ({(str(exc).splitlines() or ['nested too deep'])[0][:120]})") from None
 
 
 def hf_model_type(folder: Path) -> str | None:
@@ -133,7 +133,7 @@ def hf_model_type(folder: Path) -> str | None:
         return None
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("model_type"), str):
         return data["model_type"]

@@ -107,8 +107,10 @@ def hub_source(name: str) -> ModelSource:
 def read_config(folder: Path) -> ModelConfig:
     try:
         data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{folder / 'config.json'}: not valid JSON ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8, bad JSON, an integer of thousands of digits
+        raise BadInput(f"{folder / 'config.json'}: not valid JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise BadInput(f"{folder / 'config.json'}: nested too deep to be a model's config") from None
     cfg = ModelConfig.from_dict(data)
     if cfg.name == ModelConfig.name:
         cfg.name = folder.name
@@ -198,6 +200,7 @@ def load_hf_model(source: ModelSource) -> tuple[ModelConfig, nn.Module, TextToke
     cfg = converted.cfg
     if cfg.name == ModelConfig.name:
         cfg.name = source.hub or source.path.name
+    cfg.validate()  # every field's type and range, and the memory estimate, before anything is built
     model = build_model(cfg)
     load_weights(model, converted.state_dict, source.path)
     record["notes"] = dict(converted.notes)

@@ -441,17 +441,22 @@ class Stack(nn.Module):
             return self.sentence_embedding(x, valid)                                # (B, d)
         if self.causal and not all_positions:
             x = x[:, -1]                                                            # (B, d) last position
+        logits = self.hook_logits(self.unembed(x))
+        self.hook_probs(logits.softmax(dim=-1))
+        return logits
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """The output head on final hidden states: (BERT's MLM transform,) the unembedding and the
+        logits bias. The logit lens calls it on earlier layers' outputs too."""
         if self.cfg.mlm_head:
             x = self.hook_mlm_act(activate(self.hook_mlm_dense(self.mlm_dense(x)), self.cfg.activation))
             x = self.ln_mlm(x)
         if self.cfg.head_scale != 1.0:
             x = x * self.cfg.head_scale                                             # T5 v1.0's tied head
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
-        logits = x @ weight.T
+        logits = x @ weight.T                                                       # (B, [T,] vocab)
         if self.cfg.logits_bias:
             logits = logits + self.b_U
-        logits = self.hook_logits(logits)
-        self.hook_probs(logits.softmax(dim=-1))
         return logits
 
     def sentence_embedding(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

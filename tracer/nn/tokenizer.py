@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from tracer.errors import BadInput
 from tracer.nn.config import ModelConfig
+from tracer.text import visible
 
 if TYPE_CHECKING:
     from tracer.nn.hf_folder import HFFolder
@@ -44,6 +45,7 @@ class TextTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if self.vocab_size > cfg.vocab_size:
             raise BadInput(f"tokenizer has {self.vocab_size} tokens but the model only {cfg.vocab_size}")
+        check_id_range(tokenizer, cfg.vocab_size)
         self.pad_id = tokenizer.token_to_id(cfg.pad_token)
         self.bos_id = tokenizer.token_to_id(cfg.bos_token)
         self.eos_id = tokenizer.token_to_id(cfg.eos_token)
@@ -65,8 +67,8 @@ class TextTokenizer:
     def from_file(cls, path: str | Path, cfg: ModelConfig) -> "TextTokenizer":
         try:
             return cls(Tokenizer.from_file(str(path)), cfg)
-        except Exception as exc:  # the Rust side raises plain Exceptions for bad files
-            if isinstance(exc, BadInput):
+        except BaseException as exc:  # the Rust side raises plain Exceptions for bad files, or panics
+            if isinstance(exc, BadInput) or not _from_rust(exc):
                 raise
             raise BadInput(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
 
@@ -74,7 +76,7 @@ class TextTokenizer:
         """Ids and their token strings, without special tokens added."""
         if chat:
             raise BadInput("--chat: this model has no chat template (tracer's own models are not chat models)")
-        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        encoding = encode_or_refuse(self.tokenizer, text, add_special_tokens=False)
         return list(encoding.ids), [self.token(i) for i in encoding.ids]
 
     def policy(self, arch: str, chat: bool = False) -> dict:
@@ -108,17 +110,23 @@ class HFTokenizer(TextTokenizer):
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if self.vocab_size > vocab_size:
             raise BadInput(f"tokenizer has {self.vocab_size} tokens but the model only {vocab_size}")
+        check_id_range(tokenizer, vocab_size)
         self.specials = specials
         ids = {name: tokenizer.token_to_id(token) if token else None for name, token in specials.items()}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id = (ids.get(name) for name in SPECIAL_NAMES)
         self.stop_ids = set(stop_ids) or ({self.eos_id} - {None})
+        outside = sorted(i for i in self.stop_ids if not (type(i) is int and 0 <= i < vocab_size))
+        if outside:
+            raise BadInput(f"the model's stop token id {outside[0]!r} is outside its vocabulary of {vocab_size}")
         self.chat_template, self.chat_template_file = chat_template, chat_template_file
 
     @classmethod
     def from_folder(cls, folder: "HFFolder", vocab_size: int) -> "HFTokenizer":
         try:
             tokenizer = Tokenizer.from_file(str(folder.tokenizer_file))
-        except Exception as exc:  # the Rust side raises plain Exceptions for bad files
+        except BaseException as exc:  # the Rust side raises plain Exceptions for bad files, or panics
+            if not _from_rust(exc):
+                raise
             raise BadInput(f"{folder.tokenizer_file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
         specials = hf_special_tokens(folder, tokenizer)
         stop_ids = hf_stop_ids(folder)
@@ -130,7 +138,7 @@ class HFTokenizer(TextTokenizer):
         """Ids and token strings as transformers' tokenizer(text) gives them (or apply_chat_template, with chat)."""
         if chat:
             text = self.render_chat(text)
-        encoding = self.tokenizer.encode(text, add_special_tokens=not chat)
+        encoding = encode_or_refuse(self.tokenizer, text, add_special_tokens=not chat)
         return list(encoding.ids), [self.token(i) for i in encoding.ids]
 
     def render_chat(self, text: str) -> str:
@@ -144,7 +152,7 @@ class HFTokenizer(TextTokenizer):
     def policy(self, arch: str, chat: bool = False) -> dict:
         if chat:
             return {"specials": "chat-template", "template": self.chat_template_file, "stop": sorted(self.stop_ids)}
-        probe = self.tokenizer.encode("a", add_special_tokens=True)
+        probe = encode_or_refuse(self.tokenizer, "a", add_special_tokens=True)
         mask = list(probe.special_tokens_mask)
         lead = next((i for i, m in enumerate(mask) if not m), len(mask))
         tail = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
@@ -225,6 +233,33 @@ class MarianSPTokenizer(TextTokenizer):
     def policy(self, arch: str, chat: bool = False) -> dict:
         return {"specials": "marian", "suffix": [self.specials["eos"]], "bos": None, "stop": sorted(self.stop_ids),
                 "language_codes": len(self.language_codes), **generation_policy(self, arch)}
+
+
+def _from_rust(exc: BaseException) -> bool:
+    """An error the tokenizer library raised: an Exception, or a Rust panic (pyo3's PanicException
+    derives from BaseException); never Ctrl-C or an exit."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def check_id_range(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """Every id the tokenizer can give is a row of the model's embedding (else an IndexError mid-run)."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    if vocab:
+        token, top = max(vocab.items(), key=lambda item: item[1])
+        if top >= vocab_size:
+            raise BadInput(f"tokenizer gives token {visible(token)!r} the id {top}, "
+                           f"outside the model's vocabulary of {vocab_size}")
+
+
+def encode_or_refuse(tokenizer: Tokenizer, text: str, **options):
+    """tokenizer.encode, its failures (an error, a panicking regex) as one BadInput line."""
+    try:
+        return tokenizer.encode(text, **options)
+    except BaseException as exc:
+        if not _from_rust(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BadInput(f"the tokenizer failed on this text ({first})") from None
 
 
 def token_content(value) -> str | None:

@@ -16,9 +16,11 @@ is a reference, read from where the step sits:
     "ln1.hook_normalized"      a module's tap in the same layer
     "{attn}.hook_q"            a tap of the step's own attention module (attn or cross_attn)
     "stack:hook_tokens"        a tap of the stack itself, outside its layers
+    "output"                   what the step's own layer hands on
     "previous_layer:output"    in the layer before (`output`: what a layer or stack hands on)
     "last_layer:hook_resid_post"   in the stack's last layer
     "encoder:output"           the encoder's (its single pass, no decoding step)
+    "{module}.hook_lora_b"     a tap of the step's own LoRA-wrapped projection (`attn.W_Q`)
     "a | b"                    the first of a, b that was recorded
     "…?"                       optional: left out where not recorded (a rotary model has no pos_embed)
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Container
 
-from tracer.trace.step import parse_name, split_id
+from tracer.trace.step import parse_name, split_id, split_step_id
 
 # -- the words a description is made of ------------------------------------------------
 
@@ -97,6 +99,8 @@ class Place:
     layer: int | None
     component: str | None     # the module the tap sits in: attn, cross_attn, mlp, ln1, …
     t: int | None             # decoding step
+    s: int | None = None      # training step (`@sN`, a `tracer finetune` trace)
+    module: str | None = None # a LoRA-wrapped projection the tap sits in (`W_Q`)
     embed_norm: bool = False  # the embeddings pass through a layer norm (`ln_embed`, BERT) before layer 0
 
     @classmethod
@@ -124,9 +128,9 @@ class Place:
 
 @lru_cache(maxsize=16384)  # check and the explain panel ask for the same steps' places again and again
 def _place(step_id: str, arch: str, norm: str, embed_norm: bool = False) -> Place:
-    name, t = split_id(step_id)
+    name, t, s = split_step_id(step_id)
     parts = parse_name(name)
-    return Place(arch, norm, parts["stack"], parts["layer"], parts["component"], t, embed_norm)
+    return Place(arch, norm, parts["stack"], parts["layer"], parts["component"], t, s, parts["module"], embed_norm)
 
 
 # -- the model ---------------------------------------------------------------------------
@@ -154,8 +158,14 @@ GROUPS = {
     "mlp": Group("Feed-forward"),
     "out": Group("Logits and probabilities", encoder_only_label="Masked-token predictions"),
     "pooled": Group("Pooled output"),
+    # a training trace (tracer finetune)
+    "head": Group("Classification head"),
+    "loss": Group("Loss"),
+    "backward": Group("Backward pass"),
+    "update": Group("AdamW update"),
+    "lens": Group("Logit lens"),
 }
-STACK_GROUPS = ("embed", "out", "pooled")  # groups of steps outside the layers; the others sit inside a layer
+STACK_GROUPS = ("embed", "out", "pooled", "head", "loss")  # groups of steps outside the layers; the others sit inside a layer
 
 # What a layer hands to the next: post-norm's last norm, or pre-norm's last residual sum.
 LAYER_OUTPUT = (rule("hook_resid_post", norm="pre"), rule("ln3.hook_normalized", cross=True), rule("ln2.hook_normalized"))
@@ -203,7 +213,9 @@ _KINDS = (
     Kind("pattern", SCORES, "softmax over the keys", "softmax", BY_MODULE, "pattern",
          (rule("{attn}.hook_attn_scores"),), source_axes=("key",)),
     Kind("z", POS_HEAD, "weights · V", "weights · V", BY_MODULE, "z", (rule("{attn}.hook_pattern", "{attn}.hook_v"),)),
-    Kind("concat", POS_D, "heads concatenated", "concat heads", BY_MODULE, "concat", (rule("{attn}.hook_z"),)),
+    # n_heads·d_head wide: d_model only where d_head = d_model / n_heads (not in T5 or a Llama with head_dim)
+    Kind("concat", (("pos", "d_concat"),), "heads concatenated (n_heads·d_head wide)", "concat heads", BY_MODULE,
+         "concat", (rule("{attn}.hook_z"),)),
     Kind("attn_out", POS_D, "self-attention's output projection", "output projection", "attn", "attn_out",
          (rule("attn.hook_concat"),)),
     Kind("resid_mid", POS_D, "residual add after self-attention", "residual add", "attn", "residual",
@@ -237,6 +249,9 @@ _KINDS = (
     Kind("logits", VOCAB, "next-token scores (encoder-only: every position's)", "logits", "out", "logits",
          (rule("stack:ln_mlm.hook_normalized | stack:output"),)),
     Kind("probs", VOCAB, "softmax of the logits", "probabilities", "out", "probs", (rule("stack:hook_logits"),)),
+    Kind("lens_probs", VOCAB, "logit lens: the layer's output through the final norm (if any) and the unembedding, "
+         "softmaxed (encoder-only: the masked positions'; top_k extra)", "what this layer would predict", "lens",
+         "lens_probs", (rule("output"),)),
     Kind("pooler_out", VECTOR, "BERT's pooled output: tanh(W·h[CLS] + b)", "pooled [CLS]", "pooled", "pooler_out",
          (rule("stack:output"),)),
     Kind("mean_pooled", VECTOR, "mean of the last hidden states over the tokens (sentence-transformers)",
@@ -245,8 +260,74 @@ _KINDS = (
          "sentence embedding", "pooled", "sentence_embedding", (rule("stack:hook_mean_pooled"),)),
 )
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
-"""Every kind tracer knows, in computation order."""
+# -- a training trace (tracer finetune; every id ends in @sN) ---------------------------------
+
+POS_OUT = (("pos", "d_out"),)   # a projection's output: d_model, or d_ff for an FFN's first linear
+# The loss reads the vocabulary head's logits (a translation model's decoder's), or a classifier's.
+_LOSS_INPUT = (rule("decoder.hook_logits", "hook_targets", arch="encoder-decoder"),
+               rule("classifier.hook_class_logits", "hook_targets", arch="encoder"),
+               rule("hook_logits", "hook_targets"))
+
+_TRAINING_KINDS = (
+    Kind("cls", (("d_model",),), "the encoder's final vector at position 0 ([CLS]), what a classifier reads",
+         "h₀ ([CLS])", "head", "cls", (rule("stack:output"),)),
+    Kind("class_logits", (("label",),), "a classification head's score per class: W·h₀ + b", "class scores", "head",
+         "class_logits", (rule("classifier.hook_cls"),)),
+    Kind("class_probs", (("label",),), "softmax of the class scores", "class probabilities", "head", "class_probs",
+         (rule("classifier.hook_class_logits"),)),
+    Kind("targets", (("pos",),), "what each loss position must predict: the next token, or the class",
+         "targets", "loss", "targets"),
+    Kind("token_losses", (("pos",),), "−log p(target) at each position", "loss per position", "loss",
+         "token_losses", _LOSS_INPUT),
+    Kind("loss", (("value",),), "the loss: the mean of the per-position losses", "loss", "loss", "loss",
+         (rule("hook_token_losses"),)),
+    Kind("base_out", POS_OUT, "a LoRA-wrapped projection's frozen part, W·x + b", "frozen W·x + b", BY_MODULE, "lora"),
+    Kind("lora_a", (("pos", "rank"),), "LoRA's down-projection A·x", "A·x  (rank r)", BY_MODULE, "lora"),
+    Kind("lora_b", POS_OUT, "LoRA's up-projection B·(A·x)", "B·A·x", BY_MODULE, "lora", (rule("{module}.hook_lora_a"),)),
+    Kind("lora_out", POS_OUT, "the low-rank correction (α/r)·B·A·x", "× α/r", BY_MODULE, "lora",
+         (rule("{module}.hook_lora_b"),)),
+    Kind("adapted_out", POS_OUT, "frozen part + low-rank correction: what flows on", "W·x + (α/r)·B·A·x",
+         BY_MODULE, "lora", (rule("{module}.hook_base_out", "{module}.hook_lora_out"),)),
+)
+
+# The gradient at a tap (`hook_pattern.grad`): one kind per tapped kind, with its axes.
+_GRAD_WORDS = {"logits": "grad_logits", "class_logits": "grad_logits", "pattern": "grad_pattern",
+               "attn_scores": "grad_scores", "resid_mid": "grad_residual", "resid_mid_cross": "grad_residual",
+               "resid_post": "grad_residual", "attn_out": "grad_residual", "cross_attn_out": "grad_residual",
+               "mlp_out": "grad_residual"}
+_GRAD_KINDS = tuple(
+    Kind(f"{kind.name}.grad", kind.axes, f"the loss's gradient at a `{kind.name}` tap", f"∂L/∂ {kind.label}", "backward",
+         _GRAD_WORDS.get(kind.name, "grad"), source_axes=kind.source_axes)
+    for kind in _KINDS + _TRAINING_KINDS if kind.name not in ("tokens", "mask", "targets", "token_losses", "loss")
+)
+
+# A trained weight's update (`blocks.0.attn.W_Q.weight.adam_m`), in the order it is recorded.
+PARAM_AXES = (("d_out", "d_in"), ("vocab", "d_model"), ("position", "d_model"), ("rank", "d_in"),
+              ("d_out", "rank"), ("label", "d_model"), ("d_out",), ("label",))
+_PARAM_KINDS = (
+    Kind("value", PARAM_AXES, "a trained weight before this step's update", "W before", "update", "param_value"),
+    Kind("grad", PARAM_AXES, "the weight's gradient dL/dW", "∂L/∂W", "update", "param_grad"),
+    Kind("adam_m", PARAM_AXES, "AdamW's first moment: m = β₁·m + (1 − β₁)·g", "m  first moment", "update", "adam_m"),
+    Kind("adam_v", PARAM_AXES, "AdamW's second moment: v = β₂·v + (1 − β₂)·g²", "v  second moment", "update", "adam_v"),
+    Kind("adam_m_hat", PARAM_AXES, "bias-corrected first moment m / (1 − β₁ᵗ)", "m̂  bias-corrected", "update",
+         "adam_hat"),
+    Kind("adam_v_hat", PARAM_AXES, "bias-corrected second moment v / (1 − β₂ᵗ)", "v̂  bias-corrected", "update",
+         "adam_hat"),
+    Kind("adam_step", PARAM_AXES, "the Adam step −lr·m̂ / (√v̂ + ε)", "step", "update", "adam_step"),
+    Kind("new", PARAM_AXES, "the weight after the update: W·(1 − lr·λ) + step", "W after", "update", "param_new"),
+)
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS + _TRAINING_KINDS + _GRAD_KINDS + _PARAM_KINDS}
+"""Every kind tracer knows, in computation order (a training trace's after a run's)."""
+
+PHASES = {"forward": "Forward pass", "loss": "Loss", "backward": "Backward pass", "update": "AdamW update"}
+"""The parts of one training step, in the order they are recorded."""
+
+
+def phase_of(kind: str) -> str:
+    """Which part of a training step a step of `kind` belongs to (a key of PHASES)."""
+    group = kind_of(kind).group
+    return group if group in ("loss", "backward", "update") else "forward"
 
 
 # -- reading it ----------------------------------------------------------------------------
@@ -376,8 +457,10 @@ def _resolve_term(term: str, place: Place, recorded: Container[str]) -> str | No
         refs = _first(LAYER_OUTPUT, at)
         return resolve(refs[0], at, recorded) if refs else None
     attn = place.component if place.component in ("attn", "cross_attn") else "attn"
-    name = step_name(at.stack, at.layer, path.replace("{attn}", attn))
-    step_id = with_step(name, at.t)
+    path = path.replace("{attn}", attn)
+    if "{module}" in path:
+        path = path.replace("{module}", ".".join(part for part in (place.component, place.module) if part))
+    step_id = with_step(step_name(at.stack, at.layer, path), at.t, at.s)
     return step_id if step_id in recorded else None
 
 
@@ -389,21 +472,23 @@ def _scoped(scope: str, place: Place, recorded: Container[str]) -> Place | None:
     if scope == "previous_layer":
         return replace(place, layer=place.layer - 1) if place.layer else None
     if scope == "last_layer":
-        last = last_layer(place.stack, place.t, recorded)
+        last = last_layer(place.stack, place.t, recorded, place.s)
         return replace(place, layer=last) if last is not None else None
     if scope == "encoder":
-        return replace(place, stack="encoder", layer=None, component=None, t=None)
+        return replace(place, stack="encoder", layer=None, component=None, t=None, module=None)
     raise ValueError(f"unknown scope {scope!r} in a reference (one of {', '.join(PATH_SCOPES[1:])})")
 
 
-def last_layer(stack: str | None, t: int | None, recorded: Container[str]) -> int | None:
+def last_layer(stack: str | None, t: int | None, recorded: Container[str], s: int | None = None) -> int | None:
     """The stack's last layer in pass t (layers are found by their `hook_resid_pre`)."""
     count = 0
-    while with_step(step_name(stack, count, "hook_resid_pre"), t) in recorded:
+    while with_step(step_name(stack, count, "hook_resid_pre"), t, s) in recorded:
         count += 1
     return count - 1 if count else None
 
 
-def with_step(name: str, t: int | None) -> str:
-    """A step's id: its hook name, plus `@t` in decoding step t."""
+def with_step(name: str, t: int | None, s: int | None = None) -> str:
+    """A step's id: its hook name, plus `@t` in decoding step t, or `@sN` in training step N."""
+    if s is not None:
+        return f"{name}@s{s}"
     return name if t is None else f"{name}@{t}"

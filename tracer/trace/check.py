@@ -2,6 +2,11 @@
 
 Each check recomputes a step from the steps it was computed from (in float64) and compares;
 which steps those are is the anatomy's dataflow (tracer/trace/anatomy.py).
+
+A trace exported with `--precision p` holds values rounded to p significant digits: each is off
+by at most ε = 0.5·10^(1−p) of its size. Each relation then tolerates exactly what that rounding
+can do to it, carried through its arithmetic (`ROUNDING`), on top of float arithmetic's own
+tolerance: a tensor altered by more than its rounding still fails.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import numpy as np
 
 from tracer.trace import anatomy
+from tracer.trace.check_training import check_training
 from tracer.trace.step import Step, parse_name, split_id
 from tracer.trace.trace import Trace
 
@@ -28,6 +34,7 @@ class CheckReport:
     checked: int
     failures: list[Failure]
     skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
+    precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
 
     @property
     def ok(self) -> bool:
@@ -38,28 +45,51 @@ class CheckReport:
         """The kind of each skipped step."""
         return [parse_name(split_id(step_id)[0])["kind"] for step_id in self.skipped]
 
+    @property
+    def tolerance_note(self) -> str | None:
+        """One line saying what rounding the check allowed for (None at full precision)."""
+        if self.precision is None:
+            return None
+        digits = "digit" if self.precision == 1 else "digits"
+        return (f"rounded to {self.precision} {digits}: tolerance ±{rounding_epsilon(self.precision):.1g} × each "
+                "value's size, carried through each relation (beside float arithmetic's own)")
+
+
+def rounding_epsilon(precision: int | None) -> float:
+    """The largest relative error of a value rounded to `precision` significant digits (0: not rounded).
+
+    x rounded to p digits is off by at most half a unit in its p-th digit: 0.5·10^(e+1−p) with
+    10^e ≤ |x|, so at most 0.5·10^(1−p)·|x|. The reader stores the rounded value as float32,
+    which adds up to half a float32 ulp."""
+    if precision is None:
+        return 0.0
+    return 0.5 * 10.0 ** (1 - precision) + float(np.finfo(np.float32).eps) / 2
+
 
 def _tolerance(*arrays: np.ndarray) -> float:
     """Relative tolerance: float32 arithmetic agrees to ~1e-6; half precision to ~1e-3."""
     return 2e-2 if any(a.dtype == np.float16 for a in arrays) else 1e-3
 
 
-def _close(actual: np.ndarray, expected: np.ndarray, rtol: float) -> tuple[bool, str]:
+def _close(actual: np.ndarray, expected: np.ndarray, rtol: float, rounding=0.0) -> tuple[bool, str]:
     if actual.shape != expected.shape:
         return False, f"shape {list(actual.shape)}, expected {list(expected.shape)}"
     actual = actual.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _compare(actual, expected, rtol)
+        return _compare(actual, expected, rtol, rounding)
 
 
-def _compare(actual: np.ndarray, expected: np.ndarray, rtol: float) -> tuple[bool, str]:
+def _compare(actual: np.ndarray, expected: np.ndarray, rtol: float, rounding=0.0) -> tuple[bool, str]:
+    """`rounding`: how far (per value, or one number for all) rounded inputs and output may move
+    the two apart, on top of the arithmetic's `rtol`."""
     both_finite = np.isfinite(actual) & np.isfinite(expected)
     same_special = ~both_finite & (
         (actual == expected) | (np.isnan(actual) & np.isnan(expected))
     )
     scale = max(1.0, float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)))
     diff = np.where(both_finite, np.abs(actual - expected), 0.0)
-    bad = (both_finite & (diff > rtol * scale + rtol * np.abs(expected))) | (~both_finite & ~same_special)
+    allowed = rtol * scale + rtol * np.abs(expected) + np.nan_to_num(rounding, nan=0.0, posinf=0.0)
+    bad = (both_finite & (diff > allowed)) | (~both_finite & ~same_special)
     if not bad.any():
         return True, ""
     where = np.unravel_index(int(np.argmax(bad)), bad.shape)
@@ -130,14 +160,19 @@ class _Checker:
         self.skipped: list[str] = []
         self.checked = 0
         self._broken: set[tuple[str, int | None]] = set()
+        self.eps = rounding_epsilon(trace.precision)
+        # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
+        self.rel = self.eps / (1 - self.eps)
 
     def get(self, name: str, t: int | None) -> np.ndarray | None:
         step_id = anatomy.with_step(name, t)
         return self.trace[step_id] if step_id in self.trace else None
 
-    def expect(self, step: Step, expected: np.ndarray, what: str, *inputs: np.ndarray) -> None:
+    def expect(self, step: Step, expected: np.ndarray, what: str, *inputs: np.ndarray, rounding=0.0) -> None:
         self.checked += 1
-        ok, detail = _close(step.data, expected, _tolerance(step.data, *inputs))
+        if self.eps and np.issubdtype(step.data.dtype, np.floating):
+            rounding = rounding + self.rel * np.abs(step.data.astype(np.float64))  # the step's own rounding
+        ok, detail = _close(step.data, expected, _tolerance(step.data, *inputs), rounding)
         if not ok:
             self.fail(step.id, f"{what}: {detail}")
 
@@ -161,7 +196,9 @@ class _Checker:
                     inputs = [self.trace[step_id] for step_id in ids]
                     expected = recompute(self, step, *inputs)
                     if expected is not None:  # None: a step it also needs is not recorded
-                        self.expect(step, expected, what, *inputs)
+                        bound = ROUNDING.get(step.kind) if self.eps else None
+                        rounding = bound(self, step, expected, *inputs) if bound else 0.0
+                        self.expect(step, expected, what, *inputs, rounding=rounding)
             if prop is not None:
                 prop(self, step)
         except (ValueError, IndexError, TypeError) as exc:
@@ -210,6 +247,38 @@ class _Checker:
     def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
         return z.reshape(z.shape[0], -1).astype(np.float64)
 
+    # -- what rounded inputs can do to each relation (exports with --precision) --------
+    # Each input value r stands for one within ε'·|r| of it (ε' = self.rel); these carry that
+    # through the relation's arithmetic, as a bound per output value.
+    def rounding_of_sum(self, step: Step, expected, *parts: np.ndarray):
+        return self.rel * sum(np.abs(part.astype(np.float64)) for part in parts)
+
+    def rounding_of_scores_raw(self, step: Step, expected, q: np.ndarray, k: np.ndarray):
+        # q̃k̃ − qk = qk(a + b + ab) for |a|, |b| ≤ ε': summed over d_head
+        both = 2 * self.rel + self.rel ** 2
+        return both * np.einsum("qhd,khd->hqk", np.abs(q.astype(np.float64)), np.abs(k.astype(np.float64)))
+
+    def rounding_of_scaled(self, step: Step, expected, raw: np.ndarray):
+        return self.rel * np.abs(expected)
+
+    def rounding_of_masked(self, step: Step, expected, scaled: np.ndarray, *rest: np.ndarray):
+        return self.rel * np.abs(np.where(np.isfinite(expected), expected, 0.0))
+
+    def rounding_of_softmax(self, step: Step, expected, scores: np.ndarray):
+        # Each score s moves by at most Δ = ε'|s|; p_i ∝ exp(s_i) then moves by a factor within
+        # exp(±(Δ_i + max_j Δ_j)): |Δp_i| ≤ p_i·(exp(Δ_i + max Δ) − 1).
+        s = scores.astype(np.float64)
+        delta = np.where(np.isfinite(s), self.rel * np.abs(s), 0.0)
+        widest = delta.max(axis=-1, keepdims=True)
+        return expected * np.expm1(delta + widest)
+
+    def rounding_of_weighted_values(self, step: Step, expected, pattern: np.ndarray, v: np.ndarray):
+        both = 2 * self.rel + self.rel ** 2
+        return both * np.einsum("hqk,khd->qhd", np.abs(pattern.astype(np.float64)), np.abs(v.astype(np.float64)))
+
+    def rounding_of_concat(self, step: Step, expected, z: np.ndarray):
+        return self.rel * np.abs(expected)
+
     def normalised(self, step: Step, *parts: np.ndarray) -> np.ndarray:
         """A norm's output is its input normalised at each position, times one learned weight per
         feature (plus one shift, for a layer norm). The weights are not recorded, so they are
@@ -217,21 +286,54 @@ class _Checker:
 
         RMSNorm (Llama): x / √(mean(x²) + ε), no mean taken off, no shift.
         Layer norm: (x − mean) / √(var + ε)."""
+        fit = self._norm_fit(step, *parts)
+        return fit["weight"] * fit["xhat"] + fit["shift"]
+
+    def _norm_fit(self, step: Step, *parts: np.ndarray) -> dict:
+        """The normalised input x̂, the weight (and shift) fitted per feature, and what the fit needs
+        again to bound the effect of rounded inputs (rounding_of_normalised)."""
         config = self.trace.model.get("config") or {}
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
         out = step.data.astype(np.float64)
         if config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and step.component not in ("ln_embed", "ln_mlm"):
-            xhat = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+            scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+            xhat = x / scale
             energy = (xhat ** 2).sum(0)
             weight = np.divide((out * xhat).sum(0), energy, out=np.zeros_like(energy), where=energy > 0)
-            return weight * xhat
+            return dict(x=x, xhat=xhat, scale=scale, spread_of=xhat, spread=energy, weight=weight, shift=0.0, rms=True)
         centred = x - x.mean(-1, keepdims=True)
-        xhat = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        scale = np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        xhat = centred / scale
         dx, dout = xhat - xhat.mean(0), out - out.mean(0)
         spread = (dx ** 2).sum(0)
         weight = np.divide((dx * dout).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
-        return weight * xhat + (out.mean(0) - weight * xhat.mean(0))
+        return dict(x=x, xhat=xhat, scale=scale, spread_of=dx, spread=spread, weight=weight,
+                    shift=out.mean(0) - weight * xhat.mean(0), rms=False)
+
+    def rounding_of_normalised(self, step: Step, expected, *parts: np.ndarray):
+        """First order: each input x moves by δx = ε'|x| (a sum of parts: ε'·Σ|parts|), each recorded
+        output by δy = ε'|y|. Then x̂ moves by at most δx̂ (through the centring and the division by
+        the norm), and the fitted weight w by |Σ d·(δy + |w|δx̂)| / Σ d² over the positions (d: x̂
+        about its mean for a layer norm, x̂ for RMSNorm); the shift takes the mean of the rest."""
+        fit = self._norm_fit(step, *parts)
+        xhat, scale, weight = fit["xhat"], fit["scale"], np.abs(fit["weight"])
+        dx = self.rel * (sum(np.abs(p.astype(np.float64)) for p in parts) if len(parts) > 1
+                         else np.abs(fit["x"]))
+        if fit["rms"]:
+            dxhat = dx / scale + np.abs(xhat) * (np.abs(xhat) * dx).mean(-1, keepdims=True) / scale
+        else:
+            dcentred = dx + dx.mean(-1, keepdims=True)
+            dscale = (np.abs(xhat) * dcentred).mean(-1, keepdims=True)
+            dxhat = dcentred / scale + np.abs(xhat) * dscale / scale
+        dout = self.rel * np.abs(step.data.astype(np.float64))
+        moved = dout + weight * dxhat
+        spread = fit["spread"]
+        dweight = np.divide((np.abs(fit["spread_of"]) * moved).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
+        bound = weight * dxhat + dweight * np.abs(xhat)
+        if not fit["rms"]:
+            bound = bound + moved.mean(0) + dweight * np.abs(xhat.mean(0))
+        return bound
 
     def mean_over_tokens(self, step: Step, hidden: np.ndarray) -> np.ndarray:
         return hidden.astype(np.float64).mean(0)
@@ -249,7 +351,8 @@ class _Checker:
         self.checked += 1
         pattern = step.data
         sums = pattern.astype(np.float64).sum(-1)
-        if not np.allclose(sums, 1.0, atol=_tolerance(pattern)):
+        # rounded weights: their sum is off by at most ε' of itself
+        if not np.allclose(sums, 1.0, atol=_tolerance(pattern) + self.rel * float(np.abs(sums).max(initial=0.0))):
             self.fail(step.id, f"rows sum to {sums.min():.6g}…{sums.max():.6g}, not 1")
         mask = self.sibling(step, "{attn}.hook_mask")
         if mask is not None and np.any(pattern[:, ~mask] != 0):
@@ -312,12 +415,16 @@ class _Checker:
                 rows.append((probs[pos], item.get("chosen"), item.get("top_k", [])))
         for row, chosen, top_k in rows:
             self.checked += 1
-            best = int(np.argmax(np.where(np.isin(np.arange(len(row)), suppressed), -np.inf, row)))
+            allowed = np.where(np.isin(np.arange(len(row)), suppressed), -np.inf, row)  # what greedy may choose
+            best = int(np.argmax(allowed))
+            chosen_id = chosen.get("id") if isinstance(chosen, dict) else None
+            if self.eps and isinstance(chosen_id, int) and 0 <= chosen_id < len(row) and allowed[chosen_id] == allowed[best]:
+                best = chosen_id  # rounding keeps the order but may make the winner tie with another
             if not isinstance(chosen, dict) or chosen.get("id") != best:
                 self.fail(step.id, f"chosen token {chosen!r} is not the argmax (id {best}) under greedy decoding")
             for entry in top_k:
                 token_id = entry.get("id") if isinstance(entry, dict) else None
-                if not isinstance(token_id, int) or not 0 <= token_id < len(row) or abs(float(row[token_id]) - float(entry.get("prob", -1))) > 1e-5:
+                if not isinstance(token_id, int) or not 0 <= token_id < len(row) or abs(float(row[token_id]) - float(entry.get("prob", -1))) > 1e-5 + self.rel * abs(float(row[token_id])):
                     self.fail(step.id, f"top-k entry {entry!r} does not match the probabilities")
                     break
 
@@ -361,6 +468,16 @@ RELATIONS = {
     "probs": ("softmax of the logits", _Checker.softmax),
     "mean_pooled": ("mean over the tokens", _Checker.mean_over_tokens),
     "sentence_embedding": ("divided by its length", _Checker.unit_length),
+    "class_probs": ("softmax of the class scores", _Checker.softmax),
+}
+# kind -> what rounding its inputs (a --precision export) can do to the recomputed values
+ROUNDING = {
+    "resid_pre": _Checker.rounding_of_sum, "resid_mid": _Checker.rounding_of_sum,
+    "resid_mid_cross": _Checker.rounding_of_sum, "resid_post": _Checker.rounding_of_sum,
+    "attn_raw": _Checker.rounding_of_scores_raw, "attn_scaled": _Checker.rounding_of_scaled,
+    "attn_scores": _Checker.rounding_of_masked, "pattern": _Checker.rounding_of_softmax,
+    "z": _Checker.rounding_of_weighted_values, "concat": _Checker.rounding_of_concat,
+    "probs": _Checker.rounding_of_softmax, "normalized": _Checker.rounding_of_normalised,
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "attn_bias": _Checker.relative_bias, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
@@ -376,4 +493,8 @@ def check_trace(trace: Trace) -> CheckReport:
     checker.tokens()
     for step in trace.steps:
         checker.step(step)
-    return CheckReport(checker.checked, checker.failures, checker.skipped)
+    # a training trace's loss, gradients, LoRA paths and AdamW updates (tracer/trace/check_training.py)
+    checked, failures = check_training(trace)
+    checker.checked += checked
+    checker.failures += [Failure(step_id, message) for step_id, message in failures]
+    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision)

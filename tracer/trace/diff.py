@@ -310,6 +310,13 @@ def delta(step_a: Step, step_b: Step) -> np.ndarray | None:
     return out
 
 
+def parting(a: Trace, b: Trace) -> tuple[int | None, tuple[dict, dict] | None]:
+    """The first decoding step at which the decodes of `a` and `b` chose different tokens, and the
+    two tokens chosen there; (None, None) when they never part. Cheap: no tensor is read (the UI's
+    compare mode compares step by step and needs to know which steps `diff` would call parted)."""
+    return _parting(a, b)
+
+
 # -- alignment ------------------------------------------------------------------------------------
 def _overlap(step_a: Step, step_b: Step) -> tuple[tuple[int, ...] | None, str]:
     """The shape both steps have (token axes cut to the shorter), or None and why not."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import orjson
 
+from tracer.errors import BadInput
+from tracer.text import visible
+from tracer.errors import TracerError
 from tracer.trace.atomic import atomic_write
+from tracer.trace.schema import validate_trace
 from tracer.trace.trace import Trace
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -44,11 +49,26 @@ def step_json(step, precision: int | None = None) -> bytes:
         array = round_significant(array, precision)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)  # orjson encodes float16 arrays only via float32
-    array = np.ascontiguousarray(array)  # orjson reads C-contiguous buffers only
+    # orjson reads C-contiguous buffers only; ascontiguousarray makes a 0-d array 1-d, so a scalar is written as one
+    array = np.ascontiguousarray(array) if array.ndim else array.item()
     body = step.meta()
     body.update(nonfinite_fields(step.data))
     body["data"] = array
     return orjson.dumps(body, option=_OPTIONS)
+
+
+def _refuse_writing(message: str):
+    raise TracerError(f"not writing a trace its reader would refuse: {message}")
+
+
+def refuse_session_folder(path: str | os.PathLike) -> None:
+    """An export never goes into a session folder (it would replace or orphan the session's own
+    files). Links are resolved first, so a link to a session folder is refused too."""
+    from tracer.trace.session import MANIFEST
+
+    folder = Path(path).resolve().parent
+    if (folder / MANIFEST).is_file():
+        raise BadInput(f"{visible(path)}: is inside session folder {visible(folder)}; write the export elsewhere")
 
 
 def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None) -> None:
@@ -60,6 +80,8 @@ def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = No
     """
     if precision is not None and not 1 <= precision <= 9:
         raise ValueError("precision must be between 1 and 9 significant digits")
+    refuse_session_folder(path)
+    validate_trace(trace, _refuse_writing)
     header = trace.header()
     if precision is not None:  # recorded, so that a reader (and `tracer check`) knows the floats are rounded
         header["precision"] = min(precision, trace.precision or precision)

@@ -9,8 +9,11 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile
-from tracer.trace.schema import validate_extra, validate_header, validate_labels, validate_meta
-from tracer.trace.step import META_KEYS, Step
+from tracer.trace.reading import read_regular
+from tracer.trace.schema import (
+    usable_labels, validate_consistency, validate_extra, validate_header, validate_labels, validate_meta,
+)
+from tracer.trace.step import META_KEYS, Step, parse_name
 from tracer.trace.trace import Trace
 
 # Reading a JSON export holds it all in memory as Python objects (~3x the file); larger traces
@@ -22,16 +25,7 @@ _STEP_META = META_KEYS | {"data", "null_as", "nonfinite_at"}  # a JSON step also
 
 def read_json(path: str | os.PathLike) -> Trace:
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise DamagedFile(
-                f"{path}: {size / 1024**2:.0f} MB is too large to read as JSON (limit {MAX_JSON_BYTES // 1024**2} MB); "
-                "save the trace as a session instead"
-            )
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_regular(path, MAX_JSON_BYTES, what="JSON", advice="; save the trace as a session instead")
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -48,6 +42,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
     steps = []
     for position, item in enumerate(document["steps"]):
         steps.append(step_from_json(item, position, fail))
+    validate_consistency(steps, fail)
     try:
         return Trace(
             steps,
@@ -55,7 +50,7 @@ def trace_from_document(document, source: str = "trace") -> Trace:
             device=str(document.get("device", "unknown")),
             input=document["input"],
             output=document["output"],
-            created=str(document.get("created") or "") or None,
+            created=document.get("created") or None,
             tracer_version=str(document.get("tracer_version", "unknown")),
             precision=document.get("precision"),
         )
@@ -65,10 +60,10 @@ def trace_from_document(document, source: str = "trace") -> Trace:
 
 def step_from_json(item, position: int, fail) -> Step:
     step_id, shape, dtype, axes = validate_meta(item, position, fail)
-    labels = validate_labels(item.get("labels", {}), step_id, fail)
+    labels = usable_labels(validate_labels(item.get("labels", {}), step_id, fail), shape, axes)
     step_fail = lambda m: fail(f"step {step_id!r}: {m}")  # noqa: E731
     array = array_from_json(item.get("data"), shape, dtype, item, step_fail)
-    extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail)
+    extra = validate_extra({key: value for key, value in item.items() if key not in _STEP_META}, step_fail, shape, parse_name(step_id.partition("@")[0])["kind"])
     return Step(
         id=step_id, shape=shape, dtype=dtype, axes=axes,
         labels=labels, extra=extra, _array=array,

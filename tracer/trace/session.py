@@ -37,10 +37,14 @@ import orjson
 from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.trace.atomic import fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
-from tracer.trace.schema import validate_extra, validate_header, validate_meta
+from tracer.trace.atomic import atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
+from tracer.trace.reading import read_regular
+from tracer.trace.schema import (
+    check_nesting, usable_labels, usable_stats, validate_consistency, validate_extra, validate_header, validate_meta,
+    validate_trace,
+)
 from tracer.trace.state import UIState
-from tracer.trace.step import META_KEYS, Step
+from tracer.trace.step import META_KEYS, Step, parse_name
 from tracer.trace.tensor_file import TensorFile, write_tensors
 from tracer.trace.trace import Trace, utc_now
 
@@ -56,7 +60,8 @@ ENV_DIR = "TRACER_SESSIONS_DIR"
 DEFAULT_DIR = "sessions"
 
 MAX_META_BYTES = 512 * 1024**2        # a metadata JSON larger than this is not a trace
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_MAX_INDEX = 2**31 - 1                # a head or cell index beyond this is not one the UI can show
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")  # \Z: `$` would let a trailing newline through
 _FILE = re.compile(r"^trace-\d{1,6}\.(meta\.json|safetensors)$")
 # hidden work folders beside a session: .NAME.tmp-PID-xxxx (being written),
 # .NAME.old-PID-xxxx (the replaced session, about to be deleted), .NAME.rm-PID-xxxx (being removed)
@@ -143,10 +148,15 @@ def _step_meta(step: Step, label_sets: dict) -> dict:
     return meta
 
 
+def _refuse_writing(message: str):
+    raise TracerError(f"not saving a trace its reader would refuse: {message}")
+
+
 def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UIState, created: str | None = None) -> dict:
     """Write a complete session into `folder` (which must exist and be empty); returns the manifest."""
     entries = []
     for number, trace in enumerate(traces):
+        validate_trace(trace, _refuse_writing)
         tensors, meta = f"trace-{number}.safetensors", f"trace-{number}.meta.json"
         write_tensors(trace.steps, folder / tensors)
         document = dict(trace.header())
@@ -261,6 +271,34 @@ class SessionStore:
         for aside in asides:
             rmtree(aside)
 
+    def remember_place(self, name: str, state: UIState, traces: list[Trace]) -> bool:
+        """Write `state` (where the user is, the bookmarks) into session `name`'s manifest, as the UI
+        does on quit; False, with nothing written, unless the session on disk holds `traces` (the
+        same inputs and step counts, in order; a trace added since it was saved is not in it).
+
+        Only session.json changes, through a temp file, fsync and rename: a writer killed at any
+        moment leaves the old manifest or the new one, never half of one, and the tensors and
+        metadata are not touched."""
+        folder = self.path_of(name)
+        self.recover(name)
+        try:
+            manifest = read_manifest(folder)
+        except DamagedFile:
+            return False
+        entries = manifest["traces"]
+        if len(entries) > len(traces) or state.trace >= len(entries) or any(
+            entry.get("input") != trace.input.get("text") or entry.get("steps") != len(trace)
+            for entry, trace in zip(entries, traces)
+        ):
+            return False
+        saved = UIState.from_dict(state.to_dict())
+        saved.bookmarks = [b for b in saved.bookmarks if b.trace < len(entries)]
+        manifest["ui"] = saved.to_dict()
+        document = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+        with atomic_write(folder / MANIFEST) as out:
+            out.write(document)
+        return True
+
     def recover(self, name: str | None = None) -> None:
         """Tidy up after writers that died: delete their temp folders, put back a session left aside."""
         try:
@@ -342,17 +380,7 @@ def _folder_size(path: Path) -> int:
 # -- reading -----------------------------------------------------------------------------
 def _read_json(path: Path, limit: int):
     """Parse a JSON file; missing, oversized, truncated or invalid -> DamagedFile naming it."""
-    try:
-        if path.is_symlink():
-            raise DamagedFile(f"{path}: is a symbolic link; a session holds plain files only")
-        size = path.stat().st_size
-        if size > limit:
-            raise DamagedFile(f"{path}: {size} bytes is too large for this file")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DamagedFile(f"{path.parent}: missing file {path.name}") from None
-    except OSError as exc:
-        raise DamagedFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_regular(path, limit, follow_links=False, what="a session file")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -379,9 +407,18 @@ def read_manifest(folder: Path) -> dict:
     entries = manifest.get("traces")
     if not isinstance(entries, list) or not entries:
         fail("'traces' is missing or empty")
+    check_nesting(manifest, fail, "the manifest")
+    for key in ("created", "updated", "name", "tracer_version"):  # shown by `tracer sessions`
+        if manifest.get(key) is not None and type(manifest[key]) is not str:
+            fail(f"'{key}' must be a string, not {type(manifest[key]).__name__}")
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
             fail(f"trace {number} is not an object")
+        for key in ("model", "arch", "created", "input", "output"):
+            if entry.get(key) is not None and type(entry[key]) is not str:
+                fail(f"trace {number}: '{key}' must be a string, not {type(entry[key]).__name__}")
+        if entry.get("steps") is not None and not (type(entry["steps"]) is int and 0 <= entry["steps"] <= 2**63 - 1):
+            fail(f"trace {number}: 'steps' must be a count, not {entry['steps']!r}")
         for key in ("meta", "tensors"):
             value = entry.get(key)
             if not isinstance(value, str) or not _FILE.match(value):
@@ -420,20 +457,21 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
             fail(f"step {step_id!r} has invalid labels")
         extra = {key: value for key, value in item.items() if key not in META_KEYS}
         if extra:
-            extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"))
-        stats = item.get("stats")
+            extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"), shape,
+                                   parse_name(step_id.partition("@")[0])["kind"])
         steps.append(Step(
             id=step_id, shape=shape, dtype=dtype, axes=axes,
-            labels={axis: label_sets[i] for axis, i in refs.items()},
-            _stats=stats if type(stats) is dict else None, extra=extra,
+            labels=usable_labels({axis: label_sets[i] for axis, i in refs.items()}, shape, axes),
+            _stats=usable_stats(item.get("stats")), extra=extra,
         ))
     tensors = TensorFile(folder / entry["tensors"], steps)
+    validate_consistency(steps, fail)
     for step in steps:
         step._loader = tensors.loader(step)
     try:
         return Trace(
             steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
-            output=body["output"], created=str(body.get("created") or "") or None,
+            output=body["output"], created=body.get("created") or None,
             tracer_version=str(body.get("tracer_version", "unknown")),
             precision=body.get("precision"),
         )
@@ -449,6 +487,12 @@ def _restore_state(raw, traces: list[Trace]) -> UIState:
         state = UIState()
     if state.trace >= len(traces):
         state.trace = 0
+    if state.head > _MAX_INDEX:
+        state.head = 0
+    if max(state.cell) > _MAX_INDEX:
+        state.cell = (0, 0)
+    for bookmark in state.bookmarks:
+        bookmark.note = bookmark.note[:1000]
     if state.step is not None and state.step not in traces[state.trace]:
         state.step = None
     state.bookmarks = [b for b in state.bookmarks if 0 <= b.trace < len(traces) and b.step in traces[b.trace]]

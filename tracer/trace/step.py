@@ -9,32 +9,68 @@ from typing import Callable
 
 import numpy as np
 
-# "decoder.1.cross_attn.hook_pattern" -> stack, layer, component, hook
-_NAME = re.compile(
-    r"^(?:(?P<stack>encoder|decoder)\.)?(?:(?:blocks\.)?(?P<layer>\d+)\.)?"
-    r"(?:(?P<component>[a-z_0-9]+)\.)?hook_(?P<kind>[a-z_0-9]+)$"
+# "decoder.1.cross_attn.hook_pattern" -> stack, layer, component, hook.
+# A LoRA adapter's taps sit one module deeper: "blocks.0.attn.W_Q.hook_lora_a" (module W_Q).
+_PREFIX = r"^(?:(?P<stack>encoder|decoder)\.)?(?:(?:blocks\.)?(?P<layer>\d+)\.)?"
+_TAP = r"(?:(?P<component>[a-z_0-9]+)\.)?(?:(?P<module>W_[A-Za-z_0-9]+)\.)?hook_"
+_NAME = re.compile(_PREFIX + _TAP + r"(?P<kind>[a-z_0-9]+)$")
+# A training trace's gradient at a tap: "blocks.0.attn.hook_pattern.grad" (kind "pattern.grad", of "pattern").
+_TAP_GRAD = re.compile(_PREFIX + _TAP + r"(?P<of>[a-z_0-9]+)\.grad$")
+# A training trace's per-parameter quantities: "blocks.0.attn.W_Q.weight.adam_m" (component "attn",
+# param "W_Q.weight", kind "adam_m"). A weight module (W_…) is part of the parameter, not a component.
+PARAM_KINDS = ("value", "grad", "adam_m", "adam_v", "adam_m_hat", "adam_v_hat", "adam_step", "new")
+_PARAM = re.compile(
+    _PREFIX + r"(?:(?P<component>(?!W_)[a-z_0-9]+)\.)?(?P<param>[A-Za-z_0-9.]+)\.(?P<kind>" + "|".join(PARAM_KINDS) + r")$"
 )
 
 
 @lru_cache(maxsize=8192)
 def parse_name(name: str) -> dict:
-    """Split a hook name into stack, layer, component and kind (None where absent)."""
-    match = _NAME.match(name)
+    """Split a step name into stack, layer, component and kind (None where absent).
+
+    Training traces add keys (None elsewhere): a tap's gradient has kind `<tap kind>.grad` and
+    `of`, the tap's kind (`hook_pattern.grad`: kind `pattern.grad`, of `pattern`); a parameter's
+    steps have `param` (`W_Q.weight`) and kinds `value`, `grad`, `adam_m`, …; `module` is a
+    LoRA-wrapped projection's name (`W_Q`). Callers must not change the dict (it is cached).
+    """
+    match = _NAME.match(name) or _TAP_GRAD.match(name) or _PARAM.match(name)
     if match is None:
-        return {"stack": None, "layer": None, "component": None, "kind": name.rsplit(".", 1)[-1]}
-    layer = match["layer"]
+        return {"stack": None, "layer": None, "component": None, "kind": name.rsplit(".", 1)[-1],
+                "of": None, "param": None, "module": None}
+    parts = match.groupdict()
+    layer = parts["layer"]
     return {
-        "stack": match["stack"],
+        "stack": parts["stack"],
         "layer": int(layer) if layer is not None else None,
-        "component": match["component"],
-        "kind": match["kind"],
+        "component": parts["component"],
+        "kind": parts.get("kind") or f"{parts['of']}.grad",
+        "of": parts.get("of"),
+        "param": parts.get("param"),
+        "module": parts.get("module"),
     }
+
+
+def split_step_id(step_id: str) -> tuple[str, int | None, int | None]:
+    """A step id -> (name, decoding step, training step).
+
+    `decoder.0.hook_z@3` is decoding step 3; `blocks.0.attn.hook_pattern@s2` is training step 2
+    of a `tracer finetune` trace; a plain name has neither. Raises ValueError for anything else.
+    """
+    name, sep, suffix = step_id.partition("@")
+    if not sep:
+        return name, None, None
+    if suffix.startswith("s"):
+        number = suffix[1:]
+        if not (number.isascii() and number.isdigit()):
+            raise ValueError(f"invalid training step in {step_id!r}")
+        return name, None, int(number)
+    return name, int(suffix), None
 
 
 def split_id(step_id: str) -> tuple[str, int | None]:
     """`decoder.0.hook_z@3` -> ("decoder.0.hook_z", 3); ids without `@t` have no decoding step."""
-    name, sep, t = step_id.partition("@")
-    return name, (int(t) if sep else None)
+    name, t, _ = split_step_id(step_id)
+    return name, t
 
 
 def compute_stats(array: np.ndarray) -> dict:
@@ -60,7 +96,8 @@ def compute_stats(array: np.ndarray) -> dict:
 
 
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
-META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "shape", "dtype", "axes", "labels", "stats"})
+META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
+                       "axes", "labels", "stats"})
 
 
 @dataclass(eq=False)
@@ -107,6 +144,11 @@ class Step:
     @cached_property
     def decode_step(self) -> int | None:
         return split_id(self.id)[1]
+
+    @cached_property
+    def train_step(self) -> int | None:
+        """The training step (`@sN`) of a `tracer finetune` trace's step; None elsewhere."""
+        return split_step_id(self.id)[2]
 
     @cached_property
     def _parts(self) -> dict:
@@ -166,5 +208,7 @@ class Step:
             "labels": self.labels,
             "stats": self.stats,
         }
+        if self.train_step is not None:  # only training traces carry the key
+            out["train_step"] = self.train_step
         out.update(self.extra)
         return out

@@ -3,8 +3,8 @@
 The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-endian header
 length, a JSON header padded with spaces to 8 bytes, then the raw little-endian data), so any
 safetensors reader opens it. Reading checks the whole header against the trace's metadata
-before the first tensor is read, then reads tensors one at a time through
-`safetensors.safe_open(..., framework="np")`. No pickle anywhere.
+before the first tensor is read, then reads tensors one at a time from the
+file it checked, held open (tracer.trace.reading: a regular file, read with pread). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile, TracerError
-from tracer.text import human_size
+from tracer.text import human_size, visible
+from tracer.trace.reading import open_regular
 from tracer.trace.schema import DTYPES
 from tracer.trace.step import Step
 
@@ -26,6 +27,7 @@ from tracer.trace.step import Step
 ST_DTYPES = {"float16": "F16", "float32": "F32", "float64": "F64", "int32": "I32", "int64": "I64", "bool": "BOOL"}
 assert set(ST_DTYPES) == DTYPES
 MAX_HEADER_BYTES = 100 * 1024**2      # what safetensors itself accepts
+MAX_TENSOR_FILE_BYTES = 1024**5       # a bound, not a budget: tensors are read one at a time
 
 _ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
@@ -75,31 +77,32 @@ class TensorFile:
 
     def __init__(self, path: Path, steps: list[Step]):
         self.path = path
-        self._handle = None
+        # Held open for as long as the trace lives: tensors are read from this file, the one whose
+        # header was checked, even if the session is replaced or deleted meanwhile (never a mix).
+        self._file = None
+        self._data_start = 0
+        self._spans: dict[str, int] = {}
         self._check(steps)
 
     def _fail(self, message: str):
-        raise DamagedFile(f"{self.path}: {message}")
+        raise DamagedFile(f"{visible(self.path)}: {message}")
 
     def _check(self, steps: list[Step]) -> None:
         """Validate the header against the metadata without reading any tensor data."""
+        fd, size = open_regular(self.path, MAX_TENSOR_FILE_BYTES, follow_links=False, what="a tensor file")
+        self._file = handle = os.fdopen(fd, "rb", buffering=0)
         try:
-            if self.path.is_symlink():
-                self._fail("is a symbolic link; a session holds plain files only")
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < 8:
-                    self._fail(f"truncated ({size} bytes; not even a safetensors header)")
-                (header_len,) = struct.unpack("<Q", handle.read(8))
-                if header_len > MAX_HEADER_BYTES:
-                    self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
-                if 8 + header_len > size:
-                    self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
-                raw = handle.read(header_len)
-        except FileNotFoundError:
-            raise DamagedFile(f"{self.path.parent}: missing file {self.path.name}") from None
-        except OSError as exc:
-            raise DamagedFile(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+            if size < 8:
+                self._fail(f"truncated ({size} bytes; not even a safetensors header)")
+            (header_len,) = struct.unpack("<Q", _read_at(handle, 8, 0))
+            if header_len > MAX_HEADER_BYTES:
+                self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
+            if 8 + header_len > size:
+                self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
+            raw = _read_at(handle, header_len, 8)
+        except (OSError, EOFError) as exc:
+            raise DamagedFile(f"{visible(self.path)}: cannot read ({exc.strerror or exc})") from None
+        self._data_start = 8 + header_len
         try:
             header = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -133,36 +136,42 @@ class TensorFile:
                 self._fail(f"truncated: tensor {step.id!r} ({human_size(need)}) ends at byte {offsets[1]}, "
                            f"but the file holds only {data_len} bytes of data")
             spans.append(offsets)
+            self._spans[step.id] = offsets[0]
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:]):
             if start < end:
                 self._fail("tensors overlap in the file")
 
-    def _open(self):
-        if self._handle is None:
-            from safetensors import safe_open
-
-            try:
-                self._handle = safe_open(str(self.path), framework="np")
-            except Exception as exc:  # SafetensorError, OSError: the Rust side's errors
-                raise DamagedFile(f"{self.path}: cannot open ({_first_line(exc)})") from None
-        return self._handle
-
     def loader(self, step: Step):
         step_id, shape, dtype = step.id, tuple(step.shape), step.dtype
 
         def load() -> np.ndarray:
+            array = np.empty(shape, dtype=np.dtype(dtype).newbyteorder("<"))
             try:
-                array = self._open().get_tensor(step_id)
-            except DamagedFile:
-                raise
-            except Exception as exc:
-                raise DamagedFile(f"{self.path}: cannot read tensor {step_id!r} ({_first_line(exc)})") from None
-            if tuple(array.shape) != shape or str(array.dtype) != dtype:
-                raise DamagedFile(f"{self.path}: tensor {step_id!r} is {array.dtype}{list(array.shape)}, metadata says {dtype}{list(shape)}")
-            return array
+                if array.size:
+                    _read_into(self._file, memoryview(array).cast("B"), self._data_start + self._spans[step_id])
+            except (OSError, EOFError) as exc:
+                raise DamagedFile(f"{visible(self.path)}: cannot read tensor {step_id!r} ({_first_line(exc)})") from None
+            return array if array.dtype.isnative else array.astype(dtype)
 
         return load
+
+
+def _read_at(handle, size: int, offset: int) -> bytes:
+    buffer = bytearray(size)
+    _read_into(handle, memoryview(buffer), offset)
+    return bytes(buffer)
+
+
+def _read_into(handle, view: memoryview, offset: int) -> None:
+    """Fill `view` from the file at `offset` (pread: no shared file position); EOFError if the file
+    was cut short after its header was checked."""
+    fd = handle.fileno()
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if got == 0:
+            raise EOFError("the file ends early: it was cut short after it was opened")
+        view, offset = view[got:], offset + got
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,11 +34,17 @@ class TracerApp(App[None]):
         session_name: str | None = None,
         play: bool = False,
         store=None,
+        compare: bool = False,
+        tol: float | None = None,
     ) -> None:
+        """`compare`: open in compare mode, the first trace against the second (`tracer diff --tui`);
+        `tol`: compare mode's tolerance (None: `tracer diff`'s default)."""
         super().__init__()
         if not traces:
             raise ValueError("TracerApp needs at least one trace")
-        self.viewer = Viewer(traces, state)
+        self.viewer = Viewer(traces, state) if tol is None else Viewer(traces, state, tol=tol)
+        if compare:
+            self.viewer.compare_with(1)
         self.trace_screen = TraceScreen(self.viewer, retrace=retrace, store=store, session_name=session_name, play=play)
 
     def on_ready(self) -> None:

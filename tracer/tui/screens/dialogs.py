@@ -47,3 +47,38 @@ class TextPrompt(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class Confirm(ModalScreen[bool]):
+    """Ask a yes/no question; y answers True, n or escape False (not enter: the enter that closed
+    the prompt before must not replace a session by being pressed once too often)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n,escape", "answer(False)", "no"),
+    ]
+
+    DEFAULT_CSS = """
+    Confirm { align: center middle; }
+    Confirm > Vertical {
+        width: 70%;
+        max-width: 80;
+        height: auto;
+        border: thick $warning;
+        background: $surface;
+        padding: 1 2;
+    }
+    Confirm .hint { color: $text-muted; }
+    """
+
+    def __init__(self, question: str, hint: str = "y: yes · n / escape: no") -> None:
+        super().__init__()
+        self._question, self._hint = question, hint
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text(self._question, style="bold"))
+            yield Static(Text(self._hint), classes="hint")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -61,21 +61,22 @@ class HelpScreen(ModalScreen[None]):
         self._sections = sections
 
     def compose(self) -> ComposeResult:
-        table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
-        table.add_column("keys", style="bold cyan", no_wrap=True, width=24)
-        table.add_column("what")
-        current = None
+        # One table per section, its heading a line of its own above it: in the keys column
+        # (24 cells) a heading such as "Cells (tensor view focused; …)" was cut off.
+        tables: dict[str, Table] = {}
         for section, keys, description in key_rows(self.app, self._sections):
-            if section != current:
-                if current is not None:
-                    table.add_row("", "")
-                table.add_row(Text(section, style="bold underline"), "")
-                current = section
+            table = tables.get(section)
+            if table is None:
+                table = tables[section] = Table(box=None, show_header=False, expand=True, padding=(0, 1))
+                table.add_column("keys", style="bold cyan", no_wrap=True, width=24)
+                table.add_column("what", ratio=1)  # the room left goes to the words
             table.add_row(Text(keys), Text(description))
         with VerticalScroll():
             yield Static(Text("Keys", style="bold"))
             yield Static(Text(INTRO, style="dim"))
-            yield Static(table)
+            for section, table in tables.items():
+                yield Static(Text("\n" + section, style="bold underline"), classes="heading")
+                yield Static(table)
             yield Static(Text("escape, ? or q closes this help", style="dim"))
 
     def action_close(self) -> None:

@@ -17,25 +17,28 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Static
 
+from tracer.input_notes import input_notes
 from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
-from tracer.tui.view.explain import describe_cell, explain
+from tracer.tui.view.explain import WORKED, describe_cell, explain
 from tracer.tui.view.outline import build_outline
-from tracer.tui.screens.dialogs import TextPrompt
+from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
+from tracer.tui.view.compare import ONLY, SIDE, Shown, describe_compared_cell, figure_lines
 from tracer.tui.view.picture import Picture
 from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
 from tracer.tui.widgets.navigator import StepNavigator
-from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel
+from tracer.tui.widgets.panels import ExplainPanel, NextTokenPanel, explanation_text
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
+from tracer.tui.screens.pass_views import PassViews
+from tracer.tui.widgets.heads_view import HeadsView
 
 # Seconds per step for autoplay, slowest first; + and - move along this list.
 SPEEDS = (3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.15, 0.08)
@@ -48,7 +51,7 @@ def session_slug(text: str) -> str:
     return slug[:40] or "session"
 
 
-class TraceScreen(Screen[None]):
+class TraceScreen(PassViews):
     """The step-through view of one trace (the app may hold several; `o` switches)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -69,6 +72,9 @@ class TraceScreen(Screen[None]):
         Binding("minus", "speed(-1)", "play slower", show=False, key_display="-"),
         Binding("i", "new_input", "new input"),
         Binding("o", "other_trace", "other trace, same step", show=False),
+        Binding("c", "compare", "compare with the next trace (Δ = B − A)", show=False),
+        Binding("d", "most_changed(1)", "next most-changed step", show=False),
+        Binding("D", "most_changed(-1)", "prev most-changed step", show=False),
         Binding("s", "save", "save"),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
@@ -86,6 +92,8 @@ class TraceScreen(Screen[None]):
     | v | Heat map / numbers. |
     | a, + / - | Autoplay on/off, faster / slower. |
     | i | Trace a new sentence; o switches to the next trace, at the same step. |
+    | c | Compare with the next trace: Δ heat map (B − A), or side by side; again: the trace after, then off. |
+    | d / D | In compare mode: the next / previous most-changed step. |
     | s | Save the session. |
     | ? | Help.  q: quit. |
     """
@@ -113,6 +121,9 @@ class TraceScreen(Screen[None]):
         self.speed = DEFAULT_SPEED
         self._play_on_mount = play
         self._play_timer = None
+        # the problems of steps that could not be drawn, one line each (tracer.tui.open_traces
+        # turns them into the exit code once the UI closes)
+        self.step_errors: list[str] = []
 
     # -- where we are (the viewer's; kept here for tests and callers) --------------------
     @property
@@ -151,6 +162,7 @@ class TraceScreen(Screen[None]):
             with Vertical(id="main"):
                 yield FittedLine(id="tensor-title")
                 yield TensorView(id="tensor")
+                yield HeadsView(id="heads")
                 yield Static(id="inspect")
                 with Horizontal(id="bottom"):
                     yield ExplainPanel(id="explain")
@@ -178,16 +190,50 @@ class TraceScreen(Screen[None]):
         if change.trace:
             navigator.load(build_outline(trace))
             self._update_title()
+            for note in input_notes(trace):  # also in the explain panel, at Tokenize / the prediction
+                self.notify(note, severity="warning", timeout=12, markup=False)
         if change.trace or change.bookmarks:
             navigator.set_bookmarks(viewer.bookmarked_steps())
-        picture = viewer.picture()
-        self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
-        self._update_tensor_title(picture)
-        self._update_inspect(picture, *viewer.cell)
-        if change.trace or change.step:  # another head or view: the panels and the tree have not changed
-            self.query_one(ExplainPanel).show(explain(step, trace), step)
-            self.query_one(NextTokenPanel).show(trace, step)
+        shown = viewer.compared()
+        picture = None
+        if shown is not None:
+            self._hide_all_heads()
+            self._draw_compared(shown)
+        else:
+            try:
+                picture = viewer.picture()
+            except Exception as exc:  # noqa: BLE001 - one step that cannot be drawn must not end the UI
+                self._cannot_draw(step, "the tensor", exc)
+            else:
+                self.query_one(TensorView).show(picture, viewer.view, viewer.cell)
+                self._update_tensor_title(picture)
+                self._draw_all_heads()
+                self._update_inspect(picture, *viewer.cell)
+        if shown is not None:
+            if change.trace or change.step:  # another head or view: the panels have not changed
+                self._explain_compared(step)
+        elif change.trace or change.step or (step.kind in WORKED and picture is not None):
+            try:  # another head or view: only a worked cell changes
+                self.query_one(ExplainPanel).show(explain(step, trace, picture, viewer.cell), step)
+            except Exception as exc:  # noqa: BLE001
+                self._cannot_draw(step, "the explanation", exc)
+        if change.trace or change.step:
+            try:
+                self.query_one(NextTokenPanel).show(trace, step)
+            except Exception as exc:  # noqa: BLE001
+                self._cannot_draw(step, "the prediction", exc)
             navigator.show_current(step.id)
+
+    def _cannot_draw(self, step: Step, what: str, exc: Exception) -> None:
+        """Say in one line, where the tensor would be, why this step cannot be drawn; the UI goes on."""
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        message = f"{step.id}: {what} cannot be drawn ({first})"
+        self.step_errors.append(message)
+        if what == "the tensor":
+            self.query_one(TensorView).show(None)
+            self.query_one("#inspect", Static).update("", layout=False)
+        line = Text(visible(message), style="bold red", no_wrap=True, overflow="ellipsis")
+        self.query_one("#tensor-title", FittedLine).show(lambda width: line)
 
     def go(self, step_id: str) -> None:
         """Open `step_id` (from the outline, the finder, or a caller that set the head or view)."""
@@ -203,11 +249,14 @@ class TraceScreen(Screen[None]):
 
         def fit(width: int) -> Text:
             text = Text(no_wrap=True, overflow="ellipsis")
-            for part, style in screen_title(viewer.trace, viewer.trace_index + 1, len(viewer.traces), playing, width):
+            comparing = viewer.comparison.b_index + 1 if viewer.comparison is not None else None
+            for part, style in screen_title(viewer.trace, viewer.trace_index + 1, len(viewer.traces), playing, width,
+                                            comparing):
                 text.append(part, style=style)
             return text
 
         self.query_one("#title", FittedLine).show(fit)
+        self._update_key_bar()
 
     def _update_tensor_title(self, picture: Picture) -> None:
         step = self.viewer.step
@@ -217,9 +266,12 @@ class TraceScreen(Screen[None]):
         note = self.viewer.bookmark_for(step.id)
         if note is not None:  # only the note gives way to keep ★ in sight; the details after it may be cut
             first += [("   ★ ", "bold yellow", False), (visible(note.note) or "bookmarked", "", True)]
-        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[self.viewer.view]}"]
+        view = "numbers" if picture.scale == "ids" else self.viewer.view  # token ids are always numbers
+        details = [f"   [{' × '.join(map(str, step.shape))}]", f"   {VIEW_NAMES[view]}"]
         if picture.wrap is not None:
             details.append(f"   {picture.length} values, {picture.wrap} per row")
+        if picture.head is not None:
+            details.append("   scale: per head (A: all heads, shared)")
         legend = legend_text(picture, self.viewer.view)
 
         def fit(width: int) -> Text:
@@ -230,6 +282,10 @@ class TraceScreen(Screen[None]):
                 text.append(part, style="dim")
             text.append("\n")
             text.append_text(legend)
+            # the stats cover every head, the colours this one: said where it fits whole (not at 80 columns)
+            scale_note = f"   colours: head {picture.head + 1}'s range" if picture.head is not None else ""
+            if scale_note and legend.cell_len + len(scale_note) <= width:
+                text.append(scale_note, style="dim")
             return text
 
         self.query_one("#tensor-title", FittedLine).show(fit)
@@ -240,8 +296,14 @@ class TraceScreen(Screen[None]):
 
     def on_tensor_view_cell_highlighted(self, event: TensorView.CellHighlighted) -> None:
         self.viewer.set_cell(event.row, event.col)
-        if event.view.picture is not None:
+        shown = self.viewer.compared()
+        if shown is not None:
+            self._update_compared_inspect(shown, event.row, event.col)
+        elif event.view.picture is not None:
             self._update_inspect(event.view.picture, event.row, event.col)
+            step = self.viewer.step
+            if step.kind in WORKED:  # the explain panel works this cell through
+                self.query_one(ExplainPanel).show(explain(step, self.viewer.trace, event.view.picture, self.viewer.cell), step)
 
     def _update_inspect(self, picture: Picture, row: int, col: int) -> None:
         line = Text()
@@ -365,6 +427,85 @@ class TraceScreen(Screen[None]):
     def action_other_trace(self) -> None:
         self.apply(self.viewer.other_trace())
 
+    # -- compare mode (the Viewer holds the pair; tracer.tui.view.compare builds what is drawn) ----------
+    COMPARE_HINTS: ClassVar[list[Binding]] = [
+        Binding("c", "compare", "compare"),
+        Binding("d", "most_changed(1)", "most changed"),
+    ]
+
+    def action_compare(self) -> None:
+        self.apply(self.viewer.toggle_compare())
+
+    def action_most_changed(self, delta: int) -> None:
+        self.apply(self.viewer.most_changed(delta))
+
+    def _update_key_bar(self) -> None:
+        """With two traces open the bar offers `c compare`; in compare mode also `d most changed`."""
+        if len(self.viewer.traces) < 2:
+            hints = self.BINDINGS
+        else:
+            extra = self.COMPARE_HINTS if self.viewer.comparison is not None else self.COMPARE_HINTS[:1]
+            at = next(i for i, b in enumerate(self.BINDINGS) if isinstance(b, Binding) and b.key == "s")
+            hints = [*self.BINDINGS[:at], *extra, *self.BINDINGS[at:]]
+        self.query_one(KeyBar).set_bindings(hints)
+
+    def _draw_compared(self, shown: Shown) -> None:
+        viewer, view = self.viewer, self.query_one(TensorView)
+        if shown.picture is None:
+            view.show_message(shown.message)
+        else:
+            view.show(shown.picture, viewer.view, viewer.cell)
+        comparison = viewer.comparison
+        a, b = comparison.a_index + 1, comparison.b_index + 1
+        step = shown.step_a
+        if shown.mode == ONLY:
+            what = f"   only in trace {a}"
+        elif shown.mode == SIDE:
+            what = f"   side by side: A = trace {a} | B = trace {b}"
+        else:
+            what = f"   Δ = trace {b} − trace {a}"
+        first: list[tuple[str, str, bool]] = [(step.id, "bold", True), (what, "bold magenta", True)]
+        picture = shown.picture
+        headed = shown.sides[0] if shown.sides else picture  # side by side: the head is A's picture's
+        if headed is not None and headed.head is not None:
+            first.append((f"   head {headed.head + 1}/{headed.n_heads}", "bold yellow", False))
+        shapes = f"   [{' × '.join(map(str, step.shape))}]"
+        if shown.step_b is not None and shown.step_b.shape != step.shape:
+            shapes += f" vs [{' × '.join(map(str, shown.step_b.shape))}]"
+        details = [shapes, f"   {VIEW_NAMES[viewer.view]}"]
+        legend = legend_text(picture, viewer.view) if picture is not None else Text(shown.message, style="dim")
+
+        def fit(width: int) -> Text:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            # one cell to spare: the details after these parts end in the ellipsis, not the head
+            for part, style in fit_parts(first, width - 1):
+                text.append(part, style=style)
+            for part in details:
+                text.append(part, style="dim")
+            text.append("\n")
+            text.append_text(legend)
+            return text
+
+        self.query_one("#tensor-title", FittedLine).show(fit)
+        self._update_compared_inspect(shown, *view.cursor)
+
+    def _update_compared_inspect(self, shown: Shown, row: int, col: int) -> None:
+        line = Text()
+        line.append("cell  ", style="bold cyan")
+        viewer = self.viewer
+        line.append(visible_token_line(describe_compared_cell(shown, viewer.comparison.a, viewer.comparison.b, row, col)))
+        self.query_one("#inspect", Static).update(line, layout=False)
+
+    def _explain_compared(self, step: Step) -> None:
+        """The diff figures first, then what the step computes."""
+        text = Text()
+        for label, words in figure_lines(self.viewer.comparison, step.id):
+            text.append(f"{label:<9}", style="bold magenta")
+            text.append(visible(words) + "\n")
+        text.append("\n")
+        text.append_text(explanation_text(explain(step, self.viewer.trace), step))
+        self.query_one(ExplainPanel).set_text(text)
+
     # -- save, help, quit -----------------------------------------------------------------
     def action_save(self) -> None:
         if self.session_name:
@@ -388,6 +529,21 @@ class TraceScreen(Screen[None]):
                 return
             store = SessionStore(None)
         try:
+            taken = not force and store.path_of(name).exists()
+        except TracerError as exc:  # not a valid session name
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        if taken:  # ask here: the command line's --force is no use inside the UI
+
+            def replace(yes: bool | None) -> None:
+                if yes:
+                    self._save(name, force=True)
+                else:
+                    self._notify(f"not saved: session {name!r} is left as it was")
+
+            self.app.push_screen(Confirm(f"A session named {name!r} already exists in {store.root}. Replace it?"), replace)
+            return
+        try:
             path = store.save(name, self.viewer.traces, state=self.viewer.to_state(), force=force)
         except TracerError as exc:
             self.notify(str(exc), severity="error", markup=False)
@@ -405,12 +561,29 @@ class TraceScreen(Screen[None]):
         return [
             ("Steps", [b for b in self.BINDINGS if isinstance(b, Binding)]),
             ("Cells (tensor view focused; tab switches focus)", [b for b in TensorView.BINDINGS if isinstance(b, Binding)]),
+            ("Views over the pass", [b for b in PassViews.BINDINGS if isinstance(b, Binding)]),
             ("Outline (when focused; tab switches focus)", [b for b in StepNavigator.BINDINGS if isinstance(b, Binding)]),
             ("App", app_bindings + [Binding("ctrl+p", "command_palette", "command palette (find steps, themes)")]),
         ]
 
     def action_quit(self) -> None:
+        self.remember_place()
         self.app.exit()
+
+    def remember_place(self) -> None:
+        """A saved session remembers where it was left (its UI state; the traces are not rewritten),
+        so `tracer replay NAME` reopens here. A trace that is not saved has nothing to remember into."""
+        if not self.session_name:
+            return
+        try:
+            store = self.store
+            if store is None:  # as _save: the default sessions folder
+                from tracer.trace.session import SessionStore
+
+                store = SessionStore(None)
+            store.remember_place(self.session_name, self.viewer.to_state(), self.viewer.traces)
+        except (TracerError, OSError, ImportError):
+            pass  # quitting must not fail: the session keeps the place it was saved with
 
 
 def visible_token_line(text: str) -> str:

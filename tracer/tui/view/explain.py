@@ -4,11 +4,14 @@ sizes, which recorded steps it was computed from, and what one cell of it means 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
 from tracer.trace.check import relative_buckets
 from tracer.tui.view.outline import quoted
@@ -29,6 +32,7 @@ class Explanation:
     words: str
     formula: str
     inputs: list[str] = field(default_factory=list)
+    worked: str = ""   # the formula worked through with the selected cell's own numbers ("" where none)
 
 
 @dataclass
@@ -66,6 +70,21 @@ class Context:
 def inputs_of(step: Step, trace: Trace) -> list[str]:
     """The recorded steps this one was computed from, in the same forward pass (the anatomy's dataflow)."""
     return [step_id for step_id in anatomy.sources(step.id, trace) if step_id]
+
+
+# Hugging Face families whose attention projections have no bias (or only Q/K/V's); tracer's own
+# models, GPT-2 and BERT have all four (nn.Linear's default).
+_NO_ATTENTION_BIAS = {"llama": (False, False), "mistral": (False, False), "qwen2": (True, False)}
+
+
+def attention_biases(trace: Trace) -> tuple[bool, bool]:
+    """(Q/K/V projections have a bias, the output projection W_O has one) for this trace's model."""
+    config = trace.model.get("config") or {}
+    if isinstance(config, dict) and "qkv_bias" in config:  # what the model was built with (tracer.nn.config)
+        return bool(config["qkv_bias"]), bool(config.get("attn_out_bias", True))
+    source = trace.model.get("source")
+    model_type = source.get("model_type") if isinstance(source, dict) else None
+    return _NO_ATTENTION_BIAS.get(model_type, (True, True))
 
 
 def _size(*dims) -> str:
@@ -133,7 +152,14 @@ def _qkv(c: Context):
     role = {"q": ("Queries", "what each position is looking for"),
             "k": ("Keys", "what each position offers to be found by"),
             "v": ("Values", "what each position hands over when it is attended to")}[kind]
-    words = f"{role[0]}: {role[1]}. x is multiplied by W_{kind.upper()} and split into {H} heads of {dh} numbers; each head looks for something different."
+    words = f"{role[0]}: {role[1]}. x is multiplied by W_{kind.upper()} and split into {H} heads of {dh} numbers. "
+    words += {
+        "q": (f"Why several heads: each has its own slice of W_Q, W_K and W_V, so each can follow a different "
+              f"relation (the word before, the subject, the word being translated) in its own {dh}-number "
+              f"subspace, all at once, for the cost of one {d}-wide head."),
+        "k": f"Each head's keys are compared only with the same head's queries: {H} separate comparisons of {dh} numbers.",
+        "v": f"Each head hands over its own {dh}-number slice; the heads' results are put side by side later (concat).",
+    }[kind]
     if c.cross:
         words += (" In cross-attention the queries come from the decoder (what the next word needs) and the keys "
                   "and values from the encoder's output (the source sentence).")
@@ -145,9 +171,10 @@ def _qkv(c: Context):
                  "That makes the cache of keys and values smaller at the same number of query heads.")
     elif Hkv:
         words += f" Their keys and values are shared in groups of {c.H // Hkv} (grouped-query attention)."
-    formula = f"{kind.upper()} = x·W_{kind.upper()}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)} = {n}×{H} heads×{dh}"
+    bias = f" + b_{kind.upper()}" if attention_biases(c.trace)[0] else ""
+    formula = f"{kind.upper()} = x·W_{kind.upper()}{bias}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)} = {n}×{H} heads×{dh}"
     if H * dh != d:
-        formula = f"{kind.upper()} = x·W_{kind.upper()}: ({_size(n, d)})·({_size(d, H * dh)}) → {n}×{H} heads×{dh}"
+        formula = f"{kind.upper()} = x·W_{kind.upper()}{bias}: ({_size(n, d)})·({_size(d, H * dh)}) → {n}×{H} heads×{dh}"
     return f"{role[0]} ({c.where})", words, formula
 
 
@@ -187,8 +214,9 @@ def _attn_raw(c: Context):
 
 def _attn_scaled(c: Context):
     Tq, Tk = _query_key(c)
-    words = ("The scores are divided by √d_head so they do not grow with the head's size; large scores "
-             "would make softmax pick a single key and stop learning.")
+    words = ("The scores are divided by √d_head. Why: a dot product of d_k numbers of unit variance has "
+             f"variance d_k (here {c.dh}), so raw scores spread ~√d_k = {math.sqrt(c.dh):.1f} times wider; dividing brings "
+             "them back to unit spread and keeps softmax from saturating on one key (where it stops learning).")
     return f"Scale by √dₖ ({c.where})", words, f"Q·Kᵀ ÷ √{c.dh} = ÷ {math.sqrt(c.dh):.2f}: {_size(Tq, Tk)} per head"
 
 
@@ -256,7 +284,9 @@ def _z(c: Context):
 
 def _concat(c: Context):
     H, dh = c.H, c.dh
-    words = f"The {H} heads' outputs are placed side by side: {H} × {dh} = {H * dh} numbers per position."
+    words = (f"The {H} heads' outputs are placed side by side: {H} × {dh} = {H * dh} numbers per position. "
+             f"Several narrow heads instead of one wide one let the layer gather by {H} relations at once, each "
+             "in its own subspace, at the same cost; W_O then mixes what they found.")
     return f"Concatenate heads ({c.where})", words, f"[head₀ … head{sub(H - 1)}]: {c.n}×{H}×{dh} → {_size(c.n, H * dh)}"
 
 
@@ -264,7 +294,8 @@ def _attn_out(c: Context):
     n, d = c.n, c.d
     title = "Output projection" + (" (cross-attention)" if c.step.kind == "cross_attn_out" else "")
     words = "A learned matrix W_O mixes the heads back together into the residual stream's dimensions."
-    return title, words, f"concat·W_O: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)}"
+    bias = " + b_O" if attention_biases(c.trace)[1] else ""
+    return title, words, f"concat·W_O{bias}: ({_size(n, d)})·({_size(d, d)}) → {_size(n, d)}"
 
 
 def _residual(c: Context):
@@ -361,6 +392,19 @@ def _probs(c: Context):
     return title, words, f"softmax(logits) over {V} tokens"
 
 
+def _lens_probs(c: Context):
+    step, V, d = c.step, c.shape[-1] if c.shape else "V", c.d
+    norm = c.config.get("norm") == "pre"
+    through = "the final layer norm and then the unembedding" if norm else "the unembedding"
+    words = (f"The logit lens: what layer {step.layer}'s output would predict if it were the last layer, "
+             f"sent through {through} and a softmax. Watch at which layer the chosen token comes out on top.")
+    top = step.extra.get("top_k")
+    if top:
+        words += f" Here the most likely token is {quoted(top[0]['token'])} ({top[0]['prob']:.3f})."
+    formula = f"softmax({'LN_final(x)' if norm else 'x'}·W_Uᵀ): ({d})·({_size(d, V)}) → {V}"
+    return f"Logit lens, layer {step.layer}", words, formula
+
+
 def _token_type_embed(c: Context):
     words = ("BERT was trained on pairs of sentences and adds a learned vector saying which sentence a token "
              "belongs to (its token type, or segment). With one text every token is type 0, so the same row "
@@ -404,6 +448,163 @@ def _generic(c: Context):
     return c.step.kind, "A recorded intermediate value.", _size(*c.shape)
 
 
+# -- a training trace's steps (tracer finetune) --------------------------------------------------
+
+def _training(c: Context) -> dict:
+    training = c.trace.output.get("training")
+    return training if isinstance(training, dict) else {}
+
+
+def _optimizer(c: Context) -> tuple[float, float, float, float, float]:
+    """lr, β₁, β₂, ε, weight decay of the run (AdamW's defaults where the trace does not say)."""
+    found = _training(c).get("optimizer") or {}
+    betas = found.get("betas") or (0.9, 0.999)
+    return (found.get("lr", 1e-3), betas[0], betas[1], found.get("eps", 1e-8), found.get("weight_decay", 0.01))
+
+
+def _t(c: Context) -> int:
+    return c.step.extra.get("adam_t") or c.step.train_step or 1
+
+
+def _cls(c: Context):
+    words = ("The encoder's final vector at position 0 — BERT's [CLS] token, or the first token when the "
+             "tokenizer adds none. Attention let it read the whole text; the classification head reads only it.")
+    return "Classification input h₀", words, f"h₀: {c.shape[0] if c.shape else c.d} numbers"
+
+
+def _class_logits(c: Context):
+    labels = (c.step.labels or {}).get("label") or []
+    words = (f"A new linear layer scores each class ({', '.join(map(quoted, labels))}) from h₀. It started "
+             "random; training moves it, and the encoder under it, towards the example's label.")
+    return "Class scores", words, f"W·h₀ + b: ({_size(len(labels) or '?', c.d)})·({c.d}) → {len(labels) or '?'}"
+
+
+def _class_probs(c: Context):
+    return "Class probabilities", "Softmax turns the class scores into probabilities that sum to 1.", \
+        f"softmax(scores) over {c.shape[0] if c.shape else '?'} classes"
+
+
+def _targets(c: Context):
+    words = ("What each position of the loss must predict: with teacher forcing, the decoder reads the right "
+             "answer up to each position and is scored on the next token; a classifier on the one label.")
+    return "Targets", words, f"{c.n} target(s)"
+
+
+def _token_losses(c: Context):
+    words = ("Cross-entropy at each position: minus the log of the probability the model gave the target. "
+             "Near 0 where it was already sure of the right token, large where the target surprised it.")
+    return "Loss per position", words, "−log softmax(logits)[target], at each of " + f"{c.n} positions"
+
+
+def _loss(c: Context):
+    training = _training(c)
+    words = "The number training makes smaller: the mean of the per-position losses."
+    if "loss_after" in training:
+        words += f" This run took it from {training['loss_before']:.4f} to {training['loss_after']:.4f}."
+    return "Loss", words, "L = mean(−log p(target))"
+
+
+def _lora(c: Context):
+    lora = _training(c).get("lora") or {}
+    rank, scale = lora.get("rank", "r"), lora.get("scale", "α/r")
+    words = (f"LoRA: the projection's weight W is frozen; beside it a low-rank path A (rank {rank}) then B "
+             f"adds (α/r)·B·A·x, scale {scale}. B starts at zero, so at step 1 the path adds nothing — and, "
+             "since the gradient reaching A passes through B, A's gradient is exactly zero; only B moves at first.")
+    what = {"base_out": "Frozen projection W·x + b", "lora_a": "LoRA down-projection A·x", "lora_b": "LoRA up-projection B·A·x",
+            "lora_out": "LoRA correction × α/r", "adapted_out": "Projection output: frozen + low-rank"}[c.step.kind]
+    return what, words, f"W·x + b + {scale}·B·(A·x), A: {rank}×d_in, B: d_out×{rank}"
+
+
+def _grad_words(c: Context, words: str, formula: str):
+    of = c.step.kind.removesuffix(".grad")
+    return f"∂L/∂ {anatomy.kind_of(of).label}", words, formula
+
+
+def _grad(c: Context):
+    words = ("The gradient of the loss with respect to this tensor: how much the loss would change per unit "
+             "change of each number. The chain rule computes it from the gradient of the step after it, "
+             "times that step's local derivative — so the backward pass runs from the loss towards the input.")
+    return _grad_words(c, words, f"∂L/∂x = ∂L/∂y · ∂y/∂x: {_size(*c.shape)}")
+
+
+def _grad_logits(c: Context):
+    n = c.shape[0] if len(c.shape) > 1 else 1
+    words = ("The first gradient of the backward pass. For cross-entropy over a softmax it is simply the "
+             "predicted probabilities minus the one-hot target, divided by the number of positions the loss "
+             "averages: negative at the target (raising its score lowers the loss), positive at every other "
+             "token, in proportion to the probability it took.")
+    return _grad_words(c, words, f"∂L/∂logits = (softmax(logits) − one-hot(target)) / {n}")
+
+
+def _grad_residual(c: Context):
+    words = ("The chain rule at a residual add y = x + f(x): a sum passes its gradient to both inputs "
+             "unchanged, so the sub-layer's output gets exactly the gradient of the sum, and the stream "
+             "below gets it too, plus what flows back through the sub-layer. This skip path carries the "
+             "gradient straight down to the first layers.")
+    return _grad_words(c, words, "∂L/∂f(x) = ∂L/∂y,  ∂L/∂x = ∂L/∂y + ∂L/∂y · ∂f/∂x")
+
+
+def _grad_pattern(c: Context):
+    words = ("The gradient at the attention weights: z = P·V, so each weight's gradient is the dot product of "
+             "the gradient at z (its query's row) with the value vector of its key.")
+    return _grad_words(c, words, "∂L/∂P[h, q, k] = ∂L/∂z[q, h] · V[k, h]")
+
+
+def _grad_scores(c: Context):
+    words = ("Back through the softmax: each score's gradient is its weight times (its own gradient minus the "
+             "row's weighted mean). A masked score had weight 0, so it gets gradient 0 — the mask also "
+             "blocks learning from the future.")
+    return _grad_words(c, words, "∂L/∂s = P ⊙ (∂L/∂P − Σₖ P·∂L/∂P)")
+
+
+def _param_value(c: Context):
+    return "Weight before the update", "A trained weight as this step's forward pass used it.", _size(*c.shape)
+
+
+def _param_grad(c: Context):
+    words = ("dL/dW: the gradient of the loss with respect to this weight, summed over every position that "
+             "used it (a tied embedding adds both its uses, as input and as output layer). AdamW reads it next.")
+    return "Weight gradient ∂L/∂W", words, _size(*c.shape)
+
+
+def _adam_m(c: Context):
+    _, beta1, _, _, _ = _optimizer(c)
+    words = (f"AdamW's first moment: a running average of the gradient (β₁ = {beta1:g}), so the step follows "
+             "the direction the gradient keeps pointing and noise averages out. It starts at zero.")
+    return "First moment m", words, f"m = {beta1:g}·m + {1 - beta1:g}·g"
+
+
+def _adam_v(c: Context):
+    _, _, beta2, _, _ = _optimizer(c)
+    words = (f"AdamW's second moment: a running average of the squared gradient (β₂ = {beta2:g}), a measure "
+             "of each weight's typical gradient size. It starts at zero.")
+    return "Second moment v", words, f"v = {beta2:g}·v + {1 - beta2:g}·g²"
+
+
+def _adam_hat(c: Context):
+    _, beta1, beta2, _, _ = _optimizer(c)
+    t, first = _t(c), c.step.kind == "adam_m_hat"
+    beta, name = (beta1, "m") if first else (beta2, "v")
+    words = (f"Both moments start at zero, so early on they are too small; dividing by 1 − β^t undoes that. "
+             f"At step {t} the divisor is {1 - beta ** t:.6g}.")
+    return f"Bias-corrected {name}̂", words, f"{name}̂ = {name} / (1 − {beta:g}^{t})"
+
+
+def _adam_step(c: Context):
+    lr, _, _, eps, _ = _optimizer(c)
+    words = ("Each weight moves by the learning rate times its corrected mean gradient over the root of its "
+             "corrected mean squared gradient. At step 1, m̂ = g and v̂ = g², so the step is −lr·g/|g|: every "
+             f"weight with a gradient moves by about lr = {lr:g}, whatever the size of its gradient.")
+    return "Adam step", words, f"step = −{lr:g} · m̂ / (√v̂ + {eps:g})"
+
+
+def _param_new(c: Context):
+    lr, _, _, _, decay = _optimizer(c)
+    words = (f"The weight after the update: first shrunk a little towards zero by the decoupled weight decay "
+             f"(× {1 - lr * decay:.6g}), then moved by the Adam step. The next training step's forward pass uses it.")
+    return "Weight after the update", words, f"W = W·(1 − {lr:g}·{decay:g}) + step"
+
+
 WORDS = {
     "tokens": _tokens, "embed": _embed, "pos_embed": _pos_embed, "resid_pre": _resid_pre,
     "qkv": _qkv, "rotary": _rotary, "attn_raw": _attn_raw, "attn_scaled": _attn_scaled, "mask": _mask,
@@ -413,16 +614,100 @@ WORDS = {
     "mlp_out": _mlp_out, "logits": _logits, "probs": _probs,
     "token_type_embed": _token_type_embed, "mlm_dense": _mlm_dense, "mlm_act": _mlm_act, "pooler_out": _pooler_out,
     "mean_pooled": _mean_pooled, "sentence_embedding": _sentence_embedding,
+    # a training trace's
+    "cls": _cls, "class_logits": _class_logits, "class_probs": _class_probs, "targets": _targets,
+    "token_losses": _token_losses, "loss": _loss, "lora": _lora, "grad": _grad, "grad_logits": _grad_logits,
+    "grad_residual": _grad_residual, "grad_pattern": _grad_pattern, "grad_scores": _grad_scores,
+    "param_value": _param_value, "param_grad": _param_grad, "adam_m": _adam_m, "adam_v": _adam_v,
+    "adam_hat": _adam_hat, "adam_step": _adam_step, "param_new": _param_new,
+    "lens_probs": _lens_probs,
 }
 """Explanation key (a kind's `explanation` in tracer.trace.anatomy) -> (title, words, formula)."""
 
 
-def explain(step: Step, trace: Trace) -> Explanation:
-    """What this step computes, in words and as a formula with its real sizes."""
+def explain(step: Step, trace: Trace, picture: Picture | None = None, cell: tuple[int, int] | None = None) -> Explanation:
+    """What this step computes, in words and as a formula with its real sizes; with the picture
+    and a cell, the formula worked through for that cell where the kind has one (WORKED)."""
     context = Context.of(step, trace)
     words = WORDS.get(anatomy.kind_of(step.kind).explanation, _generic)
     title, text, formula = words(context)
-    return Explanation(title, text, formula, context.inputs)
+    # where the input first appears and where the prediction is made: what the model made of it
+    note = (unfamiliar_note(trace) if step.kind == "tokens" and step.decode_step is None
+            else unmasked_note(trace) if step.kind == "probs" else None)
+    if note:
+        text += f" Note: {note}."
+    worked = ""
+    if picture is not None and cell is not None and step.kind in WORKED and picture.valid(*cell):
+        with np.errstate(all="ignore"):
+            worked = WORKED[step.kind](context, picture, *cell) or ""
+    return Explanation(title, text, formula, context.inputs, worked)
+
+
+# -- a cell worked through with its own numbers -----------------------------------------------
+def _n(value: float) -> str:
+    return format_number(float(value), 10).replace("-", "−")
+
+
+def _worked_pos_embed(c: Context, picture: Picture, row: int, col: int) -> str:
+    value = float(c.step.data[picture.index(row, col)])
+    if c.config.get("positional") != "sinusoidal":
+        return f"W_pos[{row}, {col}] = {_n(value)}: a learned number, no formula behind it"
+    d = c.d
+    i2 = col - col % 2  # the even index 2i of the sin/cos pair this column belongs to
+    angle = row / 10000 ** (i2 / d)
+    fn, computed = ("sin", math.sin(angle)) if col % 2 == 0 else ("cos", math.cos(angle))
+    return (f"PE({row}, {col}) = {fn}({row} / 10000^({i2}/{d})) = {fn}({angle:.3f}) = {_n(computed)}"
+            f"   (recorded {_n(value)})")
+
+
+def _worked_attn_scaled(c: Context, picture: Picture, row: int, col: int) -> str:
+    """The cell's score scaled and not, and the softmax weight each would give it."""
+    if picture.head is None:
+        return ""
+    raw_id = next((step_id for step_id in c.inputs if step_id.split("@")[0].endswith("hook_attn_raw")), None)
+    if raw_id is None:
+        return ""
+    raw = np.asarray(c.trace[raw_id][picture.head, row], dtype=np.float64)
+    place = anatomy.Place.of(c.step.id, c.trace)
+    mask_id = anatomy.resolve("{attn}.hook_mask", place, c.trace)
+    allowed = np.asarray(c.trace[mask_id][row], dtype=bool) if mask_id else np.ones_like(raw, dtype=bool)
+    if allowed.shape != raw.shape or not allowed[col]:
+        return "this key is masked: its weight is 0, scaled or not"
+
+    def weight(scores: np.ndarray) -> float:
+        scores = np.where(allowed, scores, -np.inf)
+        e = np.exp(scores - scores[allowed].max())
+        return float(e[col] / e.sum())
+
+    root = math.sqrt(c.dh)
+    return (f"q·k = {_n(raw[col])}, ÷ √{c.dh} = {_n(raw[col] / root)} → softmax weight "
+            f"{_n(weight(raw / root))} with the scaling, {_n(weight(raw))} without it")
+
+
+def _worked_normalized(c: Context, picture: Picture, row: int, col: int) -> str:
+    """Mean, variance and (x − μ)/σ from the recorded input; γ and β are weights, not recorded."""
+    source = c.inputs[0] if c.inputs else None
+    if source is None:
+        return ""
+    x = np.asarray(c.trace[source], dtype=np.float64)
+    if x.shape != c.step.shape or x.ndim != 2:
+        return ""
+    eps = c.config.get("layer_norm_eps", 1e-5)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    normed = (x - mean) / np.sqrt(var + eps)
+    y = float(c.step.data[row, col])
+    text = (f"position {row}: μ = {_n(mean[row, 0])}, σ² = {_n(var[row, 0])}; "
+            f"(x{sub(col)} − μ) / √(σ² + ε) = ({_n(x[row, col])} − {_n(mean[row, 0])}) / {_n(math.sqrt(var[row, 0] + eps))} "
+            f"= {_n(normed[row, col])}; · γ{sub(col)} + β{sub(col)} = {_n(y)} (recorded). γ and β are learned weights, not in the trace")
+    column, out = normed[:, col], np.asarray(c.step.data[:, col], dtype=np.float64)
+    if len(column) >= 2 and np.ptp(column) > 1e-6:  # y = γ·x̂ + β at every position: two unknowns
+        gamma, beta = np.polyfit(column, out, 1)
+        text += f"; this column's {len(column)} positions give γ{sub(col)} ≈ {_n(gamma)}, β{sub(col)} ≈ {_n(beta)}"
+    return text
+
+
+WORKED = {"pos_embed": _worked_pos_embed, "attn_scaled": _worked_attn_scaled, "normalized": _worked_normalized}
+"""Kinds whose selected cell is worked through in the explain panel (it is redrawn as the cell moves)."""
 
 
 def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarray | None:
@@ -432,6 +717,53 @@ def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarra
     if pos >= data.shape[0] or head >= data.shape[1]:
         return None
     return np.asarray(data[pos, head], dtype=np.float64)
+
+
+TOKENIZER_LIMIT = 64 * 1024**2  # a tokenizer.json larger than this is not read for names
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_vocabulary(path: str) -> dict[int, str]:
+    """id -> token from a model folder's tokenizer.json (BPE/WordPiece vocab dict, Unigram list,
+    added tokens); {} when there is none or it cannot be read. No tokenizer library: plain JSON."""
+    import orjson
+
+    file = Path(path) / "tokenizer.json"
+    try:
+        if not file.is_file() or file.is_symlink() or file.stat().st_size > TOKENIZER_LIMIT:
+            return {}
+        document = orjson.loads(file.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    names: dict[int, str] = {}
+    vocab = document["model"].get("vocab") if isinstance(document.get("model"), dict) else None
+    if isinstance(vocab, dict):
+        names.update((i, t) for t, i in vocab.items() if type(i) is int and isinstance(t, str))
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+        names.update((i, e[0]) for i, e in enumerate(vocab) if isinstance(e, list) and e and isinstance(e[0], str))
+    added = document.get("added_tokens")
+    for item in added if isinstance(added, list) else []:
+        if isinstance(item, dict) and type(item.get("id")) is int and isinstance(item.get("content"), str):
+            names[item["id"]] = item["content"]
+    return names
+
+
+def token_name(trace: Trace, step: Step, token_id: int) -> str | None:
+    """The string of vocabulary entry `token_id`: from what the trace recorded (top-k lists, the
+    input and output), else from the model folder's tokenizer.json when it is still there."""
+    for item in step.extra.get("top_k", []):
+        if isinstance(item, dict) and item.get("id") == token_id:
+            return str(item.get("token"))
+    for part in (trace.input, trace.output):
+        ids, tokens = part.get("ids", []), part.get("tokens", [])
+        if token_id in ids and len(ids) == len(tokens):
+            return str(tokens[ids.index(token_id)])
+    source = trace.model.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        return _folder_vocabulary(source["path"]).get(token_id)
+    return None
 
 
 def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
@@ -444,9 +776,9 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     if picture.wrap is not None:
         flat = index[0]
         text = f"{picture.row_axis} {flat} = {format_number(float(value), 12)}"
-        tokens = {item["id"]: item["token"] for item in step.extra.get("top_k", [])}
-        if flat in tokens:
-            text += f'  (token "{tokens[flat]}")'
+        name = token_name(trace, step, flat) if picture.row_axis == "vocab" else None
+        if name is not None:
+            text += f'  (token "{name}")'
         return text
     row_name = f'"{picture.row_name(row)}" ({row})' if picture.row_labels else str(row)
     col_name = f'"{picture.col_name(col)}" ({col})' if picture.col_labels else str(col)
@@ -458,6 +790,9 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     shown = format_number(float(value), 12)
     head = f", head {picture.head + 1}/{picture.n_heads}" if picture.head is not None else ""
     if step.kind not in ATTENTION_SCORES or picture.head is None:
+        if picture.col_axis == "vocab":  # an encoder's logits/probs: every position over the vocabulary
+            name = token_name(trace, step, col)
+            col_name = f'{col} "{name}"' if name is not None else col_name
         return f"{picture.row_axis} {row_name} · {picture.col_axis} {col_name}{head}: {shown}"
     place = anatomy.Place.of(step.id, trace)
     q_id = anatomy.resolve("{attn}.hook_rot_q | {attn}.hook_q", place, trace)

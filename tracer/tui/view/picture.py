@@ -26,8 +26,9 @@ def _ramp(stops: list[tuple[float, tuple[int, int, int]]], n: int = LEVELS) -> l
     return ["#%02x%02x%02x" % tuple(int(round(ch[j])) for ch in channels) for j in range(n)]
 
 
-# Sequential (inferno-like): dark for small, bright yellow for large.
-SEQUENTIAL = _ramp([(0.0, (20, 14, 40)), (0.3, (96, 22, 110)), (0.6, (200, 60, 70)), (0.85, (245, 150, 30)), (1.0, (252, 240, 120))])
+# Sequential (inferno-like): dark purple for small, bright yellow for large. The lowest level is
+# kept clear of a dark terminal's black, so a matrix of zeros still shows its extent.
+SEQUENTIAL = _ramp([(0.0, (64, 36, 116)), (0.3, (96, 22, 110)), (0.6, (200, 60, 70)), (0.85, (245, 150, 30)), (1.0, (252, 240, 120))])
 # Diverging: blue negative, near-black zero, red positive.
 DIVERGING = _ramp([(0.0, (80, 160, 255)), (0.4, (30, 60, 120)), (0.5, (28, 28, 32)), (0.6, (120, 40, 30)), (1.0, (255, 120, 70))])
 PALETTES = {"sequential": SEQUENTIAL, "diverging": DIVERGING}
@@ -87,6 +88,22 @@ class Picture:
             return tuple(rest)
         at = step.axes.index("head")
         return tuple(self.head if i == at else rest.pop(0) for i in range(len(step.axes)))
+
+    def cell_of(self, index: tuple[int, ...]) -> tuple[int, int]:
+        """The (row, col) showing the tensor's element `index` (the inverse of `index`; the head is dropped)."""
+        if self.wrap is not None:
+            return divmod(int(index[0]), self.wrap)
+        step = self.step
+        if len(step.axes) <= 1:
+            return (int(index[0]) if step.axes else 0, 0)
+        keep = [i for i, axis in enumerate(step.axes) if self.head is None or axis != "head"]
+        rest = [int(index[i]) for i in keep]
+        if len(rest) == 1:
+            return (rest[0], 0)
+        if len(rest) > 2:
+            shape = [step.shape[i] for i in keep]
+            return (rest[0], int(np.ravel_multi_index(rest[1:], shape[1:])))
+        return (rest[0], rest[1])
 
     def row_name(self, row: int) -> str:
         if self.wrap is not None:

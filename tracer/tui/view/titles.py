@@ -48,11 +48,13 @@ def width_of(parts: list[Part]) -> int:
     return sum(cell_len(text) for text, _ in parts)
 
 
-def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str] | None, width: int) -> list[Part]:
+def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str] | None, width: int,
+                 comparing: int | None = None) -> list[Part]:
     """`tracer · model · device · "input" → "output"   trace 2/3   ▶ playing…` in `width` cells.
 
     `playing` holds the autoplay indicator, longest wording first (None: not playing); the first
     that leaves the sentence MIN_SHOWN cells is used. `width` <= 0: not laid out yet, nothing shortened.
+    `comparing`: in compare mode, the number of the trace this one is compared with.
     """
     source = visible(trace.input.get("text", ""))
     output = trace.output.get("text")
@@ -70,7 +72,7 @@ def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str
     if width > 0:
         for head in heads:  # the model's name gives way only once every playing wording was tried
             for wording in wordings:
-                indicators = _indicators(trace_number, traces, wording)
+                indicators = _indicators(trace_number, traces, wording, comparing)
                 if width - width_of(head) - width_of(indicators) - frame >= MIN_SHOWN * len(sentence):
                     break
             else:
@@ -78,7 +80,7 @@ def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str
             break
         sentence = share(sentence, width - width_of(head) - width_of(indicators) - frame)
     else:
-        indicators = _indicators(trace_number, traces, wordings[0])
+        indicators = _indicators(trace_number, traces, wordings[0], comparing)
     parts = list(head)
     parts.append((f'"{sentence[0]}"', ""))
     if len(sentence) > 1:
@@ -87,10 +89,12 @@ def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str
     return parts + indicators
 
 
-def _indicators(trace_number: int, traces: int, playing: str | None) -> list[Part]:
+def _indicators(trace_number: int, traces: int, playing: str | None, comparing: int | None = None) -> list[Part]:
     parts: list[Part] = []
     if traces > 1:
         parts.append((f"   trace {trace_number}/{traces}", "dim"))
+    if comparing is not None:
+        parts.append((f"   vs trace {comparing}", "bold magenta"))
     if playing:
         parts.append((f"   {playing}", "bold green"))
     return parts

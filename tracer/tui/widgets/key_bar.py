@@ -44,6 +44,13 @@ class KeyBar(Widget):
         self._keep = keep
         self._spans: list[tuple[int, int, str]] = []  # (first cell, end cell, key) of each hint drawn
 
+    def set_bindings(self, bindings: Iterable[Binding]) -> None:
+        """Show these hints instead (the screen adds keys that only work now, e.g. compare mode's)."""
+        shown = [b for b in bindings if isinstance(b, Binding) and b.show]
+        if shown != self._bindings:
+            self._bindings = shown
+            self.refresh()
+
     def _hints(self) -> list[tuple[str, str, str]]:
         """(key as shown, description, key to press) per binding."""
         return [(self.app.get_key_display(b), b.description, b.key.split(",")[0].strip()) for b in self._bindings]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -16,7 +18,8 @@ from tracer.tui.view.explain import Explanation
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import format_number
 
-BAR_WIDTH = 12
+BAR_WIDTH = 8
+TOKEN_WIDTH = 8     # token, p, ln p and bar fit the panel's 32 cells at 120 columns
 MARGIN = 1          # a column of space left of the text
 
 
@@ -28,11 +31,22 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
     text.append(explanation.words + "\n")
     text.append("formula  ", style="bold cyan")
     text.append(explanation.formula + "\n")
+    if explanation.worked:  # the formula with the selected cell's own numbers
+        text.append("this cell ", style="bold cyan")
+        text.append(explanation.worked + "\n")
     text.append("from     ", style="bold cyan")
-    text.append(", ".join(explanation.inputs) if explanation.inputs else "(the input itself)", style="" if explanation.inputs else "dim")
+    if explanation.inputs:  # links: a click (or f, F) goes to the step the value was computed from
+        for number, step_id in enumerate(explanation.inputs):
+            if number:
+                text.append(", ")
+            text.append(step_id, style=Style(underline=True, meta={"@click": f"screen.follow({number})"}))
+    else:
+        text.append("(the input itself)", style="dim")
     text.append("\n")
     stats = step.stats
     text.append("stats    ", style="bold cyan")
+    if "head" in step.axes:  # the heat map's colours span one head; these numbers all of them
+        text.append(f"all {step.shape[step.axes.index('head')]} heads: ", style="dim")
     if stats.get("min") is None:
         text.append("no finite values", style="dim")
     else:
@@ -126,11 +140,19 @@ def bar(prob: float, width: int = BAR_WIDTH) -> str:
     return "█" * full + ("" if part == 0 else " ▏▎▍▌▋▊▉"[part])
 
 
+def log_prob(prob: float) -> str:
+    """ln p, for telling apart probabilities that all print as 0.000."""
+    if not isinstance(prob, (int, float)) or prob != prob or prob < 0:
+        return "?"
+    return "−∞" if prob == 0 else f"{math.log(prob):.2f}".replace("-", "−")
+
+
 def top_k_text(top_k: list[dict], chosen: dict | None, heading: str) -> Text:
     text = Text()
     text.append(heading + "\n", style="bold")
     width = max((len(visible(item["token"])) for item in top_k), default=1)
-    width = min(width, 12)
+    width = min(width, TOKEN_WIDTH)
+    text.append(" " * (width + 3) + "p     ln p\n", style="dim")  # probability, log-probability
     for item in top_k:
         is_chosen = chosen is not None and item["id"] == chosen.get("id")
         token = visible(item["token"])
@@ -139,6 +161,8 @@ def top_k_text(top_k: list[dict], chosen: dict | None, heading: str) -> Text:
         text.append("▶ " if is_chosen else "  ", style=style)
         text.append(token.ljust(width), style=style)
         text.append(f" {item['prob']:.3f} ", style=style)
+        # a confident model shows 0.000 for all but the winner: the log-probability still tells them apart
+        text.append(f"{log_prob(item['prob']):>6} ", style=style or "dim")
         text.append(bar(item["prob"]), style="green" if is_chosen else "blue")
         text.append("\n")
     return text

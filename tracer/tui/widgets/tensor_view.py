@@ -143,12 +143,14 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
         self._label_width = 4
         self._lines: LRUCache[tuple, Strip] = LRUCache(1024)
         self._base_style: Style | None = None
+        self.message = ""  # one line drawn in place of a picture (compare mode: a step in one trace only)
 
     # -- what to show --------------------------------------------------------------
     def show(self, picture: Picture | None, view: str | None = None, cursor: tuple[int, int] | None = None) -> None:
         """Draw a new picture (a step, a head) or the same one in another view, the cursor at `cursor`."""
         previous = self.picture
         self.picture = picture
+        self.message = ""
         if view is not None:
             self.view = view
         self._lines.clear()
@@ -183,6 +185,11 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
         # No CellHighlighted here: whoever called show() knows the picture changed and
         # updates in the same frame (a message would cost a second repaint).
 
+    def show_message(self, message: str) -> None:
+        """No picture: one line of text in its place."""
+        self.show(None)
+        self.message = message
+
     def _pick_cell_width(self, picture: Picture) -> int:
         if self.view == "numbers" or picture.scale == "ids":
             return NUMBER_WIDTH
@@ -215,13 +222,15 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             base = self._base_style = self.rich_style
         picture = self.picture
         if picture is None:
+            if y == 0 and self.message:
+                return Strip([Segment(fit(visible(self.message), width), base)]).extend_cell_length(width, base)
             return Strip.blank(width, base)
         scroll_x, scroll_y = self.scroll_offset
         label_width = min(self._label_width, width)
         cells_width = max(0, width - label_width)
         if y < HEADER_ROWS:
             label = Strip.blank(label_width, base)
-            cells = self._header_strip()
+            cells = self._header_strip(scroll_x, scroll_x + cells_width)
         else:
             row = scroll_y + y - HEADER_ROWS
             if row >= picture.rows:
@@ -242,9 +251,11 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             self._lines.set(key, strip)
         return strip
 
-    def _header_strip(self) -> Strip:
+    def _header_strip(self, start: int = 0, end: int | None = None) -> Strip:
+        """The column labels; numbered columns get only the ticks that fit whole in cells
+        start…end (what is in sight), so the edge of the view never cuts a number to its first digit."""
         cursor_col = self.cursor[1]
-        key = ("header", cursor_col)
+        key = ("header", cursor_col, start, end)
         strip = self._lines.get(key)
         if strip is not None:
             return strip
@@ -260,6 +271,8 @@ class TensorView(ScrollView, can_focus=True, inherit_bindings=False):
             step = next(s for s in (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64, 100, 128, 256, 512, 1024, 10**9) if s * cw >= digits)
             line = [" "] * (picture.cols * cw)
             for col in range(0, picture.cols, step):
+                if col * cw < start or (end is not None and col * cw + len(str(col)) > end):
+                    continue  # cut by the edge of the view
                 for i, ch in enumerate(str(col)):
                     if col * cw + i < len(line):
                         line[col * cw + i] = ch
