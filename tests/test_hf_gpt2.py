@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_helpers import (
-    N_NEW, TOLERANCE, assert_within, hf_greedy, input_ids, make_hf, max_diff, parity, run_traced,
+    N_NEW, assert_within, hf_greedy, input_ids, make_hf, max_diff, parity, run_traced,
     save_and_read, trace_parity, traced_and_checked, tracer_generate, tracer_model, transformers,
 )
 from tracer.errors import BadInput

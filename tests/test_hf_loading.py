@@ -114,6 +114,7 @@ def identity_converter(calls: list):
 @pytest.fixture
 def hf_wrapped(tmp_path, make_model):
     """A Hugging Face-layout folder around tracer's own random decoder (vocabulary wide enough for a GPT-2 tokenizer)."""
+    pytest.importorskip("transformers", reason="its tokenizer files are written by transformers (a test oracle)")
     source = make_model(arch="decoder", positional="learned", norm="pre", vocab_size=400, scale_embeddings=False)
     cfg = json.loads((source / "config.json").read_text())
     cfg.pop("name")  # a converter leaves the name unset: the folder names the model
@@ -181,7 +182,6 @@ def test_without_the_converters_an_hf_folder_is_one_line(hf_wrapped, monkeypatch
 
 def tiny_llama(folder, dtype=torch.float32):
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tracer.nn.convert")
     tokenizer = llama_tokenizer()
     config = transformers.LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -194,7 +194,6 @@ def tiny_llama(folder, dtype=torch.float32):
 
 def tiny_bert(folder, masked_lm=True):
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tracer.nn.convert")
     from hf_files import bert_tokenizer
 
     tokenizer = bert_tokenizer()

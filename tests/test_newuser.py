@@ -75,6 +75,13 @@ def test_attention_formulas_name_the_biases_the_model_has(piyush):
 def test_attention_formulas_leave_out_biases_a_llama_does_not_have(piyush, monkeypatch):
     from tracer.tui.view.explain import explain
 
+    # a Llama's trace says so in its config (tracer.nn.config's qkv_bias / attn_out_bias) ...
+    config = dict(piyush.model["config"], qkv_bias=False, attn_out_bias=False)
+    monkeypatch.setitem(piyush.model, "config", config)
+    assert explain(piyush.step("encoder.0.attn.hook_q"), piyush).formula.startswith("Q = x·W_Q:")
+    assert explain(piyush.step("encoder.0.hook_attn_out"), piyush).formula.startswith("concat·W_O:")
+    # ... and a trace whose config predates those fields goes by its source's model_type
+    monkeypatch.setitem(piyush.model, "config", {k: v for k, v in config.items() if not k.endswith("_bias")})
     monkeypatch.setitem(piyush.model, "source", {"source": "folder", "model_type": "llama"})
     assert explain(piyush.step("encoder.0.attn.hook_q"), piyush).formula.startswith("Q = x·W_Q:")
     assert explain(piyush.step("encoder.0.hook_attn_out"), piyush).formula.startswith("concat·W_O:")

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from tracer.cli import cli
 from tracer.errors import BadInput, TracerError
 from tracer.trace import session as session_mod
 from tracer.trace.load import read_json
-from tracer.trace.session import SessionStore, load_session
+from tracer.trace.session import SessionStore
 from tracer.trace.state import Bookmark, UIState
 
 from session_helpers import assert_bit_identical, assert_same_steps, model_folder, model_trace, synthetic_trace

@@ -95,7 +95,7 @@ def model_card(result: FinetuneResult, name: str) -> str:
     lines += ["", "`config.json`, `model.safetensors` and `tokenizer.json` make this a tracer model folder:",
               f"`tracer run TEXT --model {name}` (or its path) loads it."]
     if result.head is not None:
-        lines += ["", f"`classifier.json` and `classifier.safetensors` hold the classification head: a linear layer",
+        lines += ["", "`classifier.json` and `classifier.safetensors` hold the classification head: a linear layer",
                   f"on the final hidden state at position 0 (`W_cls.weight` [{len(result.head.labels)}, d_model],",
                   f"`W_cls.bias`), labels {', '.join(result.head.labels)}. `tracer finetune --model` reads it;",
                   "`tracer run` ignores it and runs the encoder's masked-LM head."]
