@@ -9,7 +9,6 @@ distances up to 24: the one-directional buckets differ from bidirectional ones f
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
