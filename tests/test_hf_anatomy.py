@@ -33,6 +33,11 @@ MODELS = {
     "bert-mlm": dict(BERT, mlm_head=True, logits_bias=True),
     "bert-pooled": dict(BERT, output="pooled"),
     "sentence": dict(BERT, output="sentence"),
+    # T5 (v1.1) and Marian: encoder-decoders; small bucket settings so a short trace spans exact and log buckets
+    "t5": dict(positional="relative", norm="pre", norm_type="rmsnorm_t5", activation="gated_gelu_tanh", head_dim=6,
+               qkv_bias=False, attn_out_bias=False, mlp_bias=False, attn_scale=False, scale_embeddings=False,
+               tie_embeddings=False, layer_norm_eps=1e-6, relative_buckets=8, relative_max_distance=16),
+    "marian": dict(positional="sinusoidal", sinusoid_layout="halves", activation="silu", logits_bias=True),
 }
 TEXT = "die katze trank die milch"
 
@@ -64,8 +69,8 @@ def test_every_new_kind_is_described_explained_and_checked(traces, name):
         assert step.axes in kind.axes, (step.id, step.axes)
         heads = kv_heads if step.kind in ("k", "v", "rot_k") else config["n_heads"]
         # the heads side by side are n_heads·d_head wide, d_model only where d_head = d_model / n_heads
-        width = config["n_heads"] * d_head if step.kind == "concat" else config["d_model"]
-        sizes = {"d_model": width, "head": heads, "d_head": d_head, "d_ff": config["d_ff"]}
+        sizes = {"d_model": config["d_model"], "d_concat": config["n_heads"] * d_head, "head": heads, "d_head": d_head,
+                 "d_ff": config["d_ff"]}
         for axis, size in zip(step.axes, step.shape):
             assert sizes.get(axis, size) == size, (step.id, axis)
         assert kind.explanation in WORDS and explain(step, trace).words != "A recorded intermediate value.", step.id
@@ -116,6 +121,11 @@ TAMPER = [
     ("bert-pooled", "pooler.hook_pooler_out", lambda a: a * 3, "pooler.hook_pooler_out"),
     ("sentence", "hook_mean_pooled", lambda a: a + 0.1, "hook_mean_pooled"),
     ("sentence", "hook_sentence_embedding", lambda a: a * 1.1, "hook_sentence_embedding"),
+    # T5: a bias that is not a function of the distance's bucket; masked scores that are not raw + bias
+    ("t5", "encoder.1.attn.hook_attn_bias", lambda a: a + np.pad([[[0.5]]], [(0, 0), (0, a.shape[1] - 1), (0, a.shape[2] - 1)]),
+     "encoder.1.attn.hook_attn_bias"),
+    ("t5", "decoder.0.attn.hook_attn_bias@3", lambda a: a + np.triu(np.ones(a.shape[1:]), 1)[None], "decoder.0.attn.hook_attn_bias@3"),
+    ("t5", "encoder.0.attn.hook_attn_raw", lambda a: a + 0.25, "encoder.0.attn.hook_attn_scores"),
 ]
 
 
@@ -131,6 +141,27 @@ def test_key_value_heads_that_fit_no_grouping_are_damage(traces):
     trace = traces("llama")
     failures = failures_after(trace, "blocks.0.attn.hook_rot_k@1", lambda a: np.concatenate([a, a[:, :1]], axis=1))
     assert "cannot be recomputed" in failures["blocks.0.attn@1"]
+
+
+def test_t5_steps_are_explained_as_t5_computes_them(traces):
+    """No ÷ √d_k; the position bias's words give its bucket picture; a score cell adds the bias."""
+    from tracer.trace.state import UIState
+    from tracer.tui.view import Viewer
+    from tracer.tui.view.explain import describe_cell
+
+    trace = traces("t5")
+    kinds = {step.kind for step in trace.steps}
+    assert "attn_bias" in kinds and "attn_scaled" not in kinds and "pos_embed" not in kinds
+    words = explain(trace.step("decoder.0.attn.hook_attn_bias@3"), trace).words
+    assert "one-directional" in words and "no positional encoding" in words and "9→" in words
+    assert "bidirectional" in explain(trace.step("encoder.0.attn.hook_attn_bias"), trace).words
+    viewer = Viewer([trace], UIState(step="encoder.1.attn.hook_attn_scores", head=1))
+    text = describe_cell(trace, viewer.picture(), 2, 1)
+    bias = float(trace["encoder.1.attn.hook_attn_bias"][1, 2, 1])
+    assert "÷ √" not in text and "+ position bias" in text
+    assert abs(float(text.rsplit("position bias ", 1)[1]) - bias) <= 1e-3 + 1e-3 * abs(bias), text
+    marian = traces("marian")
+    assert "first half" in explain(marian.step("encoder.hook_pos_embed"), marian).words
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])

@@ -119,7 +119,7 @@ def test_key_accounting_names_the_first_offending_key(gpt2):
 
 
 def test_unknown_model_types_are_refused():
-    with pytest.raises(BadInput, match="model_type 't5' is not supported"):
-        convert({"model_type": "t5"}, {})
+    with pytest.raises(BadInput, match="model_type 'bart' is not supported"):
+        convert({"model_type": "bart"}, {})
     with pytest.raises(BadInput, match="no model_type"):
         convert({}, {})

@@ -48,8 +48,9 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
         top_k = DEFAULT_TOP_K
     if top_k < 1:
         raise BadInput(f"--top-k must be at least 1, not {top_k}")
-    if top_k > cfg.vocab_size:
-        raise BadInput(f"--top-k {top_k} is more than the vocabulary's {cfg.vocab_size} tokens")
+    vocab_size = cfg.decoder_vocab_size or cfg.vocab_size  # what is predicted: the decoder's vocabulary
+    if top_k > vocab_size:
+        raise BadInput(f"--top-k {top_k} is more than the vocabulary's {vocab_size} tokens")
     prefix = len(ids) + (1 if loaded.tokenizer.decoder_bos_id is not None and cfg.arch == "decoder" else 0)
     if prefix > cfg.max_positions:
         raise BadInput(f"the text is {len(ids)} tokens; the model has only {cfg.max_positions} positions")
@@ -64,6 +65,17 @@ def validate_request(loaded: LoadedModel, text: str, max_new_tokens, top_k,
     if cfg.arch == "decoder" and room < 1:
         raise BadInput(f"the text fills all {cfg.max_positions} positions; nothing is left to generate")
     return ids, tokens, max_new_tokens, top_k
+
+
+def allowed(probs: np.ndarray, suppressed) -> np.ndarray:
+    """The probabilities with the tokens decoding never chooses (Marian's pad) set to 0, as generate()'s
+    bad-words and suppress-tokens processors set their logits to −∞; the others are not renormalised,
+    so they are still the model's own softmax."""
+    if not suppressed:
+        return probs
+    probs = probs.copy()
+    probs[sorted(suppressed)] = 0.0
+    return probs
 
 
 def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
@@ -134,7 +146,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         else:
             if arch == "encoder-decoder":
                 memory = forward(lambda: model.encode(tensor(ids)), tokens)
-                prefix = [tok.bos_id if tok.bos_id is not None else 0]
+                prefix = [tok.decoder_start_id]  # BOS for tracer's own models; a Hugging Face model's decoder start
                 step_fn = lambda seq, cache: model.decode(tensor(seq), memory, cache=cache)  # noqa: E731
             else:
                 prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
@@ -152,7 +164,8 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                         recorder.discard()
                 else:
                     logits = forward(lambda: step_fn(new, cache), labels, tokens, t, cached=cache is not None)
-                top, chosen = choose(logits[0].float().softmax(-1).cpu().numpy(), top_k, tok.token)
+                top, chosen = choose(allowed(logits[0].float().softmax(-1).cpu().numpy(), tok.suppressed_ids),
+                                     top_k, tok.token)
                 predictions.append({"step": t, "top_k": top, "chosen": chosen})
                 if traced and (select is None or select.keeps_step(t)):
                     last_probs(steps).extra.update(top_k=top, chosen=chosen)

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, fields
 from tracer.errors import BadInput
 
 ARCHS = ("encoder-decoder", "encoder", "decoder")
-POSITIONALS = ("sinusoidal", "learned", "rotary")
+POSITIONALS = ("sinusoidal", "learned", "rotary", "relative")
+SINUSOID_LAYOUTS = ("interleaved", "halves")
 NORMS = ("post", "pre")
-NORM_TYPES = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_t5")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "gated_gelu_tanh")
+GATED_ACTIVATIONS = ("swiglu", "gated_gelu_tanh")  # activation(W_gate·x) * (W_in·x)
 OUTPUTS = ("logits", "pooled", "sentence")
 ROTARY_SCALINGS = ("llama3",)
 LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_positions")
@@ -26,6 +28,7 @@ RANGES = {
     "vocab_size": (1, 2**22), "d_model": (1, 65536), "n_heads": (1, 4096), "d_ff": (1, 2**20),
     "n_layers": (1, 1024), "n_decoder_layers": (0, 1024), "max_positions": (1, 2**24),
     "head_dim": (1, 65536), "n_kv_heads": (1, 4096), "token_types": (0, 1024),
+    "decoder_vocab_size": (1, 2**22), "relative_buckets": (1, 4096), "relative_max_distance": (1, 2**24),
     "layer_norm_eps": (0.0, 1.0), "dropout": (0.0, 1.0), "rotary_base": (0.0, 1e12),
 }
 EXCLUSIVE_LOW = {"layer_norm_eps", "rotary_base"}   # must be above the low end, not at it
@@ -39,6 +42,8 @@ class ModelConfig:
     name: str = "model"
     arch: str = "encoder-decoder"  # encoder-decoder (the paper), encoder (BERT) or decoder (GPT)
     vocab_size: int = 1000
+    decoder_vocab_size: int | None = None  # an encoder-decoder's decoder vocabulary when it has its own (Marian
+                                   # without shared embeddings); None = vocab_size
     d_model: int = 64              # width of the residual stream
     n_heads: int = 4               # attention heads (query heads)
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads is grouped-query attention (Llama); None = n_heads
@@ -47,14 +52,22 @@ class ModelConfig:
     n_layers: int = 2              # encoder layers (or the single stack's layers)
     n_decoder_layers: int = 2      # decoder layers (encoder-decoder only)
     max_positions: int = 128       # longest sequence the positional encoding covers
-    positional: str = "sinusoidal" # sinusoidal (paper) / learned (GPT, BERT) / rotary (RoPE)
+    positional: str = "sinusoidal" # sinusoidal (paper) / learned (GPT, BERT) / rotary (RoPE) / relative (T5: a
+                                   # learned bias on the attention scores per distance bucket, no positional encoding)
+    sinusoid_layout: str = "interleaved"  # interleaved: sin, cos, sin, cos … (paper) / halves: every frequency's sin
+                                   # in the first half, its cos in the second (Marian)
+    relative_buckets: int = 32     # relative positions: buckets per stack (encoder: half per direction)
+    relative_max_distance: int = 128  # relative positions: distances from here on share the last bucket
     norm: str = "post"             # post: x = LN(x + f(x)) (paper, BERT); pre: x = x + f(LN(x)) (GPT)
     norm_type: str = "layernorm"   # layernorm (mean, variance, weight, bias) / rmsnorm (root mean square, weight only,
-                                   # computed in float32 as transformers' Llama family does)
-    activation: str = "relu"       # FFN: relu (paper) / gelu (exact, erf) / gelu_tanh (GPT-2's gelu_new) / swiglu
+                                   # computed in float32 as transformers' Llama family does) / rmsnorm_t5 (the same,
+                                   # but only the variance in float32, as T5LayerNorm)
+    activation: str = "relu"       # FFN: relu (paper) / gelu (exact, erf) / gelu_tanh (GPT-2's gelu_new) / silu
+                                   # (Marian's swish) / swiglu / gated_gelu_tanh (T5 v1.1: gelu_tanh(W_gate·x) * W_in·x)
     qkv_bias: bool = True          # biases on the Q, K, V projections (Llama, Mistral: none; Qwen2: these only)
     attn_out_bias: bool = True     # bias on the attention output projection W_O
     mlp_bias: bool = True          # biases on the FFN's linear layers
+    attn_scale: bool = True        # divide the scores by √d_head (T5: no, its init absorbs it)
     softmax_fp32: bool = False     # attention softmax in float32, cast back (transformers' Llama family); no-op in float32
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model), as the paper does
     tie_embeddings: bool = True    # the output projection reuses the token embedding matrix
@@ -66,7 +79,10 @@ class ModelConfig:
     token_types: int = 0           # rows of a token-type (segment) embedding, BERT; every token is type 0; 0 = none
     embed_norm: bool = False       # a layer norm on the summed embeddings before layer 0 (BERT)
     mlm_head: bool = False         # BERT's MLM transform before the tied decoder: dense, activation, layer norm
-    logits_bias: bool = False      # a learned bias added to the logits (BERT's cls.predictions.bias)
+    logits_bias: bool = False      # a learned bias added to the logits (BERT's cls.predictions.bias, Marian's
+                                   # final_logits_bias)
+    head_scale: float = 1.0        # the last hidden state is multiplied by this before the vocabulary head
+                                   # (T5 v1.0: d_model^-0.5, as its tied head expects)
     output: str = "logits"         # what the model returns: logits over the vocabulary / pooled (BERT's pooler:
                                    # tanh(W·h[CLS] + b)) / sentence (mean over tokens, L2-normalised: sentence-transformers)
     pad_token: str = "<pad>"
@@ -94,12 +110,14 @@ class ModelConfig:
         for f in fields(self):
             _check_field(f.name, getattr(self, f.name), hints[f.name], upper=True)
         for field, allowed in (("arch", ARCHS), ("positional", POSITIONALS), ("norm", NORMS), ("norm_type", NORM_TYPES),
-                               ("activation", ACTIVATIONS), ("output", OUTPUTS)):
+                               ("activation", ACTIVATIONS), ("output", OUTPUTS), ("sinusoid_layout", SINUSOID_LAYOUTS)):
             if getattr(self, field) not in allowed:
                 raise BadInput(f"config: {field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
         if self.arch == "encoder-decoder" and self.n_decoder_layers < 1:
             raise BadInput(f"config: n_decoder_layers must be a positive integer, not {self.n_decoder_layers!r}")
-        for field in ("n_kv_heads", "head_dim"):
+        if self.decoder_vocab_size is not None and self.arch != "encoder-decoder":
+            raise BadInput(f"config: decoder_vocab_size needs an encoder-decoder, not {self.arch!r}")
+        for field in ("n_kv_heads", "head_dim", "decoder_vocab_size"):
             value = getattr(self, field)
             if value is not None and (type(value) is not int or value < 1):
                 raise BadInput(f"config: {field} must be a positive integer or null, not {value!r}")
@@ -137,12 +155,13 @@ class ModelConfig:
         d_head = getattr(self, "head_dim", None) or self.d_head
         kv = (getattr(self, "n_kv_heads", None) or self.n_heads) * d_head
         attention = d * self.n_heads * d_head * 2 + d * kv * 2 + 4 * d
-        ffn = (3 if self.activation == "swiglu" else 2) * d * ff + ff + d
+        ffn = (3 if self.activation in GATED_ACTIVATIONS else 2) * d * ff + ff + d
         layer = attention + ffn + 4 * d
         layers = self.n_layers * layer
         if self.arch == "encoder-decoder":
             layers += self.n_decoder_layers * (layer + attention + 2 * d)
         embeddings = v * d * (1 if self.tie_embeddings else 2) + v
+        embeddings += (self.decoder_vocab_size or 0) * (d + 1)   # a decoder's own vocabulary (Marian, unshared)
         positions = p * d if self.positional != "rotary" else p * d_head
         return layers + embeddings + positions
 

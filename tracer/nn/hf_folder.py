@@ -25,13 +25,14 @@ if TYPE_CHECKING:  # torch is needed only to load the weights, not to list or ch
     import torch
 
 WEIGHTS = "model.safetensors"
+MARIAN_TOKENIZER = ("source.spm", "target.spm", "vocab.json")  # MarianTokenizer's files (it has no tokenizer.json)
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 OTHER_WEIGHTS = ("tf_model.h5", "flax_model.msgpack", "model.onnx", "model.gguf")
 # Small JSON files the converters may want (sentence-transformers modules, generation settings), by
 # relative path. The big or already-read ones are left out.
-NOT_EXTRAS = {"config.json", TOKENIZER, WEIGHTS_INDEX, "vocab.json"}
+NOT_EXTRAS = {"config.json", TOKENIZER, WEIGHTS_INDEX, "vocab.json", "target_vocab.json"}
 EXTRA_MAX_BYTES = 1 << 20
 
 
@@ -53,6 +54,11 @@ class HFFolder:
     @property
     def model_type(self) -> str:
         return str(self.config["model_type"])
+
+    @property
+    def sentencepiece(self) -> bool:
+        """The tokenizer is Marian's SentencePiece files, not a tokenizer.json."""
+        return not (self.path / TOKENIZER).is_file() and all((self.path / name).is_file() for name in MARIAN_TOKENIZER)
 
     @property
     def tokenizer_file(self) -> Path:
@@ -161,7 +167,7 @@ def read_hf_folder(folder: str | os.PathLike) -> HFFolder:
         weight_map, weight_files = read_weight_index(folder)
     else:
         raise BadInput(pickle_only_message(folder, names) or f"{folder} lacks {WEIGHTS} (or a sharded {WEIGHTS_INDEX})")
-    if TOKENIZER not in names:
+    if TOKENIZER not in names and not all(name in names for name in MARIAN_TOKENIZER):
         raise BadInput(f"{folder} lacks {TOKENIZER} (tracer reads fast tokenizers: loading the folder's tokenizer "
                        f"with transformers and calling save_pretrained writes one)")
     hf = HFFolder(folder, config, weight_files, weight_map)

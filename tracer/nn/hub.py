@@ -121,7 +121,7 @@ def download(repo_id: str, revision: str, cache: Path, text: str) -> Path:
             weights = [WEIGHTS_INDEX] + sorted({str(shard) for shard in weight_map.values()})
         else:
             raise BadInput(pickle_only_message(f"{repo_id} on the hub", names) or f"{repo_id} has no {WEIGHTS} on the hub")
-        small = [name for name in names if name.endswith((".json", ".jinja"))]
+        small = [name for name in names if name.endswith((".json", ".jinja", ".spm"))]  # .spm: Marian's tokenizer
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=small + weights))
     except GatedRepoError:
         raise BadInput(f"{repo_id} is gated: accept its terms on the hub, then log in with `hf auth login`") from None

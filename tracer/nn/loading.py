@@ -184,7 +184,7 @@ def load_hf_model(source: ModelSource) -> tuple[ModelConfig, nn.Module, TextToke
     """A Hugging Face folder -> tracer's instrumented model (float32), its tokenizer, and what the trace
     header records of its weights (digest, stored dtype, the converter's notes)."""
     from tracer.nn.hf_folder import read_hf_folder
-    from tracer.nn.tokenizer import HFTokenizer
+    from tracer.nn.tokenizer import HFTokenizer, MarianSPTokenizer
 
     folder = read_hf_folder(source.path)
     weights = folder.load_weights()
@@ -204,6 +204,8 @@ def load_hf_model(source: ModelSource) -> tuple[ModelConfig, nn.Module, TextToke
     model = build_model(cfg)
     load_weights(model, converted.state_dict, source.path)
     record["notes"] = dict(converted.notes)
+    if folder.sentencepiece:
+        return cfg, model, MarianSPTokenizer(folder, cfg.vocab_size, cfg.decoder_vocab_size), record
     return cfg, model, HFTokenizer.from_folder(folder, cfg.vocab_size), record
 
 

@@ -16,18 +16,75 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracer.errors import BadInput
-from tracer.nn.config import ModelConfig
+from tracer.nn.config import GATED_ACTIVATIONS, ModelConfig
 from tracer.nn.hooks import HookPoint
 
 
-def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as in the paper."""
+def sinusoidal_table(n_positions: int, d_model: int, layout: str = "interleaved") -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as in the paper.
+
+    layout "halves" (Marian): every frequency's sin in the first half, its cos in the second."""
+    if layout == "halves":
+        return halves_sinusoidal_table(n_positions, d_model)
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]             # (P, 1)
     frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     table = torch.zeros(n_positions, d_model)                                        # (P, d)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
     return table
+
+
+def halves_sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """Marian's table, as transformers builds it (`MarianSinusoidalPositionalEmbedding`): angles in float64,
+    sin of frequency i in column i, its cos in column d/2 + i, rounded to float32."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]             # (P, 1)
+    exponent = 2 * (torch.arange(d_model, dtype=torch.float64) // 2) / d_model
+    angle = position / torch.pow(10000.0, exponent)                                  # (P, d), column j: i = j // 2
+    half = (d_model + 1) // 2
+    table = torch.empty(n_positions, d_model, dtype=torch.float32)
+    table[:, :half] = torch.sin(angle[:, 0::2]).float()
+    table[:, half:] = torch.cos(angle[:, 1::2]).float()
+    return table
+
+
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's bucket of each relative position (key − query), op for op as transformers' `_relative_position_bucket`.
+
+    Bidirectional (the encoder): half the buckets for keys before the query, half for keys after. One-directional
+    (the decoder): every bucket for keys before it, and the keys after it (masked anyway) in bucket 0. Of each
+    direction's buckets, half are exact distances; the rest are log-spaced up to `max_distance`."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        n_buckets //= 2
+        buckets += (relative > 0).to(torch.long) * n_buckets
+        distance = relative.abs()
+    else:
+        distance = -torch.min(relative, torch.zeros_like(relative))
+    max_exact = n_buckets // 2
+    is_small = distance < max_exact
+    large = max_exact + (torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (n_buckets - max_exact)).to(torch.long)
+    large = torch.min(large, torch.full_like(large, n_buckets - 1))
+    return buckets + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's position information: one learned bias per (bucket of key − query distance, head), added to the
+    attention scores of every self-attention layer of its stack."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.n_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.W_rel = nn.Embedding(cfg.relative_buckets, cfg.n_heads)
+
+    def forward(self, n_queries: int, n_keys: int) -> torch.Tensor:
+        """(1, head, query, key); the queries are the last `n_queries` of the keys' positions."""
+        device = self.W_rel.weight.device
+        query = torch.arange(n_keys - n_queries, n_keys, dtype=torch.long, device=device)[:, None]
+        key = torch.arange(n_keys, dtype=torch.long, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.W_rel(buckets).permute(2, 0, 1)[None]
 
 
 def llama3_frequencies(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -101,7 +158,18 @@ class RMSNorm(nn.Module):
         return self.hook_normalized(self.weight * wide.to(x.dtype))
 
 
+class T5RMSNorm(RMSNorm):
+    """T5's RMS norm (T5LayerNorm): only the mean square is computed in float32; x itself is scaled in the
+    model's dtype (in a float32 model the same as RMSNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return self.hook_normalized(self.weight * (x * torch.rsqrt(variance + self.eps)))
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm_type == "rmsnorm_t5":
+        return T5RMSNorm(cfg)
     return RMSNorm(cfg) if cfg.norm_type == "rmsnorm" else LayerNorm(cfg)
 
 
@@ -109,7 +177,9 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     """The non-linearity of an (ungated) FFN or of BERT's MLM transform."""
     if activation == "relu":
         return F.relu(x)
-    return F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none")
+    if activation in ("silu", "swiglu"):
+        return F.silu(x)
+    return F.gelu(x, approximate="tanh" if activation in ("gelu_tanh", "gated_gelu_tanh") else "none")
 
 
 class KVCache:
@@ -143,10 +213,10 @@ class Attention(nn.Module):
     n_heads / n_kv_heads consecutive query heads: K and V are recorded once per key/value head,
     and repeated across their group only to compute the scores and weights·V."""
 
-    def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None):
+    def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None, position_bias: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.d_head
-        self.softmax_fp32 = cfg.softmax_fp32
+        self.softmax_fp32, self.scale = cfg.softmax_fp32, cfg.attn_scale
         inner, kv_inner = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
         self.W_Q = nn.Linear(cfg.d_model, inner, bias=cfg.qkv_bias)
         self.W_K = nn.Linear(cfg.d_model, kv_inner, bias=cfg.qkv_bias)
@@ -161,7 +231,10 @@ class Attention(nn.Module):
             self.hook_rot_q = HookPoint()     # [pos, head, d_head] after rotation
             self.hook_rot_k = HookPoint()     # [pos, kv_head, d_head]
         self.hook_attn_raw = HookPoint()      # [head, query, key]  Q·Kᵀ
-        self.hook_attn_scaled = HookPoint()   # [head, query, key]  ÷ √d_head
+        if self.scale:
+            self.hook_attn_scaled = HookPoint()  # [head, query, key]  ÷ √d_head
+        if position_bias:
+            self.hook_attn_bias = HookPoint()   # [head, query, key]  T5's relative position bias, added before the mask
         self.hook_mask = HookPoint()          # [query, key] bool, true = may attend
         self.hook_attn_scores = HookPoint()   # [head, query, key]  masked, pre-softmax
         self.hook_pattern = HookPoint()       # [head, query, key]  softmax over keys
@@ -169,7 +242,7 @@ class Attention(nn.Module):
         self.hook_concat = HookPoint()        # [pos, head·d_head]  heads side by side
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """With a cache, x_q and x_kv hold only the positions not yet seen; the earlier keys and values
         come from the cache, so the scores are the new queries' rows over every key."""
         B, Tq, _ = x_q.shape
@@ -188,7 +261,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
             v = v.repeat_interleave(H // Hkv, dim=2)
         raw = self.hook_attn_raw(q.transpose(1, 2) @ k.permute(0, 2, 3, 1))        # (B, H, Tq, Tk)
-        scaled = self.hook_attn_scaled(raw / math.sqrt(dh))                         # (B, H, Tq, Tk)
+        scaled = self.hook_attn_scaled(raw / math.sqrt(dh)) if self.scale else raw  # (B, H, Tq, Tk)
+        if bias is not None:                                                        # (1, H, Tq, Tk)
+            scaled = scaled + self.hook_attn_bias(bias.expand(B, -1, -1, -1))
         mask = self.hook_mask(mask)                                                 # (B, Tq, Tk)
         scores = self.hook_attn_scores(scaled.masked_fill(~mask[:, None], float("-inf")))
         if self.softmax_fp32:
@@ -208,7 +283,8 @@ class MLP(nn.Module):
         super().__init__()
         self.activation = cfg.activation
         self.W_in = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
-        if self.activation == "swiglu":
+        self.gated = self.activation in GATED_ACTIVATIONS
+        if self.gated:
             self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
             self.hook_pre_linear = HookPoint()  # [pos, d_ff] the ungated branch
         self.W_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
@@ -216,9 +292,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()            # [pos, d_ff] after it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation == "swiglu":
+        if self.gated:
             pre = self.hook_pre(self.W_gate(x))                                     # (B, T, d_ff)
-            post = self.hook_post(F.silu(pre) * self.hook_pre_linear(self.W_in(x)))
+            post = self.hook_post(activate(pre, self.activation) * self.hook_pre_linear(self.W_in(x)))
         else:
             pre = self.hook_pre(self.W_in(x))                                       # (B, T, d_ff)
             post = self.hook_post(activate(pre, self.activation))
@@ -239,7 +315,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_resid_pre = HookPoint()        # [pos, d_model]
         self.ln1 = make_norm(cfg)
-        self.attn = Attention(cfg, rotary)
+        self.attn = Attention(cfg, rotary, position_bias=cfg.positional == "relative")
         self.hook_attn_out = HookPoint()         # [pos, d_model]
         self.hook_resid_mid = HookPoint()        # [pos, d_model]
         self.ln2 = make_norm(cfg)
@@ -259,15 +335,16 @@ class Block(nn.Module):
         total = hook_sum(x + self.dropout(out))
         return total if self.pre_norm else norm(total)
 
-    def forward(self, x, mask, memory=None, cross_mask=None, cache: KVCache | None = None):
+    def forward(self, x, mask, memory=None, cross_mask=None, bias=None, cache: KVCache | None = None):
         x = self.hook_resid_pre(x)
-        x = self.sublayer(x, self.ln1, lambda h: self.attn(h, h, mask, cache), self.hook_attn_out, self.hook_resid_mid)
+        x = self.sublayer(x, self.ln1, lambda h: self.attn(h, h, mask, bias, cache), self.hook_attn_out,
+                          self.hook_resid_mid)
         ffn_norm = self.ln2
         if self.cross:
             if cache is not None:  # the source's keys and values are computed once, then read from the cache
                 memory = memory[:, cache.length(self.cross_attn):]
             x = self.sublayer(
-                x, self.ln2, lambda h: self.cross_attn(h, memory, cross_mask, cache),
+                x, self.ln2, lambda h: self.cross_attn(h, memory, cross_mask, cache=cache),
                 self.hook_cross_attn_out, self.hook_resid_mid_cross,
             )
             ffn_norm = self.ln3
@@ -296,10 +373,12 @@ class Stack(nn.Module):
     otherwise under `blocks` (`blocks.0.attn`, TransformerLens's names).
     """
 
-    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, head: bool, numbered: bool):
+    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, head: bool, numbered: bool,
+                 vocab_size: int | None = None):
         super().__init__()
         self.cfg, self.causal, self.head = cfg, causal, head
-        self.W_E = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        vocab_size = vocab_size or cfg.vocab_size                 # a decoder's own vocabulary (Marian, unshared)
+        self.W_E = nn.Embedding(vocab_size, cfg.d_model)
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.hook_tokens = HookPoint()           # [pos] token ids
         self.hook_embed = HookPoint()            # [pos, d_model]
@@ -310,10 +389,13 @@ class Stack(nn.Module):
         if cfg.positional == "learned":
             self.W_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
         elif cfg.positional == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_positions, cfg.d_model, cfg.sinusoid_layout),
+                                 persistent=False)
+        elif cfg.positional == "relative":
+            self.rel_pos = RelativePositionBias(cfg, bidirectional=not causal)  # one table for the stack's layers
         else:
             rotary = Rotary(cfg)
-        if cfg.positional != "rotary":
+        if cfg.positional in ("learned", "sinusoidal"):
             self.hook_pos_embed = HookPoint()    # [pos, d_model]
         if cfg.embed_norm:
             self.ln_embed = LayerNorm(cfg)       # BERT: the summed embeddings are normalised before layer 0
@@ -340,9 +422,9 @@ class Stack(nn.Module):
                 self.hook_mlm_act = HookPoint()  # [pos, d_model] after the activation
                 self.ln_mlm = LayerNorm(cfg)
             if not cfg.tie_embeddings:
-                self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+                self.W_U = nn.Linear(cfg.d_model, vocab_size, bias=False)
             if cfg.logits_bias:
-                self.b_U = nn.Parameter(torch.zeros(cfg.vocab_size))
+                self.b_U = nn.Parameter(torch.zeros(vocab_size))
             self.hook_logits = HookPoint()       # [vocab] next token ([pos, vocab] encoder-only)
             self.hook_probs = HookPoint()        # softmax of the logits
 
@@ -384,8 +466,9 @@ class Stack(nn.Module):
             S = memory.shape[1]
             memory_valid = torch.ones(B, S, dtype=torch.bool, device=ids.device) if memory_padding is None else memory_padding
             cross_mask = memory_valid[:, None, :].expand(B, Tn, S)                  # (B, Tn, S)
+        bias = self.rel_pos(Tn, T) if self.cfg.positional == "relative" else None  # the new queries' rows
         for block in self.layers:
-            x = block(x, mask, memory, cross_mask, cache)
+            x = block(x, mask, memory, cross_mask, bias, cache)
         if cache is not None:
             cache.seen = T
         if self.cfg.norm == "pre":
@@ -408,6 +491,8 @@ class Stack(nn.Module):
         if self.cfg.mlm_head:
             x = self.hook_mlm_act(activate(self.hook_mlm_dense(self.mlm_dense(x)), self.cfg.activation))
             x = self.ln_mlm(x)
+        if self.cfg.head_scale != 1.0:
+            x = x * self.cfg.head_scale                                             # T5 v1.0's tied head
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
         logits = x @ weight.T                                                       # (B, [T,] vocab)
         if self.cfg.logits_bias:
@@ -430,7 +515,8 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Stack(cfg, n_layers=cfg.n_layers, causal=False, cross=False, head=False, numbered=True)
-        self.decoder = Stack(cfg, n_layers=cfg.n_decoder_layers, causal=True, cross=True, head=True, numbered=True)
+        self.decoder = Stack(cfg, n_layers=cfg.n_decoder_layers, causal=True, cross=True, head=True, numbered=True,
+                             vocab_size=cfg.decoder_vocab_size)
 
     def encode(self, src, padding=None):
         return self.encoder(src, padding=padding)                                    # (B, S, d)

@@ -7,6 +7,13 @@ Two policies for special tokens, recorded in the trace header (`model.tokenizati
   prepended later; with `chat`, the folder's chat template is rendered first and, as transformers'
   `apply_chat_template` does, the result is encoded without the post-processor (the template writes
   its own special tokens).
+- Marian folders (`MarianSPTokenizer`): no tokenizer.json exists; `source.spm` / `target.spm` and
+  `vocab.json` are run as transformers' MarianTokenizer runs them, `</s>` appended to the source.
+
+An encoder-decoder's decoder starts from `decoder_start_id` (Hugging Face: generation_config.json's or
+config.json's `decoder_start_token_id`, the pad token for Marian and T5), and greedy decoding never
+picks a `suppressed_ids` token (generation_config.json's one-token `bad_words_ids` and
+`suppress_tokens`: Marian's pad).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ class TextTokenizer:
         self.unk_id = tokenizer.token_to_id(cfg.unk_token)
         self.mask_id = tokenizer.token_to_id(cfg.mask_token)
         self.stop_ids = {self.eos_id} - {None}   # decoding stops when it chooses one of these
+        # the token an encoder-decoder's decoder starts from: BOS for tracer's own models (else id 0)
+        self.decoder_start_id = self.bos_id if self.bos_id is not None else 0
+
+    suppressed_ids: frozenset[int] = frozenset()  # greedy decoding never chooses these
 
     @property
     def decoder_bos_id(self) -> int | None:
@@ -88,6 +99,7 @@ class HFTokenizer(TextTokenizer):
     special_tokens_map.json) and config.json's ids; decoding stops at generation_config.json's eos."""
 
     decoder_bos_id = None  # the post-processor (or the chat template) has already put in what the model expects
+    decoder_start_id = 0   # replaced by the folder's decoder_start_token_id (from_folder)
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, specials: dict[str, str | None],
                  stop_ids: set[int], chat_template: str | None = None, chat_template_file: str | None = None):
@@ -118,7 +130,9 @@ class HFTokenizer(TextTokenizer):
             raise BadInput(f"{folder.tokenizer_file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
         specials = hf_special_tokens(folder, tokenizer)
         stop_ids = hf_stop_ids(folder)
-        return cls(tokenizer, vocab_size, specials, stop_ids, folder.chat_template, folder.chat_template_file)
+        made = cls(tokenizer, vocab_size, specials, stop_ids, folder.chat_template, folder.chat_template_file)
+        made.decoder_start_id, made.suppressed_ids = hf_decoder_start(folder, made.pad_id), hf_suppressed_ids(folder)
+        return made
 
     def encode(self, text: str, chat: bool = False) -> tuple[list[int], list[str]]:
         """Ids and token strings as transformers' tokenizer(text) gives them (or apply_chat_template, with chat)."""
@@ -145,7 +159,80 @@ class HFTokenizer(TextTokenizer):
         prefix, suffix = probe.tokens[:lead], probe.tokens[len(mask) - tail:] if tail else []
         bos = self.specials.get("bos")
         return {"specials": "post-processor", "prefix": prefix, "suffix": suffix,
-                "bos": bos if bos is not None and bos in prefix else None, "stop": sorted(self.stop_ids)}
+                "bos": bos if bos is not None and bos in prefix else None, "stop": sorted(self.stop_ids),
+                **generation_policy(self, arch)}
+
+
+def generation_policy(tokenizer: TextTokenizer, arch: str) -> dict:
+    """How a Hugging Face encoder-decoder decodes, for the trace header: its start token and the
+    tokens it never chooses (greedy, one beam, always)."""
+    if arch != "encoder-decoder":
+        return {}
+    return {"decoding": "greedy, num_beams=1", "decoder_start": tokenizer.token(tokenizer.decoder_start_id),
+            "decoder_start_id": tokenizer.decoder_start_id, "suppressed": sorted(tokenizer.suppressed_ids)}
+
+
+class MarianSPTokenizer(TextTokenizer):
+    """Marian's tokenizer (no tokenizer.json exists): `source.spm` cuts the source text into SentencePiece
+    pieces, `vocab.json` maps each piece to its id (a piece it lacks to `<unk>`), and `</s>` is appended —
+    transformers' MarianTokenizer, id for id. A leading `>>xx<<` (a multi-target model's target language)
+    is one token of its own. Output ids are turned back into text with `target.spm`; a model with separate
+    vocabularies (`separate_vocabs`) names its output ids with `target_vocab.json`."""
+
+    decoder_bos_id = None
+
+    def __init__(self, folder: "HFFolder", vocab_size: int, decoder_vocab_size: int | None = None):
+        import sentencepiece
+
+        config = {**folder.special_tokens_map, **folder.tokenizer_config}
+        vocab = read_vocab(folder.path / "vocab.json", vocab_size)
+        target = read_vocab(folder.path / "target_vocab.json", decoder_vocab_size or vocab_size) \
+            if config.get("separate_vocabs") else vocab
+        self.encoder = vocab
+        self.source_tokens = {i: piece for piece, i in vocab.items()}
+        self.decoder = {i: piece for piece, i in target.items()}   # what the decoder reads and predicts
+        self.vocab_size = max(target.values()) + 1
+        self.spm = {}
+        for side in ("source", "target"):
+            path = folder.path / f"{side}.spm"
+            try:
+                self.spm[side] = sentencepiece.SentencePieceProcessor(model_file=str(path))
+            except (OSError, RuntimeError) as exc:
+                raise BadInput(f"{path}: not a SentencePiece model ({str(exc).splitlines()[0][:120]})") from None
+        names = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
+        self.specials = {name: token_content(config.get(f"{name}_token")) or default for name, default in names.items()}
+        if self.specials["unk"] not in vocab:
+            raise BadInput(f"{folder.path / 'vocab.json'}: has no unknown token {self.specials['unk']!r}")
+        self.unk_id, self.source_eos_id = vocab[self.specials["unk"]], vocab.get(self.specials["eos"])
+        self.pad_id, self.eos_id = (target.get(self.specials[name]) for name in ("pad", "eos"))
+        self.bos_id = self.mask_id = None
+        self.stop_ids = hf_stop_ids(folder) or ({self.eos_id} - {None})
+        self.decoder_start_id = hf_decoder_start(folder, self.pad_id)
+        self.suppressed_ids = hf_suppressed_ids(folder)
+        self.decoder_unk_id = target.get(self.specials["unk"])
+        self.language_codes = sorted(piece for piece in vocab if piece.startswith(">>") and piece.endswith("<<"))
+
+    def encode(self, text: str, chat: bool = False) -> tuple[list[int], list[str]]:
+        if chat:
+            raise BadInput("--chat: a Marian translation model has no chat template")
+        code = []
+        if text.startswith(">>") and (end := text.find("<<")) != -1:  # as MarianTokenizer.remove_language_code
+            code, text = [text[: end + 2]], text[end + 2:]
+        pieces = code + self.spm["source"].encode(text, out_type=str)
+        ids = [self.encoder.get(piece, self.unk_id) for piece in pieces] + [self.source_eos_id]
+        return ids, [self.source_tokens.get(i, f"<id {i}>") for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        specials = {self.pad_id, self.eos_id, self.decoder_unk_id}
+        pieces = [self.token(i) for i in ids if i not in specials]
+        return self.spm["target"].decode_pieces(pieces).replace("\u2581", " ").strip()
+
+    def token(self, token_id: int) -> str:
+        return self.decoder.get(int(token_id), f"<id {int(token_id)}>")
+
+    def policy(self, arch: str, chat: bool = False) -> dict:
+        return {"specials": "marian", "suffix": [self.specials["eos"]], "bos": None, "stop": sorted(self.stop_ids),
+                "language_codes": len(self.language_codes), **generation_policy(self, arch)}
 
 
 def _from_rust(exc: BaseException) -> bool:
@@ -210,6 +297,50 @@ def hf_stop_ids(folder: "HFFolder") -> set[int]:
         if ids:
             return ids
     return set()
+
+
+def read_vocab(path: Path, model_vocab_size: int) -> dict[str, int]:
+    """A Marian vocab.json (piece -> id), checked against the model's vocabulary size."""
+    from tracer.nn.hf_folder import read_json
+
+    if not path.is_file():
+        raise BadInput(f"{path} is missing (tokenizer_config.json says the vocabularies are separate)")
+    vocab = read_json(path)
+    if not isinstance(vocab, dict) or not vocab or not all(isinstance(i, int) and i >= 0 for i in vocab.values()):
+        raise BadInput(f"{path}: expected a JSON object of piece -> id")
+    if max(vocab.values()) >= model_vocab_size:
+        raise BadInput(f"{path.name} has ids up to {max(vocab.values())} but the model only {model_vocab_size} tokens")
+    return vocab
+
+
+def _generation_setting(folder: "HFFolder", key: str):
+    """generation_config.json's value, else config.json's (as transformers' GenerationConfig.from_model_config)."""
+    for source in (folder.generation_config, folder.config):
+        if source.get(key) is not None:
+            return source[key]
+    return None
+
+
+def hf_decoder_start(folder: "HFFolder", pad_id: int | None) -> int:
+    """decoder_start_token_id (Marian: the pad token; T5: pad = 0); else the pad token; else 0."""
+    value = _generation_setting(folder, "decoder_start_token_id")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return pad_id if pad_id is not None else 0
+
+
+def hf_suppressed_ids(folder: "HFFolder") -> frozenset[int]:
+    """The tokens generate() never picks: one-token `bad_words_ids` (Marian: [[pad]]) and `suppress_tokens`."""
+    found = set(_generation_setting(folder, "suppress_tokens") or [])
+    for words in _generation_setting(folder, "bad_words_ids") or []:
+        if not isinstance(words, list) or len(words) != 1:
+            raise BadInput(f"generation_config.json: bad_words_ids entry {words!r} is not supported (only single tokens)")
+        found.add(words[0])
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in found):
+        raise BadInput("generation_config.json: bad_words_ids / suppress_tokens must be token ids")
+    return frozenset(found)
 
 
 def render_chat_template(template: str, messages: list[dict], **specials: str) -> str:

@@ -131,6 +131,24 @@ def _activation(x: np.ndarray, name: str) -> np.ndarray | None:
     return None
 
 
+def relative_buckets(relative: np.ndarray, bidirectional: bool, n_buckets: int, max_distance: int) -> np.ndarray:
+    """T5's bucket of each relative position (key − query), as tracer.nn.model.relative_position_bucket,
+    in numpy: half of a direction's buckets exact distances, the rest log-spaced up to max_distance."""
+    buckets = np.zeros_like(relative)
+    if bidirectional:
+        n_buckets //= 2
+        buckets = buckets + (relative > 0) * n_buckets
+        distance = np.abs(relative)
+    else:
+        distance = -np.minimum(relative, 0)
+    max_exact = n_buckets // 2
+    with np.errstate(divide="ignore"):
+        scaled = np.log(distance.astype(np.float32) / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+    large = max_exact + np.nan_to_num(scaled * (n_buckets - max_exact), neginf=0.0).astype(np.int64)
+    large = np.minimum(large, n_buckets - 1)
+    return buckets + np.where(distance < max_exact, distance, large)
+
+
 class _Checker:
     """Walks the trace's steps; each known kind's relation is recomputed from the steps the
     anatomy says it is computed from. Which step feeds which is the anatomy's; what the
@@ -206,13 +224,18 @@ class _Checker:
         return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
 
     def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
+        if not (self.trace.model.get("config") or {}).get("attn_scale", True):
+            return raw.astype(np.float64)  # not recorded by tracer's own models (T5 has no 1/√d_k)
         q = self.sibling(step, "{attn}.hook_q")  # d_head is the length of a query
         if q is None:
             return None
         return raw.astype(np.float64) / np.sqrt(q.shape[-1])
 
-    def scores_masked(self, step: Step, scaled: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return np.where(mask[None], scaled.astype(np.float64), -np.inf)
+    def scores_masked(self, step: Step, scaled: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        """scaled (T5: raw + position bias) where the mask allows, else −∞."""
+        *bias, mask = rest
+        total = scaled.astype(np.float64) + (bias[0].astype(np.float64) if bias else 0.0)
+        return np.where(mask[None], total, -np.inf)
 
     def softmax(self, step: Step, scores: np.ndarray) -> np.ndarray:
         return _softmax(scores)
@@ -238,7 +261,7 @@ class _Checker:
     def rounding_of_scaled(self, step: Step, expected, raw: np.ndarray):
         return self.rel * np.abs(expected)
 
-    def rounding_of_masked(self, step: Step, expected, scaled: np.ndarray, mask: np.ndarray):
+    def rounding_of_masked(self, step: Step, expected, scaled: np.ndarray, *rest: np.ndarray):
         return self.rel * np.abs(np.where(np.isfinite(expected), expected, 0.0))
 
     def rounding_of_softmax(self, step: Step, expected, scores: np.ndarray):
@@ -273,7 +296,7 @@ class _Checker:
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
         out = step.data.astype(np.float64)
-        if config.get("norm_type") == "rmsnorm" and step.component not in ("ln_embed", "ln_mlm"):
+        if config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and step.component not in ("ln_embed", "ln_mlm"):
             scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
             xhat = x / scale
             energy = (xhat ** 2).sum(0)
@@ -335,6 +358,27 @@ class _Checker:
         if mask is not None and np.any(pattern[:, ~mask] != 0):
             self.fail(step.id, "masked positions have non-zero weight")
 
+    def relative_bias(self, step: Step) -> None:
+        """T5's position bias depends on nothing but the bucket of key − query: within a head, every cell
+        of one bucket holds the same number (the encoder's buckets bidirectional, the decoder's
+        one-directional: a key after the query shares bucket 0 with the query itself)."""
+        config = self.trace.model.get("config") or {}
+        bias = step.data.astype(np.float64)
+        if bias.ndim != 3:
+            raise ValueError(f"a position bias is [head, query, key], not rank {bias.ndim}")
+        self.checked += 1
+        n_queries, n_keys = bias.shape[1:]
+        relative = np.arange(n_keys)[None, :] - np.arange(n_keys - n_queries, n_keys)[:, None]
+        buckets = relative_buckets(relative, not anatomy.Place.of(step.id, self.trace).causal,
+                                   int(config.get("relative_buckets", 32)), int(config.get("relative_max_distance", 128)))
+        for bucket in np.unique(buckets):
+            cells = bias[:, buckets == bucket]                                   # (head, cells)
+            if np.any(np.abs(cells - cells[:, :1]) > _tolerance(step.data)):
+                distances = sorted(set(relative[buckets == bucket].tolist()))
+                self.fail(step.id, f"bucket {int(bucket)} (key − query in {distances[0]}…{distances[-1]}) holds "
+                                   "different values; the bias must depend only on the distance's bucket")
+                return
+
     def tanh_range(self, step: Step) -> None:
         """A tanh's output lies in [−1, 1] (BERT's pooler; its weights are not recorded)."""
         self.checked += 1
@@ -357,8 +401,11 @@ class _Checker:
             self.fail(step.id, "a decoder's self-attention mask must be causal")
 
     def predictions(self, step: Step) -> None:
-        """Greedy decoding: the chosen token is the argmax, and the top-k are the probabilities."""
+        """Greedy decoding: the chosen token is the argmax (of the tokens the trace header's
+        `tokenization.suppressed` lets it choose), and the top-k are the probabilities."""
         probs = step.data
+        suppressed = [i for i in (self.trace.model.get("tokenization") or {}).get("suppressed") or []
+                      if isinstance(i, int) and 0 <= i < probs.shape[-1]]
         rows = []
         if "chosen" in step.extra:
             rows.append((probs, step.extra["chosen"], step.extra.get("top_k", [])))
@@ -368,9 +415,10 @@ class _Checker:
                 rows.append((probs[pos], item.get("chosen"), item.get("top_k", [])))
         for row, chosen, top_k in rows:
             self.checked += 1
-            best = int(np.argmax(row))
+            allowed = np.where(np.isin(np.arange(len(row)), suppressed), -np.inf, row)  # what greedy may choose
+            best = int(np.argmax(allowed))
             chosen_id = chosen.get("id") if isinstance(chosen, dict) else None
-            if self.eps and isinstance(chosen_id, int) and 0 <= chosen_id < len(row) and row[chosen_id] == row[best]:
+            if self.eps and isinstance(chosen_id, int) and 0 <= chosen_id < len(row) and allowed[chosen_id] == allowed[best]:
                 best = chosen_id  # rounding keeps the order but may make the winner tie with another
             if not isinstance(chosen, dict) or chosen.get("id") != best:
                 self.fail(step.id, f"chosen token {chosen!r} is not the argmax (id {best}) under greedy decoding")
@@ -432,7 +480,7 @@ ROUNDING = {
     "probs": _Checker.rounding_of_softmax, "normalized": _Checker.rounding_of_normalised,
 }
 # kind -> a check of the step's own values
-PROPERTIES = {"pattern": _Checker.weights, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
+PROPERTIES = {"pattern": _Checker.weights, "attn_bias": _Checker.relative_bias, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
               "pooler_out": _Checker.tanh_range, "token_type_embed": _Checker.same_row_everywhere}
 
 

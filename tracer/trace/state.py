@@ -43,7 +43,8 @@ class UIState:
             state.cell = (cell[0], cell[1])
         if data.get("view") in VIEWS:
             state.view = data["view"]
-        for item in data.get("bookmarks") or []:
+        bookmarks = data.get("bookmarks")
+        for item in bookmarks if isinstance(bookmarks, list) else []:  # a damaged file may hold anything here
             if isinstance(item, dict) and isinstance(item.get("trace"), int) and isinstance(item.get("step"), str):
                 state.bookmarks.append(Bookmark(item["trace"], item["step"], str(item.get("note", ""))))
         return state

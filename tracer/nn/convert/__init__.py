@@ -17,7 +17,8 @@ from tracer.errors import BadInput
 from tracer.nn.config import ModelConfig
 
 # HF model_type -> the family module that converts it
-SUPPORTED: dict[str, str] = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama", "mistral": "llama", "bert": "bert"}
+SUPPORTED: dict[str, str] = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama", "mistral": "llama", "bert": "bert",
+                            "marian": "marian", "t5": "t5"}
 
 
 @dataclass
@@ -43,6 +44,10 @@ def convert(hf_config: dict, weights: Mapping[str, torch.Tensor], extras: dict[s
         from tracer.nn.convert import gpt2 as module
     elif family == "llama":
         from tracer.nn.convert import llama as module
+    elif family == "marian":
+        from tracer.nn.convert import marian as module
+    elif family == "t5":
+        from tracer.nn.convert import t5 as module
     else:
         from tracer.nn.convert import bert as module
     converted = module.convert(hf_config, weights, extras or {})

@@ -13,11 +13,13 @@ import numpy as np
 
 from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
+from tracer.trace.check import relative_buckets
 from tracer.trace.step import row_axis
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import Picture, format_number
 
 ATTENTION_SCORES = ("attn_raw", "attn_scaled", "attn_scores", "pattern")
+BUCKET_PICTURE_DISTANCES = (0, 1, 2, 4, 8, 9, 12, 16, 24, 32, 64, 128)  # where the bucket picture samples key − query
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
@@ -120,6 +122,11 @@ def _pos_embed(c: Context):
         return "Positional encoding", words, f"W_pos[0:{n}] → {_size(n, d)}, added to the embedding"
     words = ("Attention alone ignores word order, so each position gets a fixed pattern of sines and "
              "cosines at different frequencies, added to the token's embedding.")
+    if c.config.get("sinusoid_layout") == "halves":
+        words += (" Marian lays the numbers out differently from the paper: the sines of every frequency fill "
+                  "the first half of the vector and the cosines the second half, instead of alternating.")
+        return ("Positional encoding (Marian's layout)", words,
+                f"PE(pos, i) = sin(pos / 10000^(2i/{d})), PE(pos, {d // 2}+i) = cos(…), i < {d // 2} → {_size(n, d)}")
     return "Positional encoding", words, f"PE(pos, 2i) = sin(pos / 10000^(2i/{d})), PE(pos, 2i+1) = cos(…) → {_size(n, d)}"
 
 
@@ -214,6 +221,34 @@ def _attn_scaled(c: Context):
     return f"Scale by √dₖ ({c.where})", words, f"Q·Kᵀ ÷ √{c.dh} = ÷ {math.sqrt(c.dh):.2f}: {_size(Tq, Tk)} per head"
 
 
+def _attn_bias(c: Context):
+    Tq, Tk = _query_key(c)
+    decoder = c.decoder_side and not c.cross
+    buckets = c.config.get("relative_buckets", 32)
+    per_side = buckets if decoder else buckets // 2
+    exact = per_side // 2
+    words = ("T5 has no positional encoding: the embeddings carry no position at all. Instead each head adds a "
+             "learned number to every score that depends only on how far the key is from the query (key − "
+             "query), so attention can prefer nearby or distant words. Distances share buckets: "
+             f"{exact} exact ones (0…{exact - 1}), then ever wider, log-spaced ones up to "
+             f"{c.config.get('relative_max_distance', 128)}, beyond which all distances share the last bucket. ")
+    words += ("The decoder's buckets are one-directional: all of them count keys before the query (a later key "
+              "is masked anyway and shares bucket 0). One table serves all the stack's layers."
+              if decoder else
+              "The encoder's buckets are bidirectional: half for keys before the query, half for keys after it. "
+              "One table serves all the stack's layers.")
+    picture = _bucket_picture(decoder, buckets, c.config.get("relative_max_distance", 128))
+    return (f"Relative position bias ({c.where})", words + " Buckets by distance back: " + picture,
+            f"scores = Q·Kᵀ + bias[head, bucket(key − query)]: {_size(Tq, Tk)} per head")
+
+
+def _bucket_picture(decoder: bool, buckets: int, max_distance: int) -> str:
+    """`distance→bucket` pairs for keys before the query, e.g. `0→0 1→1 … 9→8 12→9`."""
+    distances = np.array(BUCKET_PICTURE_DISTANCES)
+    found = relative_buckets(-distances, not decoder, buckets, max_distance)
+    return " ".join(f"{d}→{b}" for d, b in zip(distances.tolist(), found.tolist())) + "."
+
+
 def _mask(c: Context):
     Tq, Tk = _query_key(c)
     title = f"Attention mask ({c.where})"
@@ -277,7 +312,7 @@ def _normalized(c: Context):
     titles = {"ln_final": "Final layer norm", "ln_embed": "Embedding layer norm", "ln_mlm": "MLM head: layer norm"}
     title = titles.get(component, f"Layer norm ({component})")
     eps = c.config.get("layer_norm_eps", 1e-5)
-    if c.config.get("norm_type") == "rmsnorm" and component not in ("ln_embed", "ln_mlm"):
+    if c.config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and component not in ("ln_embed", "ln_mlm"):
         title = title.replace("Layer norm", "RMSNorm").replace("layer norm", "RMSNorm")
         words = ("RMSNorm: each position's vector is divided by its root mean square, so its numbers have "
                  "mean square 1, then scaled by a learned weight g. Unlike a layer norm it does not subtract "
@@ -574,6 +609,7 @@ def _param_new(c: Context):
 WORDS = {
     "tokens": _tokens, "embed": _embed, "pos_embed": _pos_embed, "resid_pre": _resid_pre,
     "qkv": _qkv, "rotary": _rotary, "attn_raw": _attn_raw, "attn_scaled": _attn_scaled, "mask": _mask,
+    "attn_bias": _attn_bias,
     "attn_scores": _attn_scores, "pattern": _pattern, "z": _z, "concat": _concat, "attn_out": _attn_out,
     "residual": _residual, "normalized": _normalized, "pre": _pre, "pre_linear": _pre_linear, "post": _post,
     "mlp_out": _mlp_out, "logits": _logits, "probs": _probs,
@@ -808,9 +844,13 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     text += f"q{sub(row)}·k{sub(col)} = {format_number(dot, 12)}"
     if step.kind == "attn_raw":
         return text
-    text += f", ÷ √{dh} = {format_number(dot / math.sqrt(dh), 12)}"
+    if (trace.model.get("config") or {}).get("attn_scale", True):
+        text += f", ÷ √{dh} = {format_number(dot / math.sqrt(dh), 12)}"
     if step.kind == "attn_scaled":
         return text
+    bias_id = anatomy.resolve("{attn}.hook_attn_bias", place, trace)
+    if bias_id is not None:
+        text += f", + position bias {format_number(float(trace[bias_id][picture.head, row, col]), 12)}"
     if not np.isfinite(float(value)) or (step.kind == "pattern" and picture.masked[row, col]):
         return text + ", masked → −∞" + (" → weight 0" if step.kind == "pattern" else "")
     if step.kind == "attn_scores":
