@@ -168,6 +168,13 @@ class Trace:
         out = np.concatenate(blocks, axis=axis)
         if step.kind in ("attn_raw", "attn_scaled") and "key" in step.axes:
             self._fill_scores(step, out)
+        if step.kind == "attn_bias" and out.ndim == 3 and out.shape[1] <= out.shape[2]:
+            # T5's causal (unidirectional) buckets put every later key in the bucket of distance 0:
+            # each row's unreached entries hold the bias on its diagonal, as a full re-run computes
+            for row in range(out.shape[1]):
+                gap = np.isnan(out[:, row])
+                if gap.any():
+                    out[:, row] = np.where(gap, out[:, row, row:row + 1], out[:, row])
         return out
 
     def _fill_scores(self, step: Step, out: np.ndarray) -> None:
