@@ -8,7 +8,7 @@ selected, a cell highlighted). The screen knows nothing of the app that holds it
 from __future__ import annotations
 
 import re
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from rich.text import Text
 
@@ -29,7 +29,6 @@ from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
-from tracer.tui.view.compare import ONLY, SIDE, Shown, describe_compared_cell, figure_lines
 from tracer.tui.view.picture import Picture
 from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
@@ -39,6 +38,9 @@ from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
 from tracer.tui.screens.pass_views import PassViews
 from tracer.tui.widgets.heads_view import HeadsView
+
+if TYPE_CHECKING:  # compare mode loads when first used (it brings tracer.trace.diff)
+    from tracer.tui.view.compare import Shown
 
 # Seconds per step for autoplay, slowest first; + and - move along this list.
 SPEEDS = (3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.15, 0.08)
@@ -450,6 +452,8 @@ class TraceScreen(PassViews):
         self.query_one(KeyBar).set_bindings(hints)
 
     def _draw_compared(self, shown: Shown) -> None:
+        from tracer.tui.view.compare import ONLY, SIDE  # compare mode loads when first used
+
         viewer, view = self.viewer, self.query_one(TensorView)
         if shown.picture is None:
             view.show_message(shown.message)
@@ -490,6 +494,8 @@ class TraceScreen(PassViews):
         self._update_compared_inspect(shown, *view.cursor)
 
     def _update_compared_inspect(self, shown: Shown, row: int, col: int) -> None:
+        from tracer.tui.view.compare import describe_compared_cell
+
         line = Text()
         line.append("cell  ", style="bold cyan")
         viewer = self.viewer
@@ -498,6 +504,8 @@ class TraceScreen(PassViews):
 
     def _explain_compared(self, step: Step) -> None:
         """The diff figures first, then what the step computes."""
+        from tracer.tui.view.compare import figure_lines
+
         text = Text()
         for label, words in figure_lines(self.viewer.comparison, step.id):
             text.append(f"{label:<9}", style="bold magenta")

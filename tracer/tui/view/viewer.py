@@ -10,15 +10,15 @@ these moves and redraw what the change names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from tracer.trace import Step, Trace, anatomy
-from tracer.trace.diff import DEFAULT_TOL
 from tracer.trace.state import VIEWS, Bookmark, UIState
 from tracer.tui.view.attention_map import QUERY_KINDS, AttentionMap, MapCell, attention_map
-from tracer.tui.view.compare import Comparison, Shown
+if TYPE_CHECKING:  # compare mode (and tracer.trace.diff) load when first used, not at replay's start
+    from tracer.tui.view.compare import Comparison, Shown
 from tracer.tui.view.heads import HeadsPicture, build_heads
 from tracer.tui.view.lens import LENS_KIND, LensTable, has_lens, lens_table
 from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label, quoted
@@ -52,8 +52,8 @@ def refused(message: str) -> Change:
 class Viewer:
     """The open traces and where the user is in them; `Viewer(traces, state)` restores a saved place."""
 
-    def __init__(self, traces: Sequence[Trace], state: UIState | None = None, tol: float = DEFAULT_TOL) -> None:
-        """`tol`: the tolerance compare mode's figures use (as `tracer diff --tol`)."""
+    def __init__(self, traces: Sequence[Trace], state: UIState | None = None, tol: float | None = None) -> None:
+        """`tol`: the tolerance compare mode's figures use (None: `tracer diff`'s default)."""
         if not traces:
             raise ValueError("the viewer needs at least one trace")
         self.traces: list[Trace] = list(traces)
@@ -323,7 +323,11 @@ class Viewer:
         key = (self.trace_index, index)
         comparison = self._comparisons.get(key)
         if comparison is None:
-            comparison = self._comparisons[key] = Comparison(self.trace, self.traces[index], *key, tol=self.tol)
+            from tracer.trace.diff import DEFAULT_TOL
+            from tracer.tui.view.compare import Comparison
+
+            tol = DEFAULT_TOL if self.tol is None else self.tol
+            comparison = self._comparisons[key] = Comparison(self.trace, self.traces[index], *key, tol=tol)
         self.comparison = comparison
 
     def compared(self) -> Shown | None:
