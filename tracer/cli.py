@@ -99,22 +99,27 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         return
     refuse_over_budget(loaded, text, budget, **options)
     trace = trace_text(loaded, text, top_k=top_k, **options)
+    hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui,
+              retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options))
+
+
+def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui, retrace=None) -> None:
+    """What run and finetune do with a new trace: export it, save it, then print the summary or
+    open the UI (`retrace`: how the UI traces a new sentence)."""
     if export_path is not None:
         write_export(trace, export_path, precision)
-    if save_name is not None:
-        from tracer.trace.session import SessionStore
+    from tracer.trace.session import SessionStore
 
+    if save_name is not None:
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
     if no_tui or not ui_can_run():
         from tracer.summary import print_summary
 
         print_summary(trace)
     else:
-        from tracer.trace.session import SessionStore
         from tracer.tui import open_traces
 
-        open_traces([trace], retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options),
-                    session_name=save_name, store=SessionStore(sessions_dir))
+        open_traces([trace], retrace=retrace, session_name=save_name, store=SessionStore(sessions_dir))
 
 
 @cli.command()
@@ -180,21 +185,7 @@ def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, b
     trace = result.trace
     if out is not None:
         click.echo(f"wrote {save_finetuned(result, out)}", err=True)
-    if export_path is not None:
-        write_export(trace, export_path, precision)
-    if save_name is not None:
-        from tracer.trace.session import SessionStore
-
-        SessionStore(sessions_dir).save(save_name, [trace], force=force)
-    if no_tui or not ui_can_run():
-        from tracer.summary import print_summary
-
-        print_summary(trace)
-    else:
-        from tracer.trace.session import SessionStore
-        from tracer.tui import open_traces
-
-        open_traces([trace], session_name=save_name, store=SessionStore(sessions_dir))
+    hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui)
 
 
 def comma_list(value: str, option: str) -> list[str]:
