@@ -116,3 +116,46 @@ def assert_same_steps(expected: Trace, actual: Trace) -> None:
         assert got.labels == want.labels, want.id
         assert got.extra == want.extra, want.id
         assert_bit_identical(want.data, got.data, want.id)
+
+
+NO_TORCH = r"""
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, NoTorch())
+BEFORE
+from tracer.cli import cli
+for args, expected in COMMANDS:
+    try:
+        cli.main(args, prog_name="tracer", standalone_mode=False)
+        status = 0
+    except SystemExit as exc:
+        status = exc.code or 0
+    assert status == expected, (args, status)
+    print("<ran command>", flush=True)
+AFTER
+assert "torch" not in sys.modules, "torch was imported"
+print("torch absent")
+"""
+
+
+def run_without_torch(commands, sessions_dir, before: str = "", after: str = "", timeout: int = 180):
+    """Run tracer commands in a fresh Python that cannot import torch, with `sessions_dir` as the
+    sessions folder. Each command is its argument list (it must exit 0) or (arguments, exit code);
+    `before`/`after`: more code run before the commands and after them. Fails unless every command
+    ran, ended as expected and torch was never imported; returns the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    commands = [c if isinstance(c, tuple) else (c, 0) for c in commands]
+    code = NO_TORCH.replace("COMMANDS", repr(commands)).replace("BEFORE", before).replace("AFTER", after)
+    env = dict(os.environ, TRACER_SESSIONS_DIR=str(sessions_dir))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("<ran command>") == len(commands) and "torch absent" in proc.stdout, proc.stdout[-2000:]
+    return proc

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ from tracer.trace.diff import COMPARED, PARTED, UNALIGNED, delta
 from tracer.trace.export import write_json
 from tracer.trace.session import SessionStore
 
-from session_helpers import model_trace, synthetic_trace
+from session_helpers import model_trace, run_without_torch, synthetic_trace
 
 HUNGRIG = "die katze trank die milch weil sie hungrig war"
 SUESS = "die katze trank die milch weil sie süß war"
@@ -372,38 +369,12 @@ def test_check_against_notes_inputs_that_differ_and_reports_like_diff(store):
 
 
 # -- no torch ---------------------------------------------------------------------------------------
-NO_TORCH = r"""
-import importlib.abc, sys
-
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-
-sys.meta_path.insert(0, NoTorch())
-import tracer
-assert "tracer.trace.diff" not in sys.modules, "importing tracer loaded the diff"
-from tracer.cli import cli
-for args, code in ARGS:
-    try:
-        cli.main(args, prog_name="tracer", standalone_mode=False)
-        status = 0
-    except SystemExit as exc:
-        status = exc.code
-    assert status == code, (args, status)
-print(tracer.diff("a", "b").first_over_tol)
-assert "torch" not in sys.modules
-print("torch absent")
-"""
-
-
 def test_diff_and_check_against_run_without_torch(store):
     a = model_trace()
     store.save("a", [a])
     store.save("b", [copy_trace(a, {"encoder.0.attn.hook_k": bumped((0, 0, 0), 1.0)})])
     args = [(["diff", "a", "a"], 0), (["diff", "a", "b", "--json"], 1), (["check", "b", "--against", "a"], 1)]
-    code = NO_TORCH.replace("ARGS", repr(args))
-    env = dict(os.environ, TRACER_SESSIONS_DIR=str(store.root))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = 'import tracer\nassert "tracer.trace.diff" not in sys.modules, "importing tracer loaded the diff"'
+    proc = run_without_torch(args, store.root, before=before,
+                             after='print(tracer.diff("a", "b").first_over_tol)')
     assert "encoder.0.attn.hook_k\ntorch absent" in proc.stdout

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from session_helpers import run_without_torch
 
 from tracer.capture.finetune import FinetuneRequest, example_loss, finetune
 from tracer.cli import cli
@@ -67,39 +66,14 @@ def test_full_finetuning_of_a_bundled_model_lowers_its_loss(isolated_sessions):
     assert len(trace.find(kind="new")) == 3 * len(trace.output["training"]["trained_parameters"])
 
 
-TORCH_FREE = """
-import importlib.abc, sys
-
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-
-sys.meta_path.insert(0, NoTorch())
-from tracer.cli import cli
-
-for args in ARGS:
-    try:
-        cli.main(args, prog_name="tracer", standalone_mode=False)
-    except SystemExit as exc:
-        assert not exc.code, (args, exc.code)
-import tracer
-trace = tracer.load(SESSION)
-assert trace["blocks.0.attn.hook_pattern.grad@s1"].shape[0] == 4
-assert "torch" not in sys.modules
-print("torch absent")
-"""
-
-
 def test_a_training_session_replays_and_exports_without_torch(gpt_model, isolated_sessions, tmp_path):
     assert run("finetune", "the cat drank the milk", "--model", str(gpt_model), "--no-tui", "--save", "nt").exit_code == 0
     out = tmp_path / "nt.json"
     args = [["replay", "nt", "--no-tui"], ["export", "nt", "-o", str(out)], ["replay", str(out), "--no-tui"]]
-    code = TORCH_FREE.replace("ARGS", repr(args)).replace("SESSION", repr(str(isolated_sessions / "nt")))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TRACER_SESSIONS_DIR=str(isolated_sessions)))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "torch absent" in proc.stdout and out.exists()
+    after = (f"import tracer\ntrace = tracer.load({str(isolated_sessions / 'nt')!r})\n"
+             "assert trace['blocks.0.attn.hook_pattern.grad@s1'].shape[0] == 4")
+    run_without_torch(args, isolated_sessions, after=after)
+    assert out.exists()
 
 
 # -- --out -----------------------------------------------------------------------------------

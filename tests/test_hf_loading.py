@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from types import ModuleType, SimpleNamespace
 
@@ -16,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from hf_files import gpt2_tokenizer, llama_tokenizer, save_tokenizer, write_hf_folder, write_json
 from safetensors.torch import load_file, save_file
+from session_helpers import run_without_torch
 
 from tracer.capture.run import trace_text
 from tracer.cli import cli
@@ -207,31 +206,10 @@ def tiny_bert(folder, masked_lm=True):
     return folder
 
 
-NO_TORCH = """
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, NoTorch())
-from tracer.cli import cli
-for args in ARGS:
-    try:
-        cli.main(args, prog_name="tracer", standalone_mode=False)
-    except SystemExit as exc:
-        assert not exc.code, (args, exc.code)
-assert "torch" not in sys.modules
-print("torch absent")
-"""
-
-
 def saves_replays_without_torch_and_exports(tmp_path, sessions, name):
     out = tmp_path / f"{name}.json"
     args = [["replay", name, "--no-tui"], ["export", name, "-o", str(out)]]
-    env = dict(os.environ, TRACER_SESSIONS_DIR=str(sessions))
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH.replace("ARGS", repr(args))], capture_output=True, text=True,
-                          env=env, timeout=180)
-    assert proc.returncode == 0 and "torch absent" in proc.stdout, proc.stderr[-2000:]
+    run_without_torch(args, sessions)
     return json.loads(out.read_text())
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -20,7 +18,9 @@ from tracer.trace.load import read_json
 from tracer.trace.session import SessionStore
 from tracer.trace.state import Bookmark, UIState
 
-from session_helpers import assert_bit_identical, assert_same_steps, model_folder, model_trace, synthetic_trace
+from session_helpers import (
+    assert_bit_identical, assert_same_steps, model_folder, model_trace, run_without_torch, synthetic_trace,
+)
 
 
 @pytest.fixture
@@ -327,42 +327,14 @@ def test_missing_session_is_a_clear_error(store):
 
 
 # -- no torch --------------------------------------------------------------------------------------
-TORCH_FREE = r"""
-import importlib.abc, sys
-
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-
-sys.meta_path.insert(0, NoTorch())
-from tracer.cli import cli
-
-for args in ARGS:
-    try:
-        cli.main(args, prog_name="tracer", standalone_mode=False)
-    except SystemExit as exc:
-        assert not exc.code, (args, exc.code)
-    print("ran", args[0], flush=True)
-import tracer
-trace = tracer.load(SESSION)
-assert trace["encoder.0.attn.hook_pattern"].shape[0] == 2
-assert "torch" not in sys.modules, "torch was imported"
-print("torch absent")
-"""
-
-
 def test_replay_export_list_check_run_without_torch(store, tmp_path):
     store.save("notorch", [model_trace("encoder-decoder")])
     out = tmp_path / "notorch.json"
     args = [["replay", "notorch", "--no-tui"], ["export", "notorch", "-o", str(out)], ["sessions"], ["sessions", "--json"],
             ["check", "notorch"], ["replay", str(out), "--no-tui"], ["check", str(out)], ["models"]]
-    code = TORCH_FREE.replace("ARGS", repr(args)).replace("SESSION", repr(str(store.root / "notorch")))
-    env = dict(os.environ, TRACER_SESSIONS_DIR=str(store.root))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("ran ") == len(args)
-    assert "torch absent" in proc.stdout
+    after = (f"import tracer\ntrace = tracer.load({str(store.root / 'notorch')!r})\n"
+             "assert trace['encoder.0.attn.hook_pattern'].shape[0] == 2")
+    run_without_torch(args, store.root, after=after)
     assert out.exists()
 
 
