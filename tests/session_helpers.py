@@ -159,3 +159,27 @@ def run_without_torch(commands, sessions_dir, before: str = "", after: str = "",
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("<ran command>") == len(commands) and "torch absent" in proc.stdout, proc.stdout[-2000:]
     return proc
+
+
+def copy_trace(trace: Trace, change: dict | None = None, drop=(), extra: dict | None = None) -> Trace:
+    """A copy of `trace`: some steps' data changed (id -> function of the array; labels follow a
+    shrunk axis), some left out, some steps' extra replaced (id -> dict)."""
+    steps = []
+    for step in trace.steps:
+        if step.id in drop:
+            continue
+        data = step.data.copy()
+        if change and step.id in change:
+            data = change[step.id](data)
+        labels = {axis: names[: data.shape[step.axes.index(axis)]] for axis, names in step.labels.items()}
+        steps.append(Step.from_array(step.id, data, step.axes, labels, (extra or {}).get(step.id, step.extra)))
+    return Trace(steps, model=trace.model, device=trace.device, input=trace.input, output=trace.output)
+
+
+def bumped(where, by):
+    """A change for copy_trace: add `by` at index `where`."""
+    def change(array):
+        array = array.copy()
+        array[where] += by
+        return array
+    return change

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from session_helpers import bumped, copy_trace
 from tui_helpers import fixture_trace, screen_text
 
 from tracer.trace import Step, Trace
@@ -29,29 +30,6 @@ HUNGRIG = FIXTURES / "de-en-tiny-hungrig.json"
 SUESS = FIXTURES / "de-en-tiny-suess.json"
 CROSS = "decoder.0.cross_attn.hook_pattern@9"   # "was" attends to "hungrig" / "süß" while choosing the next word
 SIZE = (120, 40)
-
-
-def copy_trace(trace: Trace, change: dict | None = None, drop=(), extra: dict | None = None) -> Trace:
-    """A copy of `trace`: some steps' data changed (id -> function of the array), some left out,
-    some steps' extra replaced (id -> dict)."""
-    steps = []
-    for step in trace.steps:
-        if step.id in drop:
-            continue
-        data = step.data.copy()
-        if change and step.id in change:
-            data = change[step.id](data)
-        labels = {axis: names[: data.shape[step.axes.index(axis)]] for axis, names in step.labels.items()}
-        steps.append(Step.from_array(step.id, data, step.axes, labels, (extra or {}).get(step.id, step.extra)))
-    return Trace(steps, model=trace.model, device=trace.device, input=trace.input, output=trace.output)
-
-
-def bumped(where, by):
-    def change(array):
-        array = array.copy()
-        array[where] += by
-        return array
-    return change
 
 
 def pair() -> tuple[Trace, Trace]:

@@ -10,12 +10,11 @@ from click.testing import CliRunner
 
 import tracer
 from tracer.cli import cli
-from tracer.trace import Step, Trace
 from tracer.trace.diff import COMPARED, PARTED, UNALIGNED, delta
 from tracer.trace.export import write_json
 from tracer.trace.session import SessionStore
 
-from session_helpers import model_trace, run_without_torch, synthetic_trace
+from session_helpers import bumped, copy_trace, model_trace, run_without_torch, synthetic_trace
 
 HUNGRIG = "die katze trank die milch weil sie hungrig war"
 SUESS = "die katze trank die milch weil sie süß war"
@@ -31,29 +30,6 @@ def invoke(*args):
     # a TracerError ends in SystemExit through TracerGroup; anything else would be a traceback
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
-
-
-def copy_trace(trace: Trace, change: dict | None = None, drop=(), **header) -> Trace:
-    """A copy of `trace` with some steps' data changed (id -> function of the array) or left out."""
-    steps = []
-    for step in trace.steps:
-        if step.id in drop:
-            continue
-        data = step.data.copy()
-        if change and step.id in change:
-            data = change[step.id](data)
-        steps.append(Step.from_array(step.id, data, step.axes, step.labels, step.extra))
-    fields = dict(model=trace.model, device=trace.device, input=trace.input, output=trace.output)
-    fields.update(header)
-    return Trace(steps, **fields)
-
-
-def bumped(where, by):
-    def change(array):
-        array = array.copy()
-        array[where] += by
-        return array
-    return change
 
 
 @pytest.fixture(scope="module")
