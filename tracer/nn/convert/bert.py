@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from tracer.errors import BadInput
 from tracer.nn.convert import Converted
-from tracer.nn.convert.checkpoint import Checkpoint, build_config, need, refuse
+from tracer.nn.convert.checkpoint import Checkpoint, build_config, choose, need, refuse
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 ST_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
@@ -53,9 +53,7 @@ def sentence_transformers_head(extras: dict) -> bool:
 
 def convert(hf: dict, weights, extras: dict) -> Converted:
     refuse(hf, {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False})
-    activation = hf.get("hidden_act", "gelu")
-    if activation not in ACTIVATIONS:
-        raise BadInput(f"config.json: hidden_act {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
+    activation = choose(hf, "hidden_act", "gelu", ACTIVATIONS)
     keys = set(weights.keys())
     p = "bert." if any(key.startswith("bert.") for key in keys) else ""
     if sentence_transformers_head(extras):
@@ -72,7 +70,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         arch="encoder", vocab_size=need(hf, "vocab_size"),
         d_model=need(hf, "hidden_size"), n_heads=need(hf, "num_attention_heads"), d_ff=need(hf, "intermediate_size"),
         n_layers=n_layers, max_positions=hf.get("max_position_embeddings", 512), positional="learned",
-        norm="post", activation=ACTIVATIONS[activation], scale_embeddings=False,
+        norm="post", activation=activation, scale_embeddings=False,
         tie_embeddings=hf.get("tie_word_embeddings", True), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         token_types=hf.get("type_vocab_size", 2), embed_norm=True,
         mlm_head=head == "mlm", logits_bias=head == "mlm",

@@ -19,6 +19,15 @@ def need(hf_config: dict, key: str):
     return hf_config[key]
 
 
+def choose(hf_config: dict, key: str, default: str, table: dict[str, str]) -> str:
+    """A config.json option (absent: `default`) looked up in `table`, tracer's name for each value it
+    implements; any other value is refused by name."""
+    value = hf_config.get(key, default)
+    if value not in table:
+        raise BadInput(f"config.json: {key} {value!r} is not supported ({', '.join(table)})")
+    return table[value]
+
+
 def refuse(hf_config: dict, allowed: dict[str, object]) -> None:
     """Options whose other values change the computation in ways tracer does not implement:
     each must be absent or have its allowed value."""

@@ -8,9 +8,8 @@ GPT-2 stores its linear layers as Conv1D, (in, out): transposed here into nn.Lin
 
 from __future__ import annotations
 
-from tracer.errors import BadInput
 from tracer.nn.convert import Converted
-from tracer.nn.convert.checkpoint import Checkpoint, build_config, need, refuse
+from tracer.nn.convert.checkpoint import Checkpoint, build_config, choose, need, refuse
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)  # causal-mask buffers, rebuilt from the length
@@ -19,15 +18,13 @@ IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)  # causal-mask 
 def convert(hf: dict, weights, extras: dict) -> Converted:
     refuse(hf, {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "reorder_and_upcast_attn": False, "add_cross_attention": False})
-    activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise BadInput(f"config.json: activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
+    activation = choose(hf, "activation_function", "gelu_new", ACTIVATIONS)
     d, n_layers = need(hf, "n_embd"), need(hf, "n_layer")
     cfg = build_config(
         arch="decoder", vocab_size=need(hf, "vocab_size"), d_model=d,
         n_heads=need(hf, "n_head"), d_ff=hf.get("n_inner") or 4 * d, n_layers=n_layers,
         max_positions=hf.get("n_positions", 1024), positional="learned", norm="pre",
-        activation=ACTIVATIONS[activation], scale_embeddings=False,
+        activation=activation, scale_embeddings=False,
         tie_embeddings=hf.get("tie_word_embeddings", True), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
     )
     ckpt = Checkpoint(weights, cfg, IGNORED)

@@ -18,7 +18,7 @@ import torch
 
 from tracer.errors import BadInput
 from tracer.nn.convert import Converted
-from tracer.nn.convert.checkpoint import Checkpoint, build_config, need, refuse
+from tracer.nn.convert.checkpoint import Checkpoint, build_config, choose, need, refuse
 from tracer.nn.model import sinusoidal_table
 
 ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
@@ -28,9 +28,7 @@ POSITION_TOLERANCE = 1e-6  # a stored table is float32; the computed one is roun
 def convert(hf: dict, weights, extras: dict) -> Converted:
     refuse(hf, {"normalize_before": False, "add_final_layer_norm": False,
                 "normalize_embedding": False, "static_position_embeddings": True})
-    activation = hf.get("activation_function", "gelu")
-    if activation not in ACTIVATIONS:
-        raise BadInput(f"config.json: activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
+    activation = choose(hf, "activation_function", "gelu", ACTIVATIONS)
     for encoder_key, decoder_key in (("encoder_attention_heads", "decoder_attention_heads"),
                                      ("encoder_ffn_dim", "decoder_ffn_dim")):
         if need(hf, encoder_key) != need(hf, decoder_key):
@@ -49,7 +47,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         arch="encoder-decoder", vocab_size=vocab, d_model=d_model, n_heads=need(hf, "encoder_attention_heads"),
         d_ff=need(hf, "encoder_ffn_dim"), n_layers=n_enc, n_decoder_layers=n_dec,
         max_positions=need(hf, "max_position_embeddings"), positional="sinusoidal", sinusoid_layout="halves",
-        norm="post", activation=ACTIVATIONS[activation], scale_embeddings=bool(hf.get("scale_embedding", False)),
+        norm="post", activation=activation, scale_embeddings=bool(hf.get("scale_embedding", False)),
         tie_embeddings=tied, logits_bias=True, layer_norm_eps=1e-5,
         decoder_vocab_size=None if shared_embeddings else decoder_vocab,
     )

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 from tracer.errors import BadInput
 from tracer.nn.convert import Converted
-from tracer.nn.convert.checkpoint import Checkpoint, build_config, need
+from tracer.nn.convert.checkpoint import Checkpoint, build_config, choose, need
 
 FEED_FORWARD = {"relu": "relu", "gated-gelu": "gated_gelu_tanh"}  # gated-gelu means gelu_new (tanh)
 
 
 
 def feed_forward(hf: dict) -> str:
-    proj = hf.get("feed_forward_proj", "relu")
-    if proj not in FEED_FORWARD:
-        raise BadInput(f"config.json: feed_forward_proj {proj!r} is not supported ({', '.join(FEED_FORWARD)})")
-    if proj == "gated-gelu" and hf.get("dense_act_fn", "gelu_new") != "gelu_new":
+    activation = choose(hf, "feed_forward_proj", "relu", FEED_FORWARD)
+    if hf.get("feed_forward_proj") == "gated-gelu" and hf.get("dense_act_fn", "gelu_new") != "gelu_new":
         raise BadInput(f"config.json: dense_act_fn {hf['dense_act_fn']!r} is not supported with gated-gelu (only gelu_new)")
-    return FEED_FORWARD[proj]
+    return activation
 
 
 def convert(hf: dict, weights, extras: dict) -> Converted:
