@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from tracer.trace.anatomy import KINDS
-from tracer.trace.step import parse_name
+from tracer.trace.step import parse_name, split_step_id
 from tracer.trace.trace import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
 DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "bool"})
@@ -128,11 +128,13 @@ def validate_meta(item, position: int, fail, seen_axes: set | None = None) -> tu
         fail(f"step {position} has no id")
     if len(step_id) > MAX_ID_CHARS:
         fail(f"step {position} has an id of {len(step_id)} characters (at most {MAX_ID_CHARS})")
-    name, at, t = step_id.partition("@")
-    training = at and t.startswith("s")  # `@sN`: a `tracer finetune` trace's training step
-    number = t[1:] if training else t
-    if at and not (number.isascii() and number.isdigit() and len(number) <= 18):
-        fail(f"step id {step_id!r} has an invalid {'training' if training else 'decoding'} step")
+    try:
+        name, t, s = split_step_id(step_id)  # `@t` a decoding step, `@sN` a training step (tracer finetune)
+    except ValueError as exc:
+        fail(f"step id {step_id!r} has an {exc}")
+    digits = len(step_id) - len(name) - (2 if s is not None else 1)  # after "@" or "@s"
+    if (t is not None or s is not None) and digits > 18:  # within 64 bits
+        fail(f"step id {step_id!r} has an invalid {'training' if s is not None else 'decoding'} step")
     parts = parse_name(name)  # cached: the Step asks for the same parts again
     if parts["layer"] is not None and parts["layer"] > MAX_LAYER:
         fail(f"step id {step_id!r} has an invalid layer number")

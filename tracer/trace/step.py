@@ -59,12 +59,11 @@ def split_step_id(step_id: str) -> tuple[str, int | None, int | None]:
     name, sep, suffix = step_id.partition("@")
     if not sep:
         return name, None, None
-    if suffix.startswith("s"):
-        number = suffix[1:]
-        if not (number.isascii() and number.isdigit()):
-            raise ValueError(f"invalid training step in {step_id!r}")
-        return name, None, int(number)
-    return name, int(suffix), None
+    training = suffix.startswith("s")
+    number = suffix[1:] if training else suffix
+    if not (number.isascii() and number.isdigit()):  # int() alone would take "-3", " 3" and other scripts' digits
+        raise ValueError(f"invalid {'training' if training else 'decoding'} step")
+    return (name, None, int(number)) if training else (name, int(number), None)
 
 
 def split_id(step_id: str) -> tuple[str, int | None]:
