@@ -71,8 +71,10 @@ def cli():
               help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
+@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default=None,
+              help="Store the trace's floats as this (float16 halves a trace; default: as computed, half types as float32).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
+        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps, store_dtype):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -90,7 +92,8 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     select = TapFilter.parse(only, layers, decode_steps)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
-    options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens)
+    options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens,
+                   store_dtype=store_dtype)
     if estimate_only:
         found = estimate(loaded, text, **options)
         click.echo(f"about {human_size(found['bytes'])} ({found['bytes']} bytes): {found['passes']} pass(es), "

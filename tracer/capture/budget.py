@@ -4,7 +4,8 @@
 One probe pass on two tokens tells each tap's shape; every axis that runs over tokens (`pos`,
 `query`, `key`, as the anatomy names them) is then scaled to each real pass of the decode: the
 prompt pass, then, under a KV cache, one new row over all keys so far (cross-attention's keys once),
-or, without it, the whole prefix again. The result counts the tensor bytes a session stores.
+or, without it, the whole prefix again. The result counts the tensor bytes a session stores, at the
+dtype the recorder stores each value in (`--store-dtype float16`: two bytes a float).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 
 import torch
 
-from tracer.capture.run import validate_request
+from tracer.capture.recorder import stored_dtype
+from tracer.capture.run import store_dtype_of, validate_request
 from tracer.capture.select import TapFilter
 from tracer.errors import BadInput
 from tracer.nn.hooks import hooks_attached
@@ -43,9 +45,10 @@ def parse_size(text: str) -> int:
 
 
 @torch.no_grad()
-def probe_taps(loaded: LoadedModel, select: TapFilter | None = None) -> list[tuple[str, tuple[str, ...], int, int]]:
+def probe_taps(loaded: LoadedModel, select: TapFilter | None = None,
+               store_dtype: str | None = None) -> list[tuple[str, tuple[str, ...], int, int]]:
     """(name, axes, bytes per token-axis element, itemsize) of every tap a run would record, from a
-    pass on two tokens; half-precision values count as float32, as the recorder stores them."""
+    pass on two tokens; each value counts at the dtype the recorder stores it as (recorder.stored_dtype)."""
     seen: list[tuple[str, torch.Tensor]] = []
     model, arch = loaded.model, loaded.cfg.arch
     ids = torch.zeros(1, 2, dtype=torch.long, device=loaded.device)
@@ -59,7 +62,7 @@ def probe_taps(loaded: LoadedModel, select: TapFilter | None = None) -> list[tup
     for name, value in seen:
         shape = tuple(value.shape[1:])
         axes = anatomy.axes_for(parse_name(name)["kind"], len(shape))
-        itemsize = 4 if value.dtype in (torch.bfloat16, torch.float16) else value.element_size()
+        itemsize = stored_dtype(value.dtype, store_dtype_of(store_dtype)).itemsize
         per = itemsize
         for axis, n in zip(axes, shape):
             if axis not in TOKEN_AXES:
@@ -95,18 +98,19 @@ def _lens_layers(loaded: LoadedModel, taps) -> int:
 
 
 def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: bool = True,
-             select: TapFilter | None = None, chat: bool = False, lens: bool = False, taps=None) -> dict:
+             select: TapFilter | None = None, chat: bool = False, lens: bool = False, taps=None,
+             store_dtype: str | None = None) -> dict:
     """{"bytes", "passes", "new_tokens", "prompt"}: the trace's tensor bytes if decoding runs all
     `max_new_tokens` steps (a decode that stops early is smaller); with `lens`, the logit lens's
-    steps too (one float32 vocabulary per recorded layer and predicting pass)."""
+    steps too (one vocabulary per recorded layer and predicting pass, float32 or `store_dtype`)."""
     ids, _, max_new_tokens, _ = validate_request(loaded, text, max_new_tokens, None, chat)
-    taps = probe_taps(loaded, select) if taps is None else taps
+    taps = probe_taps(loaded, select, store_dtype) if taps is None else taps
     arch, tok = loaded.cfg.arch, loaded.tokenizer
     keep = (lambda t: True) if select is None else select.keeps_step
     standalone = select is not None and select.steps is not None  # kept steps recorded whole (see generate)
     S = len(ids)
     has_head = any(name.endswith("hook_probs") for name, *_ in taps)
-    lens_pass = 4 * loaded.cfg.vocab_size * _lens_layers(loaded, taps) if lens and has_head else 0
+    lens_pass = (2 if store_dtype == "float16" else 4) * loaded.cfg.vocab_size * _lens_layers(loaded, taps) if lens and has_head else 0
     decoder_taps = [tap for tap in taps if parse_name(tap[0])["stack"] != "encoder"]
     total = 0
     if arch == "encoder":
@@ -132,9 +136,11 @@ def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: b
 
 
 def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_tokens=None, kv_cache=True,
-                       select: TapFilter | None = None, chat: bool = False, lens: bool = False) -> dict:
+                       select: TapFilter | None = None, chat: bool = False, lens: bool = False,
+                       store_dtype: str | None = None) -> dict:
     """The estimate; BadInput (one line) when it passes `budget`, naming options that bring it under."""
-    found = estimate(loaded, text, max_new_tokens=max_new_tokens, kv_cache=kv_cache, select=select, chat=chat, lens=lens)
+    found = estimate(loaded, text, max_new_tokens=max_new_tokens, kv_cache=kv_cache, select=select, chat=chat, lens=lens,
+                     store_dtype=store_dtype)
     if found["bytes"] <= budget:
         return found
     base = select or TapFilter()
@@ -143,13 +149,16 @@ def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_t
     def fits(**changes) -> int | None:
         trial = TapFilter(changes.get("only", base.only), changes.get("layers", base.layers), base.steps)
         size = estimate(loaded, text, max_new_tokens=changes.get("new", max_new_tokens), select=trial,
-                        kv_cache=changes.get("kv", kv_cache), chat=chat, lens=changes.get("lens", lens))["bytes"]
+                        kv_cache=changes.get("kv", kv_cache), chat=chat, lens=changes.get("lens", lens),
+                        store_dtype=changes.get("store", store_dtype))["bytes"]
         return size if size <= budget else None
 
     if not kv_cache and (size := fits(kv=True)) is not None:
         hints.append(f"without --no-kv-cache (about {human_size(size)})")
     if lens and (size := fits(lens=False)) is not None:
         hints.append(f"--no-lens (about {human_size(size)})")
+    if store_dtype != "float16" and (size := fits(store="float16")) is not None:
+        hints.append(f"--store-dtype float16 (about {human_size(size)})")
     pattern = "*attn.hook_pattern"
     if (size := fits(only=(pattern,))) is not None:
         hints.append(f"--only '{pattern}' (about {human_size(size)})")

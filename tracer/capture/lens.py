@@ -19,8 +19,9 @@ from tracer.trace import Step, anatomy
 LENS_KIND = "lens_probs"
 
 
-def with_lens(loaded, steps: list[Step], top_k: int) -> list[Step]:
-    """`steps` with the lens steps of every predicting pass inserted after its `probs` step."""
+def with_lens(loaded, steps: list[Step], top_k: int, store_dtype: str | None = None) -> list[Step]:
+    """`steps` with the lens steps of every predicting pass inserted after its `probs` step
+    (stored as `store_dtype`, as the run's other steps, when given; else float32)."""
     model, cfg = loaded.model, loaded.cfg
     head = model.decoder if cfg.arch == "encoder-decoder" else model
     final_norm = getattr(head, "ln_final", None) if cfg.norm == "pre" else None
@@ -31,11 +32,12 @@ def with_lens(loaded, steps: list[Step], top_k: int) -> list[Step]:
         out.append(step)
         if step.kind == "probs" and step.layer is None:
             place = anatomy.Place(cfg.arch, cfg.norm, stack, None, None, step.decode_step)
-            out.extend(_pass_lens(loaded, place, by_id, head, final_norm, step, top_k))
+            out.extend(_pass_lens(loaded, place, by_id, head, final_norm, step, top_k, store_dtype))
     return out
 
 
-def _pass_lens(loaded, place, by_id: dict[str, Step], head, final_norm, probs: Step, top_k: int) -> list[Step]:
+def _pass_lens(loaded, place, by_id: dict[str, Step], head, final_norm, probs: Step, top_k: int,
+               store_dtype: str | None = None) -> list[Step]:
     last = anatomy.last_layer(place.stack, place.t, by_id)
     if last is None:
         return []
@@ -51,6 +53,8 @@ def _pass_lens(loaded, place, by_id: dict[str, Step], head, final_norm, probs: S
         residual = np.asarray(by_id[output_id].data)                      # [pos, d_model]
         rows = residual[positions] if positions is not None else residual[-1:]  # causal: the last position predicts
         values = _probabilities(rows, head, final_norm)
+        if store_dtype is not None:
+            values = values.astype(store_dtype)
         name = anatomy.step_name(place.stack, layer, f"hook_{LENS_KIND}")
         if positions is None:
             values = values[0]

@@ -1,4 +1,4 @@
-"""Collect tap values during a forward pass and bring them to the host in one batch."""
+"""Collect tap values during a forward pass and bring them to the host in one batch per device."""
 
 from __future__ import annotations
 
@@ -9,26 +9,38 @@ from tracer.nn.hooks import hooks_attached
 
 HALF_TYPES = (torch.bfloat16, torch.float16)
 
+# what `tracer run --store-dtype` may name: numpy holds both (it has no bfloat16)
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
 
 class Recorder:
     """Attach to every HookPoint; `pass_values()` returns (name, numpy array) per tap, batch axis dropped.
 
     During the forward pass a tap only keeps a reference to the value it sees: no copy, no
-    kernel, no host synchronisation. On the CPU the pass's values are then packed into one
-    buffer per dtype (one copy), which keeps a long decode's heap from fragmenting. That is safe because the model never writes into a tensor
-    after a tap has seen it (no in-place ops; tests/test_devices.py compares every trace
-    with one from a recorder that clones), and a tensor we still reference is never handed out again by the
-    allocator. At the end of the pass, on CUDA, the values are packed per dtype into one device
-    buffer each (one `cat` kernel), copied into pinned host memory with non-blocking copies,
-    and the stream is synchronised once; each dtype's values are then copied out of the pinned
-    buffer into ordinary memory in one memcpy, so pinned memory never outlives the pass.
+    kernel, no host synchronisation. That is safe because the model never writes into a tensor
+    after a tap has seen it (no in-place ops; tests/test_devices.py compares every trace with one
+    from a recorder that clones), and a tensor we still reference is never handed out again by the
+    allocator. After the pass the values are grouped by (device, dtype), in recording order
+    within a group (`groups`):
 
-    bf16/fp16 values are stored as float32 (numpy has no bfloat16).
+    - values on the CPU are copied into one host buffer per dtype, each tensor let go as soon as
+      it is copied (the pass's values and their packed copy are never both whole in memory; kept
+      one by one, a long decode's many small arrays fragment the C heap: BENCHMARKS.md);
+    - values on a device (a model spread over GPUs by accelerate's device_map has several) are
+      packed per dtype into one device buffer each (one `cat` kernel), converted there to the
+      storage dtype (so a float16 trace moves half the bytes), copied into pinned host memory with
+      non-blocking copies, and each CUDA device is synchronised once; each buffer is then copied
+      out of pinned memory into ordinary memory in one memcpy, so pinned memory never outlives the pass.
+
+    `store_dtype` (float32 or float16, `tracer run --store-dtype`) is what floating values are
+    stored as; None keeps each value's dtype, bf16/fp16 as float32 (numpy has no bfloat16).
+    Integer and bool values are never converted.
     """
 
-    def __init__(self, model: torch.nn.Module, select=None):
+    def __init__(self, model: torch.nn.Module, select=None, store_dtype: torch.dtype | None = None):
         self.model = model
         self.select = select  # name -> bool: the taps to hook (None: every one)
+        self.store_dtype = store_dtype
         self.values: list[tuple[str, torch.Tensor]] = []
 
     def record(self, name: str, value: torch.Tensor) -> None:
@@ -46,69 +58,111 @@ class Recorder:
         values, self.values = self.values, []
         if not values:
             return []
-        device = values[0][1].device.type
-        if device == "cpu":
-            return packed_on_cpu(values)
         values = [(name, value.detach()[0]) for name, value in values]
-        return batched_to_host(values, pin=device == "cuda")  # mps & co: the same packing, blocking copies
+        return values_to_host(values, self.store_dtype)
 
 
-def packed_on_cpu(values: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.ndarray]]:
-    """CPU values -> numpy views of one packed buffer per dtype (batch axis dropped).
+def stored_dtype(dtype: torch.dtype, store_dtype: torch.dtype | None = None) -> torch.dtype:
+    """What a value of `dtype` is stored as: floating values as `store_dtype` (None: as they
+    are, half types as float32), others unchanged."""
+    if not dtype.is_floating_point:
+        return dtype
+    if store_dtype is not None:
+        return store_dtype
+    return torch.float32 if dtype in HALF_TYPES else dtype
 
-    One copy of the pass's values, and its hundreds of small tensors freed: kept one by one, a
-    long KV-cached decode's many small arrays fragment the C heap (a GPT-2-small 128 + 80 decode
-    peaked 1.5x higher; BENCHMARKS.md)."""
-    groups: dict[torch.dtype, list[int]] = {}
+
+def groups(values: list[tuple[str, torch.Tensor]]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """(device, dtype) -> the indices of its values, in recording order; groups in order of first use."""
+    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for index, (_, value) in enumerate(values):
-        groups.setdefault(value.dtype, []).append(index)
+        out.setdefault((value.device, value.dtype), []).append(index)
+    return out
+
+
+def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dtype | None = None,
+                   pin: bool = True) -> list[tuple[str, np.ndarray]]:
+    """Tensors (batch axis already dropped) on any mix of devices -> numpy, in recording order:
+    one packed copy per (device, dtype) and one synchronisation per CUDA device (see Recorder).
+
+    `values` is emptied as the CPU values are copied (so that each is freed then); pass a copy to keep it."""
+    found = groups(values)
     out: list[np.ndarray | None] = [None] * len(values)
-    for dtype, indices in groups.items():
-        parts = [values[i][1].detach()[0] for i in indices]
-        packed = torch.cat([part.reshape(-1) for part in parts])
-        flat = host_array(packed).copy()  # its own block: the cat result goes with the pass's tensors
-        offset = 0
-        for i, part in zip(indices, parts):
-            out[i] = flat[offset:offset + part.numel()].reshape(tuple(part.shape))
-            offset += part.numel()
-    return [(name, array) for (name, _), array in zip(values, out)]
+    staged = []  # (indices, shapes, host buffer that a non-blocking copy is filling)
+    devices = set()
+    for (device, dtype), indices in found.items():
+        if device.type == "cpu":
+            continue
+        staged.append(_stage(values, indices, stored_dtype(dtype, store_dtype), pin=pin and device.type == "cuda"))
+        devices.add(device)
+    for (device, dtype), indices in found.items():  # host copies while the device copies run
+        if device.type == "cpu":
+            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out)
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this device's pass
+    for indices, shapes, buffer in staged:
+        _unpack(buffer.numpy().copy(), indices, shapes, out)  # out of pinned memory in one memcpy
+    names = [name for name, _ in values]
+    values.clear()
+    return list(zip(names, out))
 
 
-def host_array(value: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as numpy, half types upcast to float32 (shares memory where it can)."""
+def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list) -> None:
+    """CPU values -> views of one new numpy buffer (converted to `dtype` as they are copied);
+    each value's reference in `values` is dropped once copied, so it can be freed at once."""
+    shapes = [tuple(values[i][1].shape) for i in indices]
+    flat = torch.empty(sum(values[i][1].numel() for i in indices), dtype=dtype)
+    offset = 0
+    for i in indices:
+        name, value = values[i]
+        n = value.numel()
+        flat[offset:offset + n].copy_(value.reshape(-1))
+        values[i] = (name, None)
+        offset += n
+    _unpack(flat.numpy(), indices, shapes, out)
+
+
+def _stage(values: list, indices: list[int], dtype: torch.dtype, pin: bool):
+    """One device's values of one dtype -> one packed device buffer in `dtype`, its copy to the host started."""
+    parts = [values[i][1].reshape(-1) for i in indices]
+    packed = torch.cat(parts) if len(parts) > 1 else parts[0]
+    packed = packed.to(dtype)  # on the device: a float16 trace moves half the bytes
+    host = torch.empty(packed.shape, dtype=dtype, pin_memory=pin)
+    host.copy_(packed, non_blocking=pin)
+    return indices, [tuple(values[i][1].shape) for i in indices], host
+
+
+def _unpack(flat: np.ndarray, indices: list[int], shapes: list[tuple[int, ...]], out: list) -> None:
+    offset = 0
+    for i, shape in zip(indices, shapes):
+        size = int(np.prod(shape, dtype=np.int64))
+        out[i] = flat[offset:offset + size].reshape(shape)
+        offset += size
+
+
+def host_array(value: torch.Tensor, store_dtype: torch.dtype | None = None) -> np.ndarray:
+    """A CPU tensor as numpy in its stored dtype (shares memory where it can)."""
     if value.requires_grad:
         value = value.detach()
-    if value.dtype in HALF_TYPES:
-        value = value.float()
+    target = stored_dtype(value.dtype, store_dtype)
+    if value.dtype != target:
+        value = value.to(target)
     return value.numpy()
 
 
-def batched_to_host(values: list[tuple[str, torch.Tensor]], pin: bool = True) -> list[tuple[str, np.ndarray]]:
-    """Device tensors -> numpy with one packed copy per dtype and a single synchronisation.
+def batched_to_host(values: list[tuple[str, torch.Tensor]], pin: bool = True,
+                    store_dtype: torch.dtype | None = None) -> list[tuple[str, np.ndarray]]:
+    """One device's tensors -> numpy with one packed copy per dtype and a single synchronisation
+    (the device path of `values_to_host`, whatever the device: CPU tensors too).
 
     `pin=False` stages in ordinary memory: only for exercising the packing on a machine without CUDA."""
-    device = values[0][1].device
-    groups: dict[torch.dtype, list[int]] = {}
-    for index, (_, value) in enumerate(values):
-        groups.setdefault(value.dtype, []).append(index)
-    staged = []  # (indices, pinned host buffer)
-    for dtype, indices in groups.items():
-        packed = torch.cat([values[i][1].reshape(-1) for i in indices]) if len(indices) > 1 \
-            else values[indices[0]][1].reshape(-1)
-        if dtype in HALF_TYPES:
-            packed = packed.float()
-        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=pin)
-        pinned.copy_(packed, non_blocking=pin)
-        staged.append((indices, pinned))
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this pass
+    staged = [_stage(values, indices, stored_dtype(dtype, store_dtype), pin)
+              for (_, dtype), indices in groups(values).items()]
+    for device in {value.device for _, value in values}:
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
     out: list[np.ndarray | None] = [None] * len(values)
-    for indices, pinned in staged:
-        flat = pinned.numpy().copy()  # out of pinned memory in one memcpy
-        offset = 0
-        for i in indices:
-            shape = tuple(values[i][1].shape)
-            size = values[i][1].numel()
-            out[i] = flat[offset:offset + size].reshape(shape)
-            offset += size
+    for indices, shapes, buffer in staged:
+        _unpack(buffer.numpy().copy(), indices, shapes, out)
     return [(name, array) for (name, _), array in zip(values, out)]

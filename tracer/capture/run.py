@@ -10,7 +10,7 @@ import torch
 
 from tracer.capture.familiar import familiarity
 from tracer.capture.lens import with_lens
-from tracer.capture.recorder import Recorder
+from tracer.capture.recorder import STORE_DTYPES, Recorder
 from tracer.capture.select import TapFilter
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
@@ -88,7 +88,7 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
              chat: bool = False, lens: bool = False, kv_cache: bool = True,
-             select: TapFilter | None = None) -> GenerationResult:
+             select: TapFilter | None = None, store_dtype: str | None = None) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
     each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
     model's chat template.
@@ -98,13 +98,15 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     its steps hold the rows it computed (see record_pass). Without it every pass re-runs the whole prefix.
     `select` records only some taps and decoding steps (tracer/capture/select.py); a kept decoding
     step among left-out ones is recorded whole, so its tensors stand alone: under a KV cache its
-    pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded."""
+    pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded.
+    `store_dtype` (float32, float16; None: as computed) is what the trace stores floating values as."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
+    storage = store_dtype_of(store_dtype)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     select = select if select is not None and not select.empty else None
     recorder = None
     if traced:
-        recorder = Recorder(model, select.taps) if select is not None else Recorder(model)
+        recorder = Recorder(model, select.taps if select is not None else None, store_dtype=storage)
     steps: list[Step] = []
     rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
 
@@ -176,7 +178,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
     if traced:
         if lens:
-            steps = with_lens(loaded, steps, top_k)
+            steps = with_lens(loaded, steps, top_k, store_dtype=store_dtype)
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
@@ -186,9 +188,19 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             input={"text": text, "tokens": tokens, "ids": ids} | ({"prompt": tok.render_chat(text)} if chat else {})
             | familiarity(loaded, text),
             output={"text": result.output_text, "tokens": output_tokens, "ids": generated},
-            capture={"kv_cache": kv_cache and arch != "encoder"} | ({"filter": select.to_dict()} if select else {}),
+            capture={"kv_cache": kv_cache and arch != "encoder"} | ({"filter": select.to_dict()} if select else {})
+            | ({"store_dtype": store_dtype} if store_dtype else {}),
         )
     return result
+
+
+def store_dtype_of(name: str | None) -> torch.dtype | None:
+    """`--store-dtype`'s torch dtype (None: store values as computed)."""
+    if name is None:
+        return None
+    if name not in STORE_DTYPES:
+        raise BadInput(f"--store-dtype {name!r}: expected one of {', '.join(STORE_DTYPES)}")
+    return STORE_DTYPES[name]
 
 
 def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None,
@@ -220,10 +232,11 @@ def last_probs(steps: list[Step]) -> Step:
 
 
 def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
-               lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None) -> Trace:
+               lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None,
+               store_dtype: str | None = None) -> Trace:
     """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace."""
     return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens,
-                    kv_cache=kv_cache, select=select).trace
+                    kv_cache=kv_cache, select=select, store_dtype=store_dtype).trace
 
 
 def device_label(device: torch.device) -> str:

@@ -7,6 +7,13 @@ A trace exported with `--precision p` holds values rounded to p significant digi
 by at most ε = 0.5·10^(1−p) of its size. Each relation then tolerates exactly what that rounding
 can do to it, carried through its arithmetic (`ROUNDING`), on top of float arithmetic's own
 tolerance: a tensor altered by more than its rounding still fails.
+
+A trace stored as float16 (`tracer run --store-dtype float16`, the header's `capture.store_dtype`)
+is rounded the same way: each float was computed in the model's dtype, then rounded to float16's
+11 significant bits, off by at most u = 2⁻¹¹ ≈ 4.9e-4 of its size (float16's unit roundoff; below
+6.1e-5, in float16's subnormals, by at most 2⁻²⁵ absolutely, which the arithmetic tolerance's
+absolute floor covers). So the same bounds apply, with ε = u; the arithmetic tolerance stays the
+model's, not half precision's (float16 here is storage, not computation).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class CheckReport:
     failures: list[Failure]
     skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
     precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
+    store_dtype: str | None = None  # the capture's --store-dtype (float16: rounded to 11 bits)
 
     @property
     def ok(self) -> bool:
@@ -48,22 +56,35 @@ class CheckReport:
     @property
     def tolerance_note(self) -> str | None:
         """One line saying what rounding the check allowed for (None at full precision)."""
-        if self.precision is None:
+        if self.precision is None and self.store_dtype != "float16":
             return None
-        digits = "digit" if self.precision == 1 else "digits"
-        return (f"rounded to {self.precision} {digits}: tolerance ±{rounding_epsilon(self.precision):.1g} × each "
+        if self.precision is None:
+            what = "stored as float16"
+        else:
+            digits = "digit" if self.precision == 1 else "digits"
+            what = f"rounded to {self.precision} {digits}" + (" (stored as float16)" if self.store_dtype == "float16" else "")
+        return (f"{what}: tolerance ±{rounding_epsilon(self.precision, self.store_dtype):.2g} × each "
                 "value's size, carried through each relation (beside float arithmetic's own)")
 
 
-def rounding_epsilon(precision: int | None) -> float:
-    """The largest relative error of a value rounded to `precision` significant digits (0: not rounded).
+FLOAT16_ROUNDOFF = 2.0 ** -11  # float16 keeps 11 significant bits: rounding is off by at most this, relatively
+
+
+def rounding_epsilon(precision: int | None, store_dtype: str | None = None) -> float:
+    """The largest relative error of a value rounded to `precision` significant digits (0: not rounded),
+    of a trace stored as `store_dtype`.
 
     x rounded to p digits is off by at most half a unit in its p-th digit: 0.5·10^(e+1−p) with
     10^e ≤ |x|, so at most 0.5·10^(1−p)·|x|. The reader stores the rounded value as float32,
-    which adds up to half a float32 ulp."""
+    which adds up to half a float32 ulp. A float16-stored value was rounded to float16 first
+    (FLOAT16_ROUNDOFF); exported with --precision, it is rounded to p digits and read back
+    as float16 again: the errors compound, (1 + ε_p)(1 + u)² − 1."""
+    digits = 0.0 if precision is None else 0.5 * 10.0 ** (1 - precision)
+    if store_dtype == "float16":
+        return (1 + digits) * (1 + FLOAT16_ROUNDOFF) ** (1 if precision is None else 2) - 1
     if precision is None:
         return 0.0
-    return 0.5 * 10.0 ** (1 - precision) + float(np.finfo(np.float32).eps) / 2
+    return digits + float(np.finfo(np.float32).eps) / 2
 
 
 def _tolerance(*arrays: np.ndarray) -> float:
@@ -160,7 +181,8 @@ class _Checker:
         self.skipped: list[str] = []
         self.checked = 0
         self._broken: set[tuple[str, int | None]] = set()
-        self.eps = rounding_epsilon(trace.precision)
+        self.store_dtype = (trace.capture or {}).get("store_dtype")
+        self.eps = rounding_epsilon(trace.precision, self.store_dtype)
         # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
         self.rel = self.eps / (1 - self.eps)
 
@@ -172,9 +194,14 @@ class _Checker:
         self.checked += 1
         if self.eps and np.issubdtype(step.data.dtype, np.floating):
             rounding = rounding + self.rel * np.abs(step.data.astype(np.float64))  # the step's own rounding
-        ok, detail = _close(step.data, expected, _tolerance(step.data, *inputs), rounding)
+        ok, detail = _close(step.data, expected, self.tolerance(step.data, *inputs), rounding)
         if not ok:
             self.fail(step.id, f"{what}: {detail}")
+
+    def tolerance(self, *arrays: np.ndarray) -> float:
+        """The arithmetic's relative tolerance. In a float16-stored trace float16 is the storage's
+        rounding (carried by eps), not the arithmetic's: that was the model's own."""
+        return _tolerance() if self.store_dtype == "float16" else _tolerance(*arrays)
 
     def fail(self, step_id: str, message: str) -> None:
         self.failures.append(Failure(step_id, message))
@@ -352,7 +379,7 @@ class _Checker:
         pattern = step.data
         sums = pattern.astype(np.float64).sum(-1)
         # rounded weights: their sum is off by at most ε' of itself
-        if not np.allclose(sums, 1.0, atol=_tolerance(pattern) + self.rel * float(np.abs(sums).max(initial=0.0))):
+        if not np.allclose(sums, 1.0, atol=self.tolerance(pattern) + self.rel * float(np.abs(sums).max(initial=0.0))):
             self.fail(step.id, f"rows sum to {sums.min():.6g}…{sums.max():.6g}, not 1")
         mask = self.sibling(step, "{attn}.hook_mask")
         if mask is not None and np.any(pattern[:, ~mask] != 0):
@@ -373,7 +400,7 @@ class _Checker:
                                    int(config.get("relative_buckets", 32)), int(config.get("relative_max_distance", 128)))
         for bucket in np.unique(buckets):
             cells = bias[:, buckets == bucket]                                   # (head, cells)
-            if np.any(np.abs(cells - cells[:, :1]) > _tolerance(step.data)):
+            if np.any(np.abs(cells - cells[:, :1]) > self.tolerance(step.data)):
                 distances = sorted(set(relative[buckets == bucket].tolist()))
                 self.fail(step.id, f"bucket {int(bucket)} (key − query in {distances[0]}…{distances[-1]}) holds "
                                    "different values; the bias must depend only on the distance's bucket")
@@ -478,6 +505,7 @@ ROUNDING = {
     "attn_scores": _Checker.rounding_of_masked, "pattern": _Checker.rounding_of_softmax,
     "z": _Checker.rounding_of_weighted_values, "concat": _Checker.rounding_of_concat,
     "probs": _Checker.rounding_of_softmax, "normalized": _Checker.rounding_of_normalised,
+    "class_probs": _Checker.rounding_of_softmax,
 }
 # kind -> a check of the step's own values
 PROPERTIES = {"pattern": _Checker.weights, "attn_bias": _Checker.relative_bias, "mask": _Checker.causal_mask, "probs": _Checker.predictions,
@@ -497,4 +525,4 @@ def check_trace(trace: Trace) -> CheckReport:
     checked, failures = check_training(trace)
     checker.checked += checked
     checker.failures += [Failure(step_id, message) for step_id, message in failures]
-    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision)
+    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, checker.store_dtype)

@@ -31,6 +31,14 @@ from tracer.trace.trace import Trace
 # needs more: float16 (eps 1e-3) about --tol 1e-2, bfloat16 (eps 8e-3) about --tol 5e-2.
 DEFAULT_TOL = 1e-4
 
+# A trace stored as float16 (`tracer run --store-dtype float16`) holds each value rounded to 11
+# significant bits: off by at most u = 2⁻¹¹ ≈ 4.9e-4 of its size, so of the step's scale. Each
+# float16 side widens a step's tolerance by u (whatever --tol says, 0 included: rounding is not a
+# difference): a float16 and a float32 trace of one run are equal within tol + u, two float16
+# traces of runs that agree within tol are equal within tol + 2u, and a changed token or weight
+# (1e-2 and more) still shows.
+FLOAT16_ROUNDOFF = 2.0 ** -11
+
 # axes indexed by token position: two inputs of different lengths are compared position by position
 TOKEN_AXES = frozenset({"pos", "query", "key"})
 
@@ -86,6 +94,7 @@ class StepDiff:
     changed: int = 0                     # cells over the tolerance, non-finite mismatches included
     cells: int = 0                       # cells compared
     nonfinite_differ: int = 0            # cells non-finite on a side and not the same value on the other
+    tol: float | None = None             # the tolerance applied: --tol, widened for float16 storage (step_tolerance)
     exact: bool = False                  # integer or boolean data: any change is a difference
     kl: float | None = None              # probability steps: KL(A ‖ B), the largest over rows
     predictions: tuple[PredictionDiff, ...] = ()
@@ -112,7 +121,7 @@ class StepDiff:
             "cropped": self.cropped, "reason": self.reason,
             "max_abs": _json_float(self.max_abs), "rel_l2": _json_float(self.rel_l2), "cosine": _json_float(self.cosine),
             "scale": _json_float(self.scale), "changed": self.changed, "cells": self.cells,
-            "nonfinite_differ": self.nonfinite_differ, "exact": self.exact,
+            "nonfinite_differ": self.nonfinite_differ, "exact": self.exact, "tol": self.tol,
         }
         if self.kind == "probs" and self.status == COMPARED:
             out["kl"] = _json_float(self.kl)
@@ -204,6 +213,9 @@ class TraceDiff:
             + (f", {len(self.parted)} after the decodes part" if self.parted else "")
             + f"; {len(self.only_in_a)} only in A, {len(self.only_in_b)} only in B"
         ]
+        if any(s.tol is not None and s.tol > self.tol for s in self.compared):
+            lines.append(f"float16-stored values: tolerance widened by {FLOAT16_ROUNDOFF:.2g} for each float16 side "
+                         "(its rounding)")
         if not self.steps:
             lines.append("no step in both traces: nothing to compare")
         first = self.first_over_tol
@@ -280,14 +292,20 @@ def compare_steps(step_a: Step, step_b: Step, tol: float = DEFAULT_TOL) -> StepD
     region = tuple(slice(0, n) for n in overlap)
     x, y = step_a.data[region], step_b.data[region]
     exact = not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(y.dtype, np.floating))
-    figures = _figures(x, y, 0.0 if exact else tol)
+    tol = 0.0 if exact else step_tolerance(x, y, tol)
+    figures = _figures(x, y, tol)
     kl, predictions = (None, ())
     if step_a.kind == "probs" and not exact:
         kl = _kl(x, y)
         predictions = _predictions(step_a, step_b, x, y)
     over = figures["changed"] > 0 or any(p.chosen_changed for p in predictions)
     return StepDiff(status=COMPARED, compared_shape=tuple(overlap), exact=exact, kl=kl, predictions=predictions,
-                    over_tol=over, **figures, **base)
+                    over_tol=over, tol=tol, **figures, **base)
+
+
+def step_tolerance(x: np.ndarray, y: np.ndarray, tol: float) -> float:
+    """`tol`, widened by float16's rounding for each side stored as float16 (FLOAT16_ROUNDOFF)."""
+    return tol + FLOAT16_ROUNDOFF * ((x.dtype == np.float16) + (y.dtype == np.float16))
 
 
 def delta(step_a: Step, step_b: Step) -> np.ndarray | None:

@@ -64,6 +64,14 @@ def model_label(trace: Trace) -> str:
     return f"{name} ({kind}{short})"
 
 
+def device_label(trace: Trace) -> str:
+    """Where the trace ran, and how it was stored when not as computed: `cpu`, `cpu · float16 storage`
+    (`tracer run --store-dtype float16`: every float rounded to 11 bits, which a learner reading the
+    numbers should know)."""
+    store = (trace.capture or {}).get("store_dtype")
+    return f"{trace.device} · {store} storage" if isinstance(store, str) and store != "float32" else str(trace.device)
+
+
 def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str] | None, width: int,
                  comparing: int | None = None) -> list[Part]:
     """`tracer · model · device · "input" → "output"   trace 2/3   ▶ playing…` in `width` cells.
@@ -79,8 +87,8 @@ def screen_title(trace: Trace, trace_number: int, traces: int, playing: list[str
     sentence = [source] if output is None else [source, visible(output)]
     frame = 2 * len(sentence) + (3 if output is not None else 0)  # the quotes and " → "
     heads = [
-        [("tracer", "bold"), (visible(f" · {model_label(trace)} · {trace.device} · "), "")],
-        [("tracer", "bold"), (visible(f" · {trace.model.get('name', '?')} · {trace.device} · "), "")],
+        [("tracer", "bold"), (visible(f" · {model_label(trace)} · {device_label(trace)} · "), "")],
+        [("tracer", "bold"), (visible(f" · {trace.model.get('name', '?')} · {device_label(trace)} · "), "")],
         [("tracer", "bold"), (" · ", "")],
     ]
     wordings = playing or [None]
