@@ -130,3 +130,46 @@ def test_a_pass_over_the_cpu_and_a_gpu_synchronises_once_and_keeps_the_order():
     assert len(syncs) == 1
     for (name, array), want in zip(back, expected):
         assert array.dtype == want.dtype and np.array_equal(array, want), name
+
+
+def test_a_large_value_that_owns_its_memory_is_kept_not_copied():
+    """A prompt pass's values are kept as they are (no second copy at the peak); a slice of a larger
+    tensor, a value that needs converting and a model's weight are copied."""
+    from tracer.capture.recorder import KEEP_AS_IS_BYTES
+
+    n = KEEP_AS_IS_BYTES // 4
+    own = torch.randn(2, n // 2)
+    bigger = torch.randn(4, n)
+    weight = torch.randn(n)
+    values = [("own", own), ("slice", bigger[1]), ("weight", weight), ("small", torch.randn(3))]
+    back = dict(values_to_host(list(values), model_memory=frozenset({weight.untyped_storage().data_ptr()})))
+    assert np.shares_memory(back["own"], own.numpy())
+    assert not np.shares_memory(back["slice"], bigger.numpy())
+    assert not np.shares_memory(back["weight"], weight.numpy())
+    half = dict(values_to_host([("own", own)], torch.float16))
+    assert half["own"].dtype == np.float16 and not np.shares_memory(half["own"], own.numpy())
+    for name, value in values:
+        assert np.array_equal(back[name], value.numpy()), name
+
+
+def test_packed_values_go_into_slabs_of_their_own():
+    """Small values are packed into large anonymous mappings, 64-byte aligned, a new one when full."""
+    import mmap
+
+    from tracer.capture.recorder import HostSlabs
+
+    slabs = HostSlabs()
+    first = values_to_host([("a", torch.randn(5)), ("b", torch.ones(3, dtype=torch.long))], slabs=slabs)
+    second = values_to_host([("c", torch.randn(7))], slabs=slabs)
+    arrays = [array for _, array in first + second]
+    addresses = [array.__array_interface__["data"][0] for array in arrays]
+    assert all(address % 64 == 0 for address in addresses)
+    slab = slabs._slab
+    assert isinstance(slab.base.obj, mmap.mmap) and len(slab) == HostSlabs.SIZE
+    start = slab.__array_interface__["data"][0]
+    assert all(start <= address < start + HostSlabs.SIZE for address in addresses)
+    big = slabs.take(HostSlabs.SIZE // 4 // 4 + 1, torch.float32)  # too large to share a slab: its own block
+    assert not start <= big.data_ptr() < start + HostSlabs.SIZE
+    slabs._used = HostSlabs.SIZE - 8
+    rolled = slabs.take(4, torch.float32)
+    assert slabs._slab is not slab and rolled.data_ptr() == slabs._slab.__array_interface__["data"][0]

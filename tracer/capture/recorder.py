@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+
 import numpy as np
 import torch
 
@@ -11,6 +14,13 @@ HALF_TYPES = (torch.bfloat16, torch.float16)
 
 # what `tracer run --store-dtype` may name: numpy holds both (it has no bfloat16)
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+# A CPU value at least this large that owns its memory and needs no conversion is kept as it is
+# (numpy shares it), not copied: glibc's default mmap threshold, so such a block does not sit
+# among the heap's small chunks. A prompt pass's values are nearly all this large (a GPT-2-small
+# 128-token pattern is 786 KB) and copying them held the pass twice at the peak; a KV-cached
+# step's rows are far smaller and are packed.
+KEEP_AS_IS_BYTES = 128 * 1024
 
 
 class Recorder:
@@ -25,7 +35,8 @@ class Recorder:
 
     - values on the CPU are copied into one host buffer per dtype, each tensor let go as soon as
       it is copied (the pass's values and their packed copy are never both whole in memory; kept
-      one by one, a long decode's many small arrays fragment the C heap: BENCHMARKS.md);
+      one by one, a long decode's many small arrays fragment the C heap: BENCHMARKS.md); a large
+      value that owns its memory and is already in its storage dtype is kept as it is (KEEP_AS_IS_BYTES);
     - values on a device (a model spread over GPUs by accelerate's device_map has several) are
       packed per dtype into one device buffer each (one `cat` kernel), converted there to the
       storage dtype (so a float16 trace moves half the bytes), copied into pinned host memory with
@@ -42,6 +53,9 @@ class Recorder:
         self.select = select  # name -> bool: the taps to hook (None: every one)
         self.store_dtype = store_dtype
         self.values: list[tuple[str, torch.Tensor]] = []
+        self.slabs = HostSlabs()  # where the packed values of this recorder's passes go
+        # a value in a weight's or buffer's memory is always copied: the trace must not change when the model does
+        self.model_memory = frozenset(t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()))
 
     def record(self, name: str, value: torch.Tensor) -> None:
         self.values.append((name, value))  # batch axis and autograd are dealt with after the pass
@@ -59,7 +73,30 @@ class Recorder:
         if not values:
             return []
         values = [(name, value.detach()[0]) for name, value in values]
-        return values_to_host(values, self.store_dtype)
+        out = values_to_host(values, self.store_dtype, slabs=self.slabs, model_memory=self.model_memory)
+        release_freed_memory()
+        return out
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere (macOS, musl) there is none
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim, ~0.3 ms), after a pass.
+
+    A pass's tensors are freed into the heap when it ends, but the heap keeps their pages: a
+    KV-cached step reallocates its cache a little longer each time, and the holes left behind
+    fit nothing; a GPT-2-small 128 + 40 decode's resident memory grew ~8 MB a step that way
+    (BENCHMARKS.md). Trimming returns every whole free page, holes included."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def stored_dtype(dtype: torch.dtype, store_dtype: torch.dtype | None = None) -> torch.dtype:
@@ -80,12 +117,45 @@ def groups(values: list[tuple[str, torch.Tensor]]) -> dict[tuple[torch.device, t
     return out
 
 
+class HostSlabs:
+    """Host memory for a run's packed values: large anonymous mappings of their own, filled one
+    pass after another. Kept out of the C heap, the trace's bytes never sit between the model's
+    transient tensors, so the heap those leave is reused pass after pass instead of growing (a
+    KV-cached decode reallocates its cache, a little longer, at every step: with the packed rows
+    in the heap between them, a GPT-2-small 128 + 40 decode grew by ~7 MB a step; BENCHMARKS.md).
+    A page is resident only once written; a slab is unmapped when no array uses it any more."""
+
+    SIZE = 64 * 1024 * 1024  # above glibc's largest mmap threshold (32 MB): never from the heap
+
+    def __init__(self):
+        self._slab: np.ndarray | None = None
+        self._used = 0
+
+    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A new 1-D tensor of `numel` values, 64-byte aligned, in the current slab (or a new one)."""
+        nbytes = numel * dtype.itemsize
+        if nbytes > self.SIZE // 4:
+            return torch.empty(numel, dtype=dtype)  # this large, it is a mapping of its own anyway
+        start = -(-self._used // 64) * 64
+        if self._slab is None or start + nbytes > self.SIZE:
+            self._slab, start = np.frombuffer(mmap.mmap(-1, self.SIZE), dtype=np.uint8), 0
+        self._used = start + nbytes
+        return torch.from_numpy(self._slab[start:start + nbytes]).view(dtype)
+
+
+def _new_buffer(numel: int, dtype: torch.dtype, slabs: HostSlabs | None) -> torch.Tensor:
+    return slabs.take(numel, dtype) if slabs is not None else torch.empty(numel, dtype=dtype)
+
+
 def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dtype | None = None,
-                   pin: bool = True) -> list[tuple[str, np.ndarray]]:
+                   pin: bool = True, slabs: HostSlabs | None = None,
+                   model_memory: frozenset[int] = frozenset()) -> list[tuple[str, np.ndarray]]:
     """Tensors (batch axis already dropped) on any mix of devices -> numpy, in recording order:
     one packed copy per (device, dtype) and one synchronisation per CUDA device (see Recorder).
 
-    `values` is emptied as the CPU values are copied (so that each is freed then); pass a copy to keep it."""
+    `values` is emptied as the CPU values are copied (so that each is freed then); pass a copy to keep it.
+    `slabs`: where the packed copies go (None: ordinary allocations); `model_memory`: the storages
+    (data pointers) of the model's weights and buffers, which a value is never kept in."""
     found = groups(values)
     out: list[np.ndarray | None] = [None] * len(values)
     staged = []  # (indices, shapes, host buffer that a non-blocking copy is filling)
@@ -97,22 +167,35 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
         devices.add(device)
     for (device, dtype), indices in found.items():  # host copies while the device copies run
         if device.type == "cpu":
-            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out)
+            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out, slabs, model_memory)
     for device in devices:
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this device's pass
     for indices, shapes, buffer in staged:
-        _unpack(buffer.numpy().copy(), indices, shapes, out)  # out of pinned memory in one memcpy
+        flat = _new_buffer(buffer.numel(), buffer.dtype, slabs)
+        flat.copy_(buffer)  # out of pinned memory in one memcpy
+        _unpack(flat.numpy(), indices, shapes, out)
     names = [name for name, _ in values]
     values.clear()
     return list(zip(names, out))
 
 
-def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list) -> None:
+def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list, slabs: HostSlabs | None = None,
+                  model_memory: frozenset[int] = frozenset()) -> None:
     """CPU values -> views of one new numpy buffer (converted to `dtype` as they are copied);
-    each value's reference in `values` is dropped once copied, so it can be freed at once."""
+    each value's reference in `values` is dropped once copied, so it can be freed at once.
+    A large value that owns its memory and needs no conversion is not copied (see `kept_as_is`)."""
+    copied = []
+    for i in indices:
+        name, value = values[i]
+        if kept_as_is(value, dtype) and value.untyped_storage().data_ptr() not in model_memory:
+            out[i] = value.numpy()
+            values[i] = (name, None)
+        else:
+            copied.append(i)
+    indices = copied
     shapes = [tuple(values[i][1].shape) for i in indices]
-    flat = torch.empty(sum(values[i][1].numel() for i in indices), dtype=dtype)
+    flat = _new_buffer(sum(values[i][1].numel() for i in indices), dtype, slabs)
     offset = 0
     for i in indices:
         name, value = values[i]
@@ -121,6 +204,15 @@ def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: lis
         values[i] = (name, None)
         offset += n
     _unpack(flat.numpy(), indices, shapes, out)
+
+
+def kept_as_is(value: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a CPU value can become the trace's array without a copy: already `dtype`, at least
+    KEEP_AS_IS_BYTES, contiguous and the whole of its storage (a slice of a larger tensor would keep
+    all of that alive)."""
+    nbytes = value.numel() * value.element_size()
+    return (value.dtype == dtype and nbytes >= KEEP_AS_IS_BYTES and value.is_contiguous()
+            and value.storage_offset() == 0 and value.untyped_storage().nbytes() == nbytes)
 
 
 def _stage(values: list, indices: list[int], dtype: torch.dtype, pin: bool):
