@@ -173,3 +173,15 @@ def test_packed_values_go_into_slabs_of_their_own():
     slabs._used = HostSlabs.SIZE - 8
     rolled = slabs.take(4, torch.float32)
     assert slabs._slab is not slab and rolled.data_ptr() == slabs._slab.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 9, 12])
+def test_top_indices_are_those_of_a_stable_sort(k):
+    """The top-k from a partition equals the full stable sort's, ties in index order included."""
+    from tracer.capture.run import top_indices
+
+    rng = np.random.default_rng(k)
+    for probs in (rng.random(50), np.repeat(rng.random(6), 2)[rng.permutation(12)],  # ties at every rank
+                  np.array([0.5, np.nan, 0.2, 0.5]), np.zeros(10, dtype=np.float32)):
+        expected = np.argsort(-probs, kind="stable")[:k]
+        assert top_indices(probs, k).tolist() == expected.tolist()

@@ -182,27 +182,33 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
 
 def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list, slabs: HostSlabs | None = None,
                   model_memory: frozenset[int] = frozenset()) -> None:
-    """CPU values -> views of one new numpy buffer (converted to `dtype` as they are copied);
-    each value's reference in `values` is dropped once copied, so it can be freed at once.
-    A large value that owns its memory and needs no conversion is not copied (see `kept_as_is`)."""
-    copied = []
+    """CPU values -> views of one new numpy buffer, converted to `dtype` as they are copied.
+
+    A large value that owns its memory and needs no conversion is not copied (see `kept_as_is`);
+    other large ones are copied one by one, each reference in `values` dropped once copied so that
+    it can be freed at once; the small ones, most of a KV-cached step, go in with one `cat`."""
+    small, large = [], []
     for i in indices:
         name, value = values[i]
         if kept_as_is(value, dtype) and value.untyped_storage().data_ptr() not in model_memory:
             out[i] = value.numpy()
             values[i] = (name, None)
         else:
-            copied.append(i)
-    indices = copied
+            (large if value.numel() * value.element_size() >= KEEP_AS_IS_BYTES else small).append(i)
+    indices = small + large
     shapes = [tuple(values[i][1].shape) for i in indices]
-    flat = _new_buffer(sum(values[i][1].numel() for i in indices), dtype, slabs)
-    offset = 0
-    for i in indices:
+    sizes = [values[i][1].numel() for i in indices]
+    flat = _new_buffer(sum(sizes), dtype, slabs)
+    offset = sum(sizes[:len(small)])
+    if small:
+        torch.cat([values[i][1].reshape(-1) for i in small], out=flat[:offset])  # converts as it copies
+    for i, n in zip(large, sizes[len(small):]):
         name, value = values[i]
-        n = value.numel()
         flat[offset:offset + n].copy_(value.reshape(-1))
         values[i] = (name, None)
         offset += n
+    for i in small:
+        values[i] = (values[i][0], None)
     _unpack(flat.numpy(), indices, shapes, out)
 
 

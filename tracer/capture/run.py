@@ -79,10 +79,20 @@ def allowed(probs: np.ndarray, suppressed) -> np.ndarray:
 
 
 def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
-    """The k most likely tokens, and the greedy choice (the first of them)."""
-    order = np.argsort(-probs, kind="stable")[:k]
+    """The k most likely tokens, and the greedy choice (the first of them); ties in index order."""
+    order = top_indices(probs, k)
     top = [{"token": token(int(i)), "id": int(i), "prob": float(probs[i])} for i in order]
     return top, {"token": top[0]["token"], "id": top[0]["id"]}
+
+
+def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k largest values, largest first, ties in index order: what a stable sort of
+    the whole vocabulary gives, from a partition (a sort of 50,257 values took ~3-9 ms a step)."""
+    if k >= len(probs) or np.isnan(probs).any():
+        return np.argsort(-probs, kind="stable")[:k]
+    kth = np.partition(probs, len(probs) - k)[len(probs) - k]  # the k-th largest value
+    candidates = np.flatnonzero(probs >= kth)                  # every value that ties it, in index order
+    return candidates[np.argsort(-probs[candidates], kind="stable")][:k]
 
 
 @torch.no_grad()
