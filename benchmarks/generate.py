@@ -3,12 +3,19 @@
     python benchmarks/generate.py                      # GPT-2-small shape, CPU, prompt 128, 10/20/40/80 new tokens
     python benchmarks/generate.py --prompt 32 --new 10,20   # a quick run
     python benchmarks/generate.py --max-trace 2GB      # skip (and say so) a run whose estimated trace passes 2 GB
+    python benchmarks/generate.py --repeats 3 --pairs 5     # medians of 3 fresh processes a row; 5 timing pairs
 
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own:
-tracer's `generate(traced=True)` with and without the KV cache, and transformers'
-`GPT2LMHeadModel.generate` with its KV cache and output_attentions / output_hidden_states /
-return_dict_in_generate on the same shape (random weights; eager attention, which output_attentions
-needs). "trace" is the bytes tracer stores (every step's recorded rows). A benchmark, not a test.
+tracer's `generate(traced=True)` with and without the KV cache (and, at the headline length, with
+`store_dtype="float16"`), and transformers' `GPT2LMHeadModel.generate` with its KV cache and
+output_attentions / output_hidden_states / return_dict_in_generate on the same shape (random
+weights; eager attention, which output_attentions needs). No logit lens (generate has none).
+"trace" is the bytes tracer stores (every step's recorded rows). "above baseline" is the peak
+less the resident memory measured in the same process before the model is built (Python, torch
+and the benchmark's imports: ~260 MB). `--repeats` runs each row's process that many times,
+interleaved, and reports medians; `--pairs` then times the headline, tracer's KV-cached trace and
+transformers' generate, alternately in one process (both models built once), and reports the
+median of the per-pair ratios, the figure a busy machine disturbs least. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -30,24 +38,30 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
-def run_tracer(prompt: int, new: int, kv_cache: bool) -> dict:
+def rss_now() -> int:
+    """Resident memory now (Linux: /proc/self/statm), in bytes."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None) -> dict:
     import torch
 
     from gpt2_small import gpt2_small, text_of_tokens
     from tracer.capture.run import generate
 
     torch.set_grad_enabled(False)
+    baseline = rss_now()  # Python, torch and tracer imported; no model yet
     loaded = gpt2_small()
     loaded.tokenizer.stop_ids = set()  # random weights: decode every step asked for
     text = text_of_tokens(loaded, prompt)
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     before = peak_rss()
     start = time.perf_counter()
-    result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache)
+    result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache, store_dtype=store_dtype)
     seconds = time.perf_counter() - start
     trace_bytes = sum(step.rows.nbytes for step in result.trace)
-    return {"seconds": seconds, "peak": peak_rss(), "before": before, "model": model_bytes, "trace": trace_bytes,
-            "steps": len(result.trace), "tokens": len(result.output_ids)}
+    return {"seconds": seconds, "peak": peak_rss(), "before": before, "baseline": baseline, "model": model_bytes,
+            "trace": trace_bytes, "steps": len(result.trace), "tokens": len(result.output_ids)}
 
 
 def run_transformers(prompt: int, new: int) -> dict:
@@ -57,6 +71,7 @@ def run_transformers(prompt: int, new: int) -> dict:
     from gpt2_small import GPT2_SMALL
 
     torch.set_grad_enabled(False)
+    baseline = rss_now()
     config = GPT2Config(vocab_size=GPT2_SMALL["vocab_size"], n_positions=GPT2_SMALL["max_positions"],
                         n_embd=GPT2_SMALL["d_model"], n_layer=GPT2_SMALL["n_layers"], n_head=GPT2_SMALL["n_heads"],
                         attn_implementation="eager")
@@ -72,31 +87,92 @@ def run_transformers(prompt: int, new: int) -> dict:
     seconds = time.perf_counter() - start
     kept = sum(t.numel() * t.element_size() for step in out.attentions for t in step) + \
         sum(t.numel() * t.element_size() for step in out.hidden_states for t in step)
-    return {"seconds": seconds, "peak": peak_rss(), "before": before, "model": model_bytes, "trace": kept,
-            "tokens": out.sequences.shape[1] - prompt}
+    return {"seconds": seconds, "peak": peak_rss(), "before": before, "baseline": baseline, "model": model_bytes,
+            "trace": kept, "tokens": out.sequences.shape[1] - prompt}
 
 
-def estimated(prompt: int, new: int, kv_cache: bool) -> int:
+def estimated(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None) -> int:
     from gpt2_small import gpt2_small, text_of_tokens
     from tracer.capture.budget import estimate
 
     loaded = gpt2_small()
-    return estimate(loaded, text_of_tokens(loaded, prompt), max_new_tokens=new, kv_cache=kv_cache)["bytes"]
+    return estimate(loaded, text_of_tokens(loaded, prompt), max_new_tokens=new, kv_cache=kv_cache,
+                    store_dtype=store_dtype)["bytes"]
 
 
-def child(kind: str, prompt: int, new: int) -> dict:
-    """One measurement in a fresh interpreter (this script with --child)."""
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(prompt), str(new)],
+def child_output(kind: str, prompt: int, new: int, *extra: int) -> str:
+    """The last line a fresh interpreter (this script with --child) prints."""
+    done = subprocess.run([sys.executable, __file__, "--child", kind, str(prompt), str(new), *map(str, extra)],
                           capture_output=True, text=True, cwd=HERE.parent)
     if done.returncode != 0:
         raise SystemExit(f"{kind} {prompt}+{new} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout.strip().splitlines()[-1]
+
+
+def child(kind: str, prompt: int, new: int) -> dict:
+    """One measurement in a fresh interpreter."""
+    return json.loads(child_output(kind, prompt, new))
+
+
+def median_row(kind: str, prompt: int, new: int, repeats: int) -> dict:
+    """The median time and peak of `repeats` fresh processes (one row's figures)."""
+    runs = [child(kind, prompt, new) for _ in range(repeats)]
+    out = dict(runs[0])
+    for key in ("seconds", "peak", "baseline"):
+        out[key] = statistics.median(run[key] for run in runs)
+    out["runs"] = [(run["seconds"], run["peak"]) for run in runs]
+    return out
 
 
 def measure(kind: str, prompt: int, new: int) -> dict:
     if kind == "hf":
         return run_transformers(prompt, new)
-    return run_tracer(prompt, new, kv_cache=kind == "kv")
+    return run_tracer(prompt, new, kv_cache=kind != "full", store_dtype="float16" if kind == "kv16" else None)
+
+
+def timing_pairs(prompt: int, new: int, pairs: int) -> dict:
+    """tracer's KV-cached trace and transformers' generate, alternately in one process (order
+    swapped every pair), after one warm-up each: their times and the per-pair ratios."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2_small import GPT2_SMALL, gpt2_small, text_of_tokens
+    from tracer.capture.run import generate
+
+    torch.set_grad_enabled(False)
+    loaded = gpt2_small()
+    loaded.tokenizer.stop_ids = set()
+    text = text_of_tokens(loaded, prompt)
+    config = GPT2Config(vocab_size=GPT2_SMALL["vocab_size"], n_positions=GPT2_SMALL["max_positions"],
+                        n_embd=GPT2_SMALL["d_model"], n_layer=GPT2_SMALL["n_layers"], n_head=GPT2_SMALL["n_heads"],
+                        attn_implementation="eager")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, prompt))
+
+    def ours() -> float:
+        start = time.perf_counter()
+        generate(loaded, text, max_new_tokens=new, traced=True)
+        return time.perf_counter() - start
+
+    def theirs() -> float:
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, use_cache=True, output_attentions=True, output_hidden_states=True,
+                       return_dict_in_generate=True, pad_token_id=0)
+        return time.perf_counter() - start
+
+    ours(), theirs()
+    rows = []
+    for i in range(pairs):
+        if i % 2:
+            b = theirs()
+            a = ours()
+        else:
+            a = ours()
+            b = theirs()
+        rows.append((a, b))
+    return {"tracer": [a for a, _ in rows], "transformers": [b for _, b in rows], "ratios": [a / b for a, b in rows]}
 
 
 def mb(n: int) -> str:
@@ -112,42 +188,54 @@ def main() -> None:
     parser.add_argument("--headline", type=int, default=40, help="new tokens of the tracer-vs-transformers row")
     parser.add_argument("--max-trace", default="3GB", help="skip runs whose estimated trace passes this")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per row (medians reported)")
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved timing pairs at the headline (0: none)")
     args = parser.parse_args()
     limit = parse_size(args.max_trace)
     rows = []
     print(f"GPT-2-small shape, CPU, prompt {args.prompt}", file=sys.stderr)
     for new in [int(n) for n in args.new.split(",")]:
-        for kind in ("kv", "full"):
-            guess = estimated(args.prompt, new, kind == "kv")
-            if guess > limit:
+        kinds = ("kv", "full") + (("kv16", "hf") if new == args.headline else ())
+        for kind in kinds:
+            guess = None if kind == "hf" else estimated(args.prompt, new, kind != "full", "float16" if kind == "kv16" else None)
+            if guess is not None and guess > limit:
                 rows.append({"kind": kind, "new": new, "estimate": guess, "skipped": True})
                 print(f"  {kind} +{new}: skipped, estimate {mb(guess)} > {mb(limit)}", file=sys.stderr)
                 continue
-            found = child(kind, args.prompt, new) | {"kind": kind, "new": new, "estimate": guess}
+            found = median_row(kind, args.prompt, new, args.repeats) | {"kind": kind, "new": new}
+            if guess is not None:
+                found["estimate"] = guess
             rows.append(found)
-            print(f"  {kind} +{new}: {found['seconds']:.2f} s, peak {mb(found['peak'])}, trace {mb(found['trace'])} "
-                  f"(estimate {mb(guess)})", file=sys.stderr)
-        if new == args.headline:
-            found = child("hf", args.prompt, new) | {"kind": "transformers", "new": new}
-            rows.append(found)
-            print(f"  transformers +{new}: {found['seconds']:.2f} s, peak {mb(found['peak'])}", file=sys.stderr)
-    print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | trace (estimate) |")
-    print("|---|---|---|---|---|---|---|")
+            print(f"  {kind} +{new}: {found['seconds']:.2f} s, peak {mb(found['peak'])}, trace {mb(found['trace'])}"
+                  f" (runs: {', '.join(f'{s:.1f} s {mb(p)}' for s, p in found['runs'])})", file=sys.stderr)
+    print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | above baseline / (model + trace) | trace (estimate) |")
+    print("|---|---|---|---|---|---|---|---|")
+    names = {"kv": "tracer, KV cache", "kv16": "tracer, KV cache, --store-dtype float16", "full": "tracer, --no-kv-cache",
+             "hf": "transformers generate"}
     for row in rows:
-        name = {"kv": "tracer, KV cache", "full": "tracer, --no-kv-cache", "transformers": "transformers generate"}[row["kind"]]
+        name = names[row["kind"]]
         if row.get("skipped"):
-            print(f"| {name} | {row['new']} | skipped | | | | ({mb(row['estimate'])}) |")
+            print(f"| {name} | {row['new']} | skipped | | | | | ({mb(row['estimate'])}) |")
             continue
         own = row["model"] + row["trace"]
         estimate_text = f" ({mb(row['estimate'])})" if "estimate" in row else " (attentions + hidden states kept)"
         print(f"| {name} | {row['new']} | {row['seconds']:.2f} s | {mb(row['peak'])} | {mb(own)} | "
-              f"{row['peak'] / own:.2f}× | {mb(row['trace'])}{estimate_text} |")
+              f"{row['peak'] / own:.2f}× | {(row['peak'] - row['baseline']) / own:.2f}× | {mb(row['trace'])}{estimate_text} |")
+    if args.pairs:
+        found = json.loads(child_output("pairs", args.prompt, args.headline, args.pairs))
+        rows.append({"kind": "pairs", "new": args.headline} | found)
+        print(f"\ntime at +{args.headline}, {args.pairs} interleaved pairs in one process: tracer "
+              f"{statistics.median(found['tracer']):.2f} s, transformers {statistics.median(found['transformers']):.2f} s "
+              f"(medians); per-pair ratio median {statistics.median(found['ratios']):.2f}× "
+              f"(pairs: {', '.join(f'{r:.2f}' for r in found['ratios'])})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    if sys.argv[1:3] == ["--child", "pairs"]:
+        print(json.dumps(timing_pairs(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
+    elif sys.argv[1:2] == ["--child"]:
         print(json.dumps(measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
     else:
         main()
