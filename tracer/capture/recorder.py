@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 
 import numpy as np
@@ -72,7 +73,7 @@ class Recorder:
         values, self.values = self.values, []
         if not values:
             return []
-        values = [(name, value.detach()[0]) for name, value in values]
+        values = [(name, (value.detach() if value.requires_grad else value)[0]) for name, value in values]
         out = values_to_host(values, self.store_dtype, slabs=self.slabs, model_memory=self.model_memory)
         release_freed_memory()
         return out
@@ -234,7 +235,7 @@ def _stage(values: list, indices: list[int], dtype: torch.dtype, pin: bool):
 def _unpack(flat: np.ndarray, indices: list[int], shapes: list[tuple[int, ...]], out: list) -> None:
     offset = 0
     for i, shape in zip(indices, shapes):
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         out[i] = flat[offset:offset + size].reshape(shape)
         offset += size
 
