@@ -34,10 +34,11 @@ class Recorder:
     allocator. After the pass the values are grouped by (device, dtype), in recording order
     within a group (`groups`):
 
-    - values on the CPU are copied into one host buffer per dtype, each tensor let go as soon as
-      it is copied (the pass's values and their packed copy are never both whole in memory; kept
-      one by one, a long decode's many small arrays fragment the C heap: BENCHMARKS.md); a large
-      value that owns its memory and is already in its storage dtype is kept as it is (KEEP_AS_IS_BYTES);
+    - values on the CPU: a large value that owns its memory and is already in its storage dtype
+      is kept as it is (KEEP_AS_IS_BYTES: a prompt pass is never held twice); the others are
+      copied into one buffer per dtype in a slab of the recorder's own (HostSlabs: kept one by
+      one in the C heap, a long decode's many small arrays fragment it), each let go once copied;
+      then the heap's free pages go back to the system (release_freed_memory; BENCHMARKS.md);
     - values on a device (a model spread over GPUs by accelerate's device_map has several) are
       packed per dtype into one device buffer each (one `cat` kernel), converted there to the
       storage dtype (so a float16 trace moves half the bytes), copied into pinned host memory with
