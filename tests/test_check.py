@@ -107,3 +107,17 @@ def test_steps_that_cannot_be_combined_fail_instead_of_crashing(seq2seq_trace):
     finally:
         step._array = original
     assert any(f.step_id == "encoder.0.attn" and "cannot be recomputed" in f.message for f in failures)
+
+
+@pytest.mark.parametrize("tokenization", [True, "suppressed", {"suppressed": 7}, {"suppressed": "ab"}])
+def test_check_reads_a_free_form_tokenization_field_of_any_type(seq2seq_trace, tokenization):
+    """`model.tokenization` is free-form in a file: a value that is not {"suppressed": [ids]} means
+    nothing is suppressed, not a crash (found by tests/test_fuzz_session.py)."""
+    trace = seq2seq_trace
+    before = dict(trace.model)
+    trace.model["tokenization"] = tokenization
+    try:
+        assert check_trace(trace).failures == []
+    finally:
+        trace.model.clear()
+        trace.model.update(before)

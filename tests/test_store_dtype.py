@@ -187,3 +187,4 @@ def test_the_title_says_float16_storage(pairs):
     full, half = pairs["de-en-tiny"]
     assert "float16 storage" in "".join(text for text, _ in screen_title(half, 1, 1, None, 120))
     assert "storage" not in "".join(text for text, _ in screen_title(full, 1, 1, None, 120))
+

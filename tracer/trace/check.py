@@ -431,8 +431,9 @@ class _Checker:
         """Greedy decoding: the chosen token is the argmax (of the tokens the trace header's
         `tokenization.suppressed` lets it choose), and the top-k are the probabilities."""
         probs = step.data
-        suppressed = [i for i in (self.trace.model.get("tokenization") or {}).get("suppressed") or []
-                      if isinstance(i, int) and 0 <= i < probs.shape[-1]]
+        tokenization = self.trace.model.get("tokenization")
+        listed = tokenization.get("suppressed") if isinstance(tokenization, dict) else None  # free-form header field
+        suppressed = [i for i in listed if isinstance(i, int) and 0 <= i < probs.shape[-1]] if isinstance(listed, list) else []
         rows = []
         if "chosen" in step.extra:
             rows.append((probs, step.extra["chosen"], step.extra.get("top_k", [])))
