@@ -38,7 +38,7 @@ from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
 from tracer.trace.atomic import atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
-from tracer.trace.reading import read_regular
+from tracer.reading import read_regular
 from tracer.trace.schema import (
     check_nesting, usable_labels, usable_stats, validate_cached, validate_consistency, validate_extra, validate_header, validate_meta,
     validate_trace,

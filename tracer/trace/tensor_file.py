@@ -4,7 +4,7 @@ The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-
 length, a JSON header padded with spaces to 8 bytes, then the raw little-endian data), so any
 safetensors reader opens it. Reading checks the whole header against the trace's metadata
 before the first tensor is read, then reads tensors one at a time from the
-file it checked, held open (tracer.trace.reading: a regular file, read with pread). No pickle anywhere.
+file it checked, held open (tracer.reading: a regular file, read with pread). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 
 from tracer.errors import DamagedFile, TracerError
 from tracer.text import human_size, visible
-from tracer.trace.reading import open_regular
+from tracer.reading import open_regular
 from tracer.trace.schema import DTYPES
 from tracer.trace.step import Step
 
