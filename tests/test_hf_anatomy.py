@@ -183,3 +183,18 @@ def test_a_score_cell_is_explained_with_the_key_value_head_its_query_head_reads(
         assert abs(shown - recorded) <= 1e-3 + 1e-3 * abs(recorded), text
     words = explain(trace.step("blocks.0.attn.hook_k@1"), trace).words
     assert ("query heads 1–2 share key/value head 1" if name == "llama" else "query heads 1–4 share key/value head 1") in words
+
+
+@pytest.mark.parametrize("name, norm", [("llama", "RMSNorm"), ("t5", "RMSNorm"), ("gpt2", "layer norm"),
+                                        ("bert-mlm", "layer norm")])
+def test_the_outline_names_each_norm_by_what_it_computes(traces, name, norm):
+    """Llama's and T5's norms are RMSNorms in the outline too, not "layer norm" (the explain panel said so
+    already); BERT's embedding and MLM-head norms stay layer norms."""
+    from tracer.tui.view.outline import leaf_label
+
+    trace = traces(name)
+    for step in trace.find(kind="normalized"):
+        label = leaf_label(step, trace)
+        expected = f"final {norm}" if step.component == "ln_final" else norm
+        assert label == expected, (step.id, label)
+        assert norm.lower() in explain(step, trace).title.lower() or step.component in ("ln_embed", "ln_mlm")

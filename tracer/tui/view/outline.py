@@ -53,8 +53,12 @@ def leaf_label(step: Step, trace: Trace) -> str:
         return f"activation {ACTIVATIONS.get(activation, activation)}".strip()
     if kind == "tokens":
         return "Tokenize" if step.decode_step is None else "tokens so far"
-    if kind == "normalized" and step.component == "ln_final":
-        return "final layer norm"
+    if kind == "normalized":
+        # Llama's and T5's norms are RMSNorms (BERT's embedding and MLM norms are layer norms in any case)
+        rms = trace.model.get("config", {}).get("norm_type") in ("rmsnorm", "rmsnorm_t5") \
+            and step.component not in ("ln_embed", "ln_mlm")
+        name = "RMSNorm" if rms else "layer norm"
+        return f"final {name}" if step.component == "ln_final" else name
     if kind == "probs":
         chosen = step.extra.get("chosen")
         if chosen:
