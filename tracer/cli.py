@@ -8,7 +8,7 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
-from tracer.text import human_size, visible
+from tracer.text import human_size, json_for_terminal, visible
 from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
@@ -494,9 +494,7 @@ def sessions(ctx, as_json, sessions_dir):
     store = SessionStore(sessions_dir)
     rows = store.list()
     if as_json:
-        import json
-
-        click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
+        click.echo(json_for_terminal([row.to_dict() for row in rows], indent=2))
         return
     if not rows:
         click.echo(f"No sessions in {visible(store.root)}. Save one with `tracer run TEXT --save NAME`.")
