@@ -37,7 +37,9 @@ import orjson
 from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.trace.atomic import atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
+from tracer.trace.atomic import (
+    atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, remove_dead_temps, rmtree,
+)
 from tracer.reading import read_regular
 from tracer.trace.schema import (
     check_nesting, usable_labels, usable_stats, validate_cached, validate_consistency, validate_extra, validate_header, validate_meta,
@@ -303,11 +305,14 @@ class SessionStore:
         return True
 
     def recover(self, name: str | None = None) -> None:
-        """Tidy up after writers that died: delete their temp folders, put back a session left aside."""
+        """Tidy up after writers that died: delete their temp folders, put back a session left aside,
+        and (for a named session) the temp file of a manifest write that was killed (remember_place)."""
         try:
             entries = list(os.scandir(self.root))
         except OSError:
             return
+        if name is not None and (self.root / name).is_dir():
+            remove_dead_temps(self.root / name)
         for entry in entries:
             match = _WORK.match(entry.name)
             if not match or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
