@@ -20,12 +20,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from tracer.capture.run import generate, trace_text
+from tracer.capture.run import trace_text
 from tracer.capture.select import TapFilter
 from tracer.cli import cli
 from tracer.errors import TracerError
 from tracer.nn.loading import load_model
 from tracer.trace import tensor_file
+from tracer.trace.check import check_trace
 from tracer.trace.load import read_json
 from tracer.trace.session import SessionStore
 from tracer.trace.session_writer import SessionWriter
@@ -184,6 +185,19 @@ def test_export_and_save_of_one_streamed_run_agree(isolated_sessions, tmp_path):
     saved = SessionStore().load("both").traces[0]
     assert_same_steps(read_json(out), saved)
     assert invoke("check", "both").exit_code == 0
+
+
+def test_the_ui_opened_after_a_streamed_run_reads_the_saved_tensors(isolated_sessions, monkeypatch):
+    opened = {}
+    monkeypatch.setattr("tracer.tui.open_traces", lambda traces, **kw: opened.update(traces=traces, **kw))
+    monkeypatch.setattr("tracer.cli.ui_can_run", lambda: True)  # as on a terminal (CliRunner's streams are not)
+    ran = invoke("run", "the cat drank the", "--model", "en-gpt-tiny", "--max-new-tokens", "4", "--save", "cat")
+    assert ran.exit_code == 0, ran.output
+    trace = opened["traces"][0]
+    assert opened["session_name"] == "cat"
+    assert all(step._array is None and step._rows is None for step in trace)  # nothing of the run left in memory
+    assert_same_steps(SessionStore().load("cat").traces[0], trace)
+    assert check_trace(trace).ok
 
 
 # -- killed and interrupted writers ---------------------------------------------------------------
