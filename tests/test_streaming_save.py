@@ -157,6 +157,14 @@ def test_an_existing_session_is_refused_before_the_model_is_loaded(isolated_sess
     assert sorted(p.name for p in isolated_sessions.iterdir()) == ["taken"]
 
 
+def test_a_run_that_fails_or_only_estimates_leaves_no_work_folder(isolated_sessions):
+    folder = model_folder("encoder-decoder")
+    failed = invoke("run", "ich bin piyush", "--model", folder, "--max-new-tokens", "0", "--save", "s", "--no-tui")
+    assert failed.exit_code == 2 and "--max-new-tokens must be at least 1" in failed.output
+    assert invoke("run", "ich bin piyush", "--model", folder, "--estimate", "--save", "s").exit_code == 0
+    assert not isolated_sessions.exists() or list(isolated_sessions.iterdir()) == []
+
+
 def test_a_full_disk_mid_run_leaves_the_previous_session(tmp_path, monkeypatch):
     store = SessionStore(tmp_path)
     loaded = load_model(str(model_folder("encoder-decoder")))
