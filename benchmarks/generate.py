@@ -3,21 +3,29 @@
     python benchmarks/generate.py                      # GPT-2-small shape, CPU, prompt 128, 10/20/40/80 new tokens
     python benchmarks/generate.py --prompt 32 --new 10,20   # a quick run
     python benchmarks/generate.py --max-trace 2GB      # skip (and say so) a run whose estimated trace passes 2 GB
+    python benchmarks/generate.py --new 40 --save      # also: saved as a session, regular and streamed (`tracer run --save`)
 
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own:
 tracer's `generate(traced=True)` with and without the KV cache, and transformers'
 `GPT2LMHeadModel.generate` with its KV cache and output_attentions / output_hidden_states /
 return_dict_in_generate on the same shape (random weights; eager attention, which output_attentions
-needs). "trace" is the bytes tracer stores (every step's recorded rows). A benchmark, not a test.
+needs). "trace" is the bytes tracer stores (every step's recorded rows). With --save, the same
+runs also saved as a session: the whole trace in memory then `SessionStore.save` (as before
+streaming), and streamed (each pass written as it is recorded, `tracer run --save`); the time
+after "+" is the save (for the streamed one: the commit, the tensors' header and data into
+place). A benchmark, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,11 +38,15 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
-def run_tracer(prompt: int, new: int, kv_cache: bool) -> dict:
+def run_tracer(prompt: int, new: int, kv_cache: bool, save: str | None = None) -> dict:
+    """One traced decode; `save`: then saved as a session ("regular") or streamed into one ("stream")."""
+    import numpy as np
     import torch
 
     from gpt2_small import gpt2_small, text_of_tokens
     from tracer.capture.run import generate
+    from tracer.trace.session import SessionStore
+    from tracer.trace.session_writer import SessionWriter
 
     torch.set_grad_enabled(False)
     loaded = gpt2_small()
@@ -42,12 +54,26 @@ def run_tracer(prompt: int, new: int, kv_cache: bool) -> dict:
     text = text_of_tokens(loaded, prompt)
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     before = peak_rss()
-    start = time.perf_counter()
-    result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache)
-    seconds = time.perf_counter() - start
-    trace_bytes = sum(step.rows.nbytes for step in result.trace)
-    return {"seconds": seconds, "peak": peak_rss(), "before": before, "model": model_bytes, "trace": trace_bytes,
-            "steps": len(result.trace), "tokens": len(result.output_ids)}
+    folder = Path(tempfile.mkdtemp(prefix="tracer-bench-"))
+    try:
+        start = time.perf_counter()
+        if save == "stream":
+            with SessionWriter(SessionStore(folder), "bench") as writer:
+                result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache, sink=writer.add)
+                seconds = time.perf_counter() - start
+                writer.commit(result.trace)
+        else:
+            result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache)
+            seconds = time.perf_counter() - start
+            if save == "regular":
+                SessionStore(folder).save("bench", [result.trace])
+        saving = time.perf_counter() - start - seconds
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # from the metadata: a streamed trace's tensors are on disk, and reading them would load them
+    trace_bytes = sum(math.prod(step.rows_shape) * np.dtype(step.dtype).itemsize for step in result.trace)
+    return {"seconds": seconds, "save_seconds": saving if save else None, "peak": peak_rss(), "before": before,
+            "model": model_bytes, "trace": trace_bytes, "steps": len(result.trace), "tokens": len(result.output_ids)}
 
 
 def run_transformers(prompt: int, new: int) -> dict:
@@ -96,7 +122,14 @@ def child(kind: str, prompt: int, new: int) -> dict:
 def measure(kind: str, prompt: int, new: int) -> dict:
     if kind == "hf":
         return run_transformers(prompt, new)
-    return run_tracer(prompt, new, kv_cache=kind == "kv")
+    base, _, save = kind.partition("+")  # "kv+stream": KV cache, streamed into a session
+    return run_tracer(prompt, new, kv_cache=base == "kv", save=save or None)
+
+
+def seconds(row: dict) -> str:
+    """The run's time, and the save's after a "+" where there was one."""
+    save = row.get("save_seconds")
+    return f"{row['seconds']:.2f} s" + (f" + {save:.2f} s" if save is not None else "")
 
 
 def mb(n: int) -> str:
@@ -111,21 +144,23 @@ def main() -> None:
     parser.add_argument("--new", default="10,20,40,80", help="new-token counts for the curve")
     parser.add_argument("--headline", type=int, default=40, help="new tokens of the tracer-vs-transformers row")
     parser.add_argument("--max-trace", default="3GB", help="skip runs whose estimated trace passes this")
+    parser.add_argument("--save", action="store_true", help="also each run saved as a session: regular and streamed")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     limit = parse_size(args.max_trace)
     rows = []
     print(f"GPT-2-small shape, CPU, prompt {args.prompt}", file=sys.stderr)
+    kinds = ("kv", "kv+regular", "kv+stream", "full", "full+regular", "full+stream") if args.save else ("kv", "full")
     for new in [int(n) for n in args.new.split(",")]:
-        for kind in ("kv", "full"):
-            guess = estimated(args.prompt, new, kind == "kv")
+        for kind in kinds:
+            guess = estimated(args.prompt, new, kind.startswith("kv"))
             if guess > limit:
                 rows.append({"kind": kind, "new": new, "estimate": guess, "skipped": True})
                 print(f"  {kind} +{new}: skipped, estimate {mb(guess)} > {mb(limit)}", file=sys.stderr)
                 continue
             found = child(kind, args.prompt, new) | {"kind": kind, "new": new, "estimate": guess}
             rows.append(found)
-            print(f"  {kind} +{new}: {found['seconds']:.2f} s, peak {mb(found['peak'])}, trace {mb(found['trace'])} "
+            print(f"  {kind} +{new}: {seconds(found)}, peak {mb(found['peak'])}, trace {mb(found['trace'])} "
                   f"(estimate {mb(guess)})", file=sys.stderr)
         if new == args.headline:
             found = child("hf", args.prompt, new) | {"kind": "transformers", "new": new}
@@ -134,13 +169,15 @@ def main() -> None:
     print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | trace (estimate) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        name = {"kv": "tracer, KV cache", "full": "tracer, --no-kv-cache", "transformers": "transformers generate"}[row["kind"]]
+        base, _, save = row["kind"].partition("+")
+        name = {"kv": "tracer, KV cache", "full": "tracer, --no-kv-cache", "transformers": "transformers generate"}[base]
+        name += {"": "", "regular": ", then saved", "stream": ", streamed --save"}[save]
         if row.get("skipped"):
             print(f"| {name} | {row['new']} | skipped | | | | ({mb(row['estimate'])}) |")
             continue
         own = row["model"] + row["trace"]
         estimate_text = f" ({mb(row['estimate'])})" if "estimate" in row else " (attentions + hidden states kept)"
-        print(f"| {name} | {row['new']} | {row['seconds']:.2f} s | {mb(row['peak'])} | {mb(own)} | "
+        print(f"| {name} | {row['new']} | {seconds(row)} | {mb(row['peak'])} | {mb(own)} | "
               f"{row['peak'] / own:.2f}× | {mb(row['trace'])}{estimate_text} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

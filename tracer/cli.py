@@ -89,6 +89,14 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
 
     select = TapFilter.parse(only, layers, decode_steps)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
+    writer = None
+    if save_name is not None and not estimate_only:
+        from tracer.trace.session import SessionStore
+        from tracer.trace.session_writer import SessionWriter
+
+        # refuses an existing session without --force now, not after the run; each pass's tensors go
+        # into it as they are recorded; whatever ends the command before the commit deletes it
+        writer = click.get_current_context().with_resource(SessionWriter(SessionStore(sessions_dir), save_name, force))
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
     options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens)
     if estimate_only:
@@ -98,19 +106,22 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
                    f"{'no KV cache' if no_kv_cache else 'KV cache'}; budget {human_size(budget)}")
         return
     refuse_over_budget(loaded, text, budget, **options)
-    trace = trace_text(loaded, text, top_k=top_k, **options)
+    trace = trace_text(loaded, text, top_k=top_k, sink=writer.add if writer else None, **options)
     hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui,
-              retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options))
+              retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options), writer=writer)
 
 
-def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui, retrace=None) -> None:
-    """What run and finetune do with a new trace: export it, save it, then print the summary or
-    open the UI (`retrace`: how the UI traces a new sentence)."""
+def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui, retrace=None, writer=None) -> None:
+    """What run and finetune do with a new trace: export it, save it (`writer`: a session whose
+    tensors were written during the run, committed now), then print the summary or open the UI
+    (`retrace`: how the UI traces a new sentence)."""
     if export_path is not None:
         write_export(trace, export_path, precision)
     from tracer.trace.session import SessionStore
 
-    if save_name is not None:
+    if writer is not None:
+        writer.commit(trace)
+    elif save_name is not None:
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
     if no_tui or not ui_can_run():
         from tracer.summary import print_summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def choose(probs: np.ndarray, k: int, token) -> tuple[list[dict], dict]:
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
              chat: bool = False, lens: bool = False, kv_cache: bool = True,
-             select: TapFilter | None = None) -> GenerationResult:
+             select: TapFilter | None = None, sink: Callable[[list[Step]], None] | None = None) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
     each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
     model's chat template.
@@ -98,7 +99,11 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     its steps hold the rows it computed (see record_pass). Without it every pass re-runs the whole prefix.
     `select` records only some taps and decoding steps (tracer/capture/select.py); a kept decoding
     step among left-out ones is recorded whole, so its tensors stand alone: under a KV cache its
-    pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded."""
+    pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded.
+
+    `sink` (traced runs) is handed each recorded pass's steps, in order, once the pass is complete
+    (its extras set, its lens steps added), before the next pass runs: a session writer puts them
+    on disk there (tracer.trace.session_writer), so the run holds one pass in memory, not the trace."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     select = select if select is not None and not select.empty else None
@@ -106,12 +111,14 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     if traced:
         recorder = Recorder(model, select.taps) if select is not None else Recorder(model)
     steps: list[Step] = []
+    complete = 0  # steps[:complete] belong to passes already finished (see finish_pass)
     rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
 
     def forward(fn, own: list[str], source: list[str] | None = None, t: int | None = None, cached: bool = False):
         """Run fn once, recording its taps as steps tagged with decoding step t."""
         if recorder is None:
             return fn()
+        finish_pass()
         if select is not None and not select.keeps_step(t):
             out = fn()
             recorder.discard()
@@ -119,6 +126,19 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
         out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None)
         steps.extend(recorded)
         return out
+
+    def finish_pass() -> None:
+        """The pass recorded last is complete once the next one is about to run (or the run ends):
+        the predictions made from its output are in its `probs` step's extras by then. Add its
+        logit lens, after its `probs` step, and hand it to the sink."""
+        nonlocal complete
+        new = steps[complete:]
+        if lens and new:
+            new = steps[complete:] = with_lens(loaded, new, top_k)
+            recorder.discard()  # the lens ran the final norm, whose taps are hooked: not a pass of the model
+        if sink is not None and new:
+            sink(new)
+        complete = len(steps)
 
     def tensor(seq: list[int]) -> torch.Tensor:
         return torch.tensor([seq], dtype=torch.long, device=device)
@@ -172,11 +192,11 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                 if chosen["id"] in tok.stop_ids:
                     break
                 generated.append(chosen["id"])
+        if recorder is not None:
+            finish_pass()
     output_tokens = [tok.token(i) for i in generated]
     result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
     if traced:
-        if lens:
-            steps = with_lens(loaded, steps, top_k)
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
@@ -220,10 +240,12 @@ def last_probs(steps: list[Step]) -> Step:
 
 
 def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
-               lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None) -> Trace:
-    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace."""
+               lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None,
+               sink: Callable[[list[Step]], None] | None = None) -> Trace:
+    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace
+    (`sink`: each pass's steps as they are recorded, see generate)."""
     return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens,
-                    kv_cache=kv_cache, select=select).trace
+                    kv_cache=kv_cache, select=select, sink=sink).trace
 
 
 def device_label(device: torch.device) -> str:

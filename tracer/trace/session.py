@@ -14,7 +14,8 @@ atomically where the OS can (Linux `renameat2(RENAME_EXCHANGE)`), else renames t
 aside first, puts the new one in, and deletes the old; a writer killed between those two
 renames leaves the old session aside, and the next use of the store puts it back. So a
 crash never leaves a half-written session listed and never damages the one that was there.
-(The file-system steps themselves are in tracer.trace.atomic.)
+(The file-system steps themselves are in tracer.trace.atomic; tracer.trace.session_writer writes
+a session the same way while its trace is being recorded.)
 
 Loading checks everything before the first tensor is read (the manifest; the metadata, with the
 checks the JSON reader uses, tracer.trace.schema; each safetensors header against that
@@ -162,20 +163,35 @@ def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UI
     entries = []
     for number, trace in enumerate(traces):
         validate_trace(trace, _refuse_writing)
-        tensors, meta = f"trace-{number}.safetensors", f"trace-{number}.meta.json"
-        write_tensors(trace.steps, folder / tensors)
-        document = dict(trace.header())
-        label_sets: dict[tuple, int] = {}
-        document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
-        _write_json(folder / meta, {
-            "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
-            "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
-        })
-        entries.append({
-            "meta": meta, "tensors": tensors, "steps": len(trace),
-            "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
-            "input": trace.input.get("text"), "output": trace.output.get("text"),
-        })
+        write_tensors(trace.steps, folder / tensors_name(number))
+        entries.append(write_trace_meta(folder, number, trace))
+    return write_manifest(folder, name, entries, state, created)
+
+
+def tensors_name(number: int) -> str:
+    """The file of trace `number`'s tensors in a session folder."""
+    return f"trace-{number}.safetensors"
+
+
+def write_trace_meta(folder: Path, number: int, trace: Trace) -> dict:
+    """Write trace `number`'s metadata (its tensors are in `tensors_name(number)`); its manifest entry."""
+    tensors, meta = tensors_name(number), f"trace-{number}.meta.json"
+    document = dict(trace.header())
+    label_sets: dict[tuple, int] = {}
+    document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
+    _write_json(folder / meta, {
+        "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
+        "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
+    })
+    return {
+        "meta": meta, "tensors": tensors, "steps": len(trace),
+        "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
+        "input": trace.input.get("text"), "output": trace.output.get("text"),
+    }
+
+
+def write_manifest(folder: Path, name: str, entries: list[dict], state: UIState, created: str | None = None) -> dict:
+    """Write session.json last (a folder without it is not a session) and fsync the folder."""
     now = utc_now()
     manifest = {
         "format": FORMAT, "version": VERSION, "tracer_version": __version__, "name": name,
@@ -219,30 +235,52 @@ class SessionStore:
             raise TracerError("a session needs at least one trace")
         state = state or UIState()
         target = self.root / name
+        work = self.open_work(name, force)
+        with self.writing_into(work, name):
+            write_session_folder(work, name, traces, state, self.created_of(name))
+            self.commit_work(work, name, force)
+        return target
+
+    def open_work(self, name: str, force: bool) -> Path:
+        """What a save checks before it writes anything (a valid name; an existing session is
+        replaced only with `force`), then the new hidden folder it writes the session into."""
+        validate_name(name)
+        target = self.root / name
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TracerError(f"cannot create the sessions folder {self.root}: {exc.strerror or exc}") from None
         self.recover(name)
-        created = None
         if target.exists() or target.is_symlink():
             self._check_replaceable(target, force)
-            with contextlib.suppress(Exception):
-                created = _read_json(target / MANIFEST, 1024**2).get("created")
         try:
-            work = make_hidden_folder(self.root, _work_prefix(name, "tmp"))
+            return make_hidden_folder(self.root, _work_prefix(name, "tmp"))
         except OSError as exc:
             raise TracerError(f"cannot write in {self.root}: {exc.strerror or exc}") from None
+
+    def created_of(self, name: str) -> str | None:
+        """When the session being replaced was first saved (a replaced session keeps its date)."""
+        with contextlib.suppress(Exception):
+            created = _read_json(self.root / name / MANIFEST, 1024**2).get("created")
+            return created if isinstance(created, str) else None
+        return None
+
+    @contextlib.contextmanager
+    def writing_into(self, work: Path, name: str):
+        """Around everything a save does in its work folder: on any failure (a full disk, Ctrl-C)
+        the folder is deleted, and an OSError becomes a one-line error."""
         try:
-            write_session_folder(work, name, traces, state, created if isinstance(created, str) else None)
-            self._commit(work, target, name, force)
+            yield
         except OSError as exc:
             rmtree(work)
             raise TracerError(f"cannot save session {name!r}: {exc.strerror or exc}") from None
         except BaseException:
             rmtree(work)
             raise
-        return target
+
+    def commit_work(self, work: Path, name: str, force: bool) -> None:
+        """Put a finished work folder in place as session `name` (see _commit)."""
+        self._commit(work, self.root / name, name, force)
 
     def _check_replaceable(self, target: Path, force: bool) -> None:
         if not force:
