@@ -227,6 +227,28 @@ class Step:
             self._rows = self._loader()
         return self._rows
 
+    def peek(self) -> np.ndarray:
+        """`data`, without keeping what had to be read or assembled (a tensor already held is
+        returned as it is): for readers that need a step only for a moment, such as the
+        assembly of a later step, so that walking a long trace never piles up its tensors."""
+        if self._array is not None:
+            return self._array
+        if self._assemble is not None:
+            return self._assemble()
+        if self._loader is None:
+            raise ValueError(f"{self.id}: no data recorded")
+        return self._loader()
+
+    def peek_rows(self) -> np.ndarray:
+        """`rows`, without keeping what had to be read (see `peek`)."""
+        if self.stored_shape is None:
+            return self.peek()
+        if self._rows is not None:
+            return self._rows
+        if self._loader is None:
+            raise ValueError(f"{self.id}: no data recorded")
+        return self._loader()
+
     @property
     def rows_shape(self) -> tuple[int, ...]:
         """The shape of `rows` (what a file stores)."""
@@ -256,8 +278,9 @@ class Step:
         elif self._loader is not None:
             self._array = None
 
-    def meta(self) -> dict:
-        """The step's metadata in DESIGN.md's JSON layout, without the data."""
+    def meta(self, stats: bool = True) -> dict:
+        """The step's metadata in DESIGN.md's JSON layout, without the data (`stats=False`: without
+        stats unless already computed, so that nothing is read or assembled)."""
         out = {
             "index": self.index,
             "id": self.id,
@@ -270,8 +293,10 @@ class Step:
             "dtype": self.dtype,
             "axes": list(self.axes),
             "labels": self.labels,
-            "stats": self.stats,
+            "stats": self.stats if stats else self._stats,
         }
+        if out["stats"] is None:
+            del out["stats"]
         if self.train_step is not None:  # only training traces carry the key
             out["train_step"] = self.train_step
         if self.cached:  # only KV-cached decoding steps carry the key
