@@ -71,8 +71,11 @@ def cli():
               help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
+@click.option("--heads", default=None, metavar="0,2-3",
+              help="Keep only these attention heads (numbered from 0) of every per-head tap; keys and values "
+                   "keep the heads they serve.")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
+        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps, heads):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -87,7 +90,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.nn.loading import load_model
     from tracer.text import human_size
 
-    select = TapFilter.parse(only, layers, decode_steps)
+    select = TapFilter.parse(only, layers, decode_steps, heads)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
     options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens)
@@ -288,6 +291,8 @@ def check(source, reference, tol):
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         if report.tolerance_note:  # a --precision export: say what rounding was allowed for
             click.echo(prefix + report.tolerance_note)
+        for note in report.notes:  # relations a filtered trace cannot show
+            click.echo(prefix + "note: " + note)
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)

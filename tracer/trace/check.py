@@ -25,7 +25,7 @@ import numpy as np
 
 from tracer.trace import anatomy
 from tracer.trace.check_training import check_training
-from tracer.trace.step import Step, parse_name, row_axis, split_id
+from tracer.trace.step import Step, kv_columns, parse_name, row_axis, split_id
 from tracer.trace.trace import Trace
 
 
@@ -41,6 +41,7 @@ class CheckReport:
     failures: list[Failure]
     skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
     precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
+    notes: list[str] = field(default_factory=list)  # relations not checked, and why (a --heads trace's concat)
 
     @property
     def ok(self) -> bool:
@@ -113,10 +114,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _shared_heads(kv: np.ndarray, n_heads: int, config: dict) -> np.ndarray:
+def _shared_heads(kv: np.ndarray, n_heads: int, config: dict, query: Step | None = None,
+                  keys: Step | None = None) -> np.ndarray:
     """K or V with one head per query head. Under grouped-query attention (the config's n_kv_heads)
     key/value head j serves the g query heads j·g … j·g + g − 1, g = n_heads / n_kv_heads; any
-    other head count is a damaged trace."""
+    other head count is a damaged trace. A `--heads` trace's steps hold some heads (`Step.heads`):
+    `query`, the step whose head axis is the queries', and `keys`, the K or V step, map them."""
+    if query is not None and keys is not None and ("heads" in query.extra or "heads" in keys.extra):
+        columns = kv_columns(query, keys)
+        if columns is None:
+            raise ValueError(f"{keys.heads} of {keys.heads_of} key/value heads do not serve query heads {query.heads}")
+        return kv[:, columns]
     if kv.shape[1] == n_heads:
         return kv
     if kv.shape[1] != config.get("n_kv_heads") or n_heads % kv.shape[1]:
@@ -166,6 +174,7 @@ class _Checker:
         self.skipped: list[str] = []
         self.checked = 0
         self._broken: set[tuple[str, int | None]] = set()
+        self.notes: set[str] = set()
         self.eps = rounding_epsilon(trace.precision)
         # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
         self.rel = self.eps / (1 - self.eps)
@@ -257,8 +266,11 @@ class _Checker:
     def total(self, step: Step, *parts: np.ndarray) -> np.ndarray:
         return sum((part.astype(np.float64) for part in parts[1:]), parts[0].astype(np.float64))
 
+    def source_step(self, step: Step, position: int) -> Step:
+        return self.trace.step(anatomy.sources(step.id, self.trace)[position])
+
     def scores_raw(self, step: Step, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {})
+        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
 
     def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
@@ -279,10 +291,14 @@ class _Checker:
         return _softmax(scores)
 
     def weighted_values(self, step: Step, pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
-        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {})
+        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64))
 
-    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
+    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray | None:
+        kept = self.source_step(step, 0)
+        if len(kept.heads) != kept.heads_of:  # a --heads trace: the concatenation needs every head
+            self.notes.add(f"{step.kind}: not checked where --heads kept only some heads (the concatenation needs all)")
+            return None
         return z.reshape(z.shape[0], -1).astype(np.float64)
 
     # -- what rounded inputs can do to each relation (exports with --precision) --------
@@ -541,4 +557,4 @@ def check_trace(trace: Trace) -> CheckReport:
     checked, failures = check_training(trace)
     checker.checked += checked
     checker.failures += [Failure(step_id, message) for step_id, message in failures]
-    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision)
+    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, sorted(checker.notes))

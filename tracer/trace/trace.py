@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tracer import __version__
-from tracer.trace.step import Step, row_axis
+from tracer.trace.step import Step, kv_columns, row_axis
 
 FORMAT = "tracer-trace"
 FORMAT_VERSION = 2
@@ -188,9 +188,10 @@ class Trace:
         q, k = pick("hook_rot_q", "hook_q"), pick("hook_rot_k", "hook_k")
         if q is None or k is None:
             return  # not recorded (a filter left them out): the entries stay NaN
-        q, k = q.peek().astype(np.float64), k.peek().astype(np.float64)            # (pos, head, d_head)
-        if k.shape[1] != q.shape[1]:                                           # grouped-query attention
-            k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+        columns = kv_columns(q, k)                                             # grouped-query attention, --heads
+        if columns is None:
+            return
+        q, k = q.peek().astype(np.float64), k.peek()[:, columns].astype(np.float64)  # (pos, head, d_head)
         raw = np.einsum("qhd,khd->hqk", q, k)
         if step.kind == "attn_scaled":
             raw = raw / np.sqrt(q.shape[-1])
