@@ -4,13 +4,15 @@
                                           # and a 128 + 40 KV-cached one: read every tensor, fresh process
     python benchmarks/big_io.py export    # the 128 + 40 KV-cached decode: `tracer export` of its session
                                           # and of the trace in memory (`tracer run --export`)
+    python benchmarks/big_io.py check     # `tracer check` of the 128 + 40 KV-cached session
     python benchmarks/big_io.py read --prompt 32 --new 4     # a quick run
 
 `read` opens each session in a fresh process and reads every tensor as `tracer check` and
 `tracer export` do (each step's `.data`, the full view, and `.rows`, what is stored; then
 `release`). The target: the peak beyond the opened session is about one tensor (its largest full
 view), not the session's size. `export` times the JSON export and compares its size with
-`tracer.trace.export.estimated_size`. Random weights (benchmarks/gpt2_small.py); a benchmark, not a test.
+`tracer.trace.export.estimated_size`. `check` times `check_trace` on the KV-cached session, which
+checks each step's new rows (no t × t view is assembled). Random weights (benchmarks/gpt2_small.py); a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -71,6 +73,19 @@ def read_all(folder: str) -> dict:
     return {"seconds": time.perf_counter() - start, "baseline": baseline, "peak": peak_rss(), "largest": largest}
 
 
+def check(folder: str) -> dict:
+    """`tracer check big`: time and peak."""
+    from tracer.trace.check import check_trace
+    from tracer.trace.session import SessionStore
+
+    trace = SessionStore(folder).load("big").trace
+    baseline = current_rss()
+    start = time.perf_counter()
+    report = check_trace(trace)
+    return {"seconds": time.perf_counter() - start, "ok": report.ok, "checked": report.checked,
+            "baseline": baseline, "peak": peak_rss()}
+
+
 def export(folder: str, out: str, in_memory: bool, prompt: int, new: int) -> dict:
     """`tracer export big` (or, `in_memory`, a fresh trace's `tracer run --export`): time, size, peak."""
     from tracer.trace.export import estimated_size, write_json
@@ -114,7 +129,7 @@ def mb(n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["read", "export"])
+    parser.add_argument("mode", choices=["read", "export", "check"])
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=None, help="new tokens (read: 8 without the KV cache; 40 with it)")
     args = parser.parse_args()
@@ -129,6 +144,14 @@ def main() -> None:
                       f"({made['steps']} steps), read in {got['seconds']:.1f} s; peak RSS {mb(got['peak'])}, "
                       f"{mb(beyond)} beyond the opened session ({mb(got['baseline'])}) = "
                       f"{beyond / made['session']:.2f}x the session; largest full tensor {mb(got['largest'])}")
+        elif args.mode == "check":
+            new = args.new or 40
+            folder = f"{scratch}/kv"
+            made = in_fresh_process("build", folder, args.prompt, new, 1)
+            got = in_fresh_process("check", folder)
+            print(f"check, KV cache, {args.prompt} + {new} ({mb(made['session'])}, {made['steps']} steps): "
+                  f"{'ok' if got['ok'] else 'FAILED'}, {got['checked']} checks in {got['seconds']:.1f} s; "
+                  f"peak RSS {mb(got['peak'])}, {mb(got['peak'] - got['baseline'])} beyond the loaded trace")
         else:
             new = args.new or 40
             folder = f"{scratch}/kv"
@@ -148,6 +171,8 @@ def child(argv: list[str]) -> None:
         result = build(rest[0], int(rest[1]), int(rest[2]), bool(int(rest[3])))
     elif what == "read":
         result = read_all(rest[0])
+    elif what == "check":
+        result = check(rest[0])
     else:
         result = export(rest[0], rest[1], bool(int(rest[2])), int(rest[3]), int(rest[4]))
     print(json.dumps(result))
