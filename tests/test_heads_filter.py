@@ -131,3 +131,10 @@ async def test_the_ui_names_the_real_heads(llama_tiny, isolated_sessions):
         first_line = panels.render_line(0).text
         assert "head 2" in first_line and "head 4" in first_line and "head 1" not in first_line
         assert "2 of 4 heads (2, 4)" in str(screen.query_one("#tensor-title").render())
+        await pilot.press("A")
+        await pilot.press("g")                           # one token's attention in every layer and head
+        await pilot.pause()
+        from textual.widgets import DataTable
+
+        columns = [str(column.label) for column in app.screen.query_one(DataTable).columns.values()]
+        assert columns == ["layer", "head 2", "head 4"]
