@@ -71,8 +71,11 @@ def cli():
               help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
+@click.option("--heads", default=None, metavar="0,2-3",
+              help="Keep only these attention heads (numbered from 0) of every per-head tap; keys and values "
+                   "keep the heads they serve.")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps):
+        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps, heads):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -87,7 +90,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.nn.loading import load_model
     from tracer.text import human_size
 
-    select = TapFilter.parse(only, layers, decode_steps)
+    select = TapFilter.parse(only, layers, decode_steps, heads)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     writer = None
     if save_name is not None and not estimate_only:
@@ -247,10 +250,18 @@ def ui_can_run() -> bool:
 
 
 def write_export(trace, path, precision) -> None:
-    from tracer.trace.export import write_json
+    from tracer.trace.export import check_room, estimated_size, write_json
 
+    size = estimated_size(trace, precision)
+    click.echo(f"exporting {len(trace.steps)} steps to {visible(path)}: about {human_size(size)}", err=True)
+    check_room(path, size)
+    progress = None
+    if sys.stderr.isatty():
+        def progress(done, total):
+            if done == total or done % 200 == 0:
+                click.echo(f"\r  {done}/{total} steps" + ("\n" if done == total else ""), err=True, nl=False)
     try:
-        write_json(trace, path, precision)
+        write_json(trace, path, precision, progress)
     except OSError as exc:
         raise TracerError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -291,6 +302,8 @@ def check(source, reference, tol):
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         if report.tolerance_note:  # a --precision export: say what rounding was allowed for
             click.echo(prefix + report.tolerance_note)
+        for note in report.notes:  # relations a filtered trace cannot show
+            click.echo(prefix + "note: " + note)
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)

@@ -12,7 +12,7 @@ import torch
 from tracer.capture.familiar import familiarity
 from tracer.capture.lens import with_lens
 from tracer.capture.recorder import Recorder
-from tracer.capture.select import TapFilter
+from tracer.capture.select import TapFilter, slicing_heads
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
 from tracer.nn.model import KVCache
@@ -110,6 +110,10 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     recorder = None
     if traced:
         recorder = Recorder(model, select.taps) if select is not None else Recorder(model)
+    heads: dict[str, dict] = {}  # with --heads: each sliced tap's `heads` extra
+    if recorder is not None and select is not None and select.heads is not None:
+        select.check_heads(loaded.cfg.n_heads)
+        recorder.record = slicing_heads(recorder.record, select, loaded.cfg.n_heads, loaded.cfg.kv_heads, heads)
     steps: list[Step] = []
     complete = 0  # steps[:complete] belong to passes already finished (see finish_pass)
     rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
@@ -123,7 +127,7 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             out = fn()
             recorder.discard()
             return out
-        out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None)
+        out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None, heads)
         steps.extend(recorded)
         return out
 
@@ -212,13 +216,14 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
 
 
 def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None,
-                rows_so_far: dict[str, int] | None = None):
+                rows_so_far: dict[str, int] | None = None, heads: dict[str, dict] | None = None):
     """Run fn once (inside `recorder.attached()`); return its output and the pass's steps.
 
     The values come to the host in one batch after the pass (see Recorder.pass_values).
     `rows_so_far` (a KV-cached decode, shared by its passes): how many rows of its position (query)
     axis each tap recorded before. A step of a later pass holds only its new rows and says how many
-    came before (`Step.cached`); its token labels are those of the full tensor the Trace assembles."""
+    came before (`Step.cached`); its token labels are those of the full tensor the Trace assembles.
+    `heads`: the `heads` extra of each tap a `--heads` filter sliced (tracer/capture/select.py)."""
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
@@ -230,7 +235,8 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
             rows_so_far[name] = cached + array.shape[axis]
             full_shape = array.shape[:axis] + (cached + array.shape[axis],) + array.shape[axis + 1:]
         labels = anatomy.token_labels(name, axes, own, source, full_shape)
-        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, cached=cached))
+        extra = {"heads": heads[name]} if heads and name in heads else None
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, extra, cached=cached))
     return out, steps
 
 

@@ -3,6 +3,12 @@
 Each check recomputes a step from the steps it was computed from (in float64) and compares;
 which steps those are is the anatomy's dataflow (tracer/trace/anatomy.py).
 
+A KV-cached decoding step is checked on the rows its pass computed (`Step.rows`), from its
+sources' same rows and, where a relation reads along the keys (Q·Kᵀ's keys, pattern·V's values),
+every position's keys or values. The full t × t attention matrices are never assembled, so a long
+decode checks in time and memory linear in its trace; the earlier rows were checked at their own
+steps. Tensors are read for a moment and not kept (`Step.peek`): memory stays near one step.
+
 A trace exported with `--precision p` holds values rounded to p significant digits: each is off
 by at most ε = 0.5·10^(1−p) of its size. Each relation then tolerates exactly what that rounding
 can do to it, carried through its arithmetic (`ROUNDING`), on top of float arithmetic's own
@@ -19,7 +25,7 @@ import numpy as np
 
 from tracer.trace import anatomy
 from tracer.trace.check_training import check_training
-from tracer.trace.step import Step, parse_name, split_id
+from tracer.trace.step import Step, kv_columns, parse_name, row_axis, split_id
 from tracer.trace.trace import Trace
 
 
@@ -35,6 +41,7 @@ class CheckReport:
     failures: list[Failure]
     skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
     precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
+    notes: list[str] = field(default_factory=list)  # relations not checked, and why (a --heads trace's concat)
 
     @property
     def ok(self) -> bool:
@@ -107,10 +114,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _shared_heads(kv: np.ndarray, n_heads: int, config: dict) -> np.ndarray:
+def _shared_heads(kv: np.ndarray, n_heads: int, config: dict, query: Step | None = None,
+                  keys: Step | None = None) -> np.ndarray:
     """K or V with one head per query head. Under grouped-query attention (the config's n_kv_heads)
     key/value head j serves the g query heads j·g … j·g + g − 1, g = n_heads / n_kv_heads; any
-    other head count is a damaged trace."""
+    other head count is a damaged trace. A `--heads` trace's steps hold some heads (`Step.heads`):
+    `query`, the step whose head axis is the queries', and `keys`, the K or V step, map them."""
+    if query is not None and keys is not None and ("heads" in query.extra or "heads" in keys.extra):
+        columns = kv_columns(query, keys)
+        if columns is None:
+            raise ValueError(f"{keys.heads} of {keys.heads_of} key/value heads do not serve query heads {query.heads}")
+        return kv[:, columns]
     if kv.shape[1] == n_heads:
         return kv
     if kv.shape[1] != config.get("n_kv_heads") or n_heads % kv.shape[1]:
@@ -160,19 +174,48 @@ class _Checker:
         self.skipped: list[str] = []
         self.checked = 0
         self._broken: set[tuple[str, int | None]] = set()
+        self.notes: set[str] = set()
         self.eps = rounding_epsilon(trace.precision)
         # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
         self.rel = self.eps / (1 - self.eps)
 
     def get(self, name: str, t: int | None) -> np.ndarray | None:
         step_id = anatomy.with_step(name, t)
-        return self.trace[step_id] if step_id in self.trace else None
+        return self.trace.step(step_id).peek() if step_id in self.trace else None
+
+    def row_wise(self, step: Step) -> bool:
+        """Whether `step` is checked on its new rows only (a KV-cached step, of a kind whose relation
+        holds row by row)."""
+        return bool(step.cached) and step.kind not in WHOLE
+
+    def value(self, step: Step) -> np.ndarray:
+        """What is checked of `step`: its new rows (row_wise), else the whole tensor; not kept."""
+        return step.peek_rows() if self.row_wise(step) else step.peek()
+
+    def rows_like(self, source: Step, step: Step) -> np.ndarray:
+        """`source`'s rows that line up with the rows `step` computed (row_wise)."""
+        if source.cached == step.cached:
+            return source.peek_rows()
+        axis = row_axis(source.axes)
+        data = source.peek()
+        if axis is None:
+            return data
+        return np.take(data, np.arange(step.cached, data.shape[axis]), axis=axis)
+
+    def inputs(self, step: Step, ids: list[str]) -> list[np.ndarray]:
+        """The sources' values, as the relation of `step` reads them."""
+        if not self.row_wise(step):
+            return [self.trace.step(step_id).peek() for step_id in ids]
+        along_keys = KEY_SIDE.get(step.kind, ())
+        return [self.trace.step(step_id).peek() if n in along_keys else self.rows_like(self.trace.step(step_id), step)
+                for n, step_id in enumerate(ids)]
 
     def expect(self, step: Step, expected: np.ndarray, what: str, *inputs: np.ndarray, rounding=0.0) -> None:
         self.checked += 1
-        if self.eps and np.issubdtype(step.data.dtype, np.floating):
-            rounding = rounding + self.rel * np.abs(step.data.astype(np.float64))  # the step's own rounding
-        ok, detail = _close(step.data, expected, _tolerance(step.data, *inputs), rounding)
+        actual = self.value(step)
+        if self.eps and np.issubdtype(actual.dtype, np.floating):
+            rounding = rounding + self.rel * np.abs(actual.astype(np.float64))  # the step's own rounding
+        ok, detail = _close(actual, expected, _tolerance(actual, *inputs), rounding)
         if not ok:
             self.fail(step.id, f"{what}: {detail}")
 
@@ -193,7 +236,7 @@ class _Checker:
                 what, recompute = relation
                 ids = anatomy.sources(step.id, self.trace)
                 if ids and all(ids):
-                    inputs = [self.trace[step_id] for step_id in ids]
+                    inputs = self.inputs(step, ids)
                     expected = recompute(self, step, *inputs)
                     if expected is not None:  # None: a step it also needs is not recorded
                         bound = ROUNDING.get(step.kind) if self.eps else None
@@ -211,16 +254,23 @@ class _Checker:
                           f"cannot be recomputed from its inputs ({str(exc).splitlines()[0][:120]})")
 
     def sibling(self, step: Step, ref: str) -> np.ndarray | None:
-        """A step beside this one that is not among its sources (e.g. its attention's queries)."""
+        """A step beside this one that is not among its sources (e.g. its attention's queries); its rows
+        that line up with this step's when this one is checked row by row."""
         step_id = anatomy.resolve(ref, anatomy.Place.of(step.id, self.trace), self.trace)
-        return self.trace[step_id] if step_id else None
+        if not step_id:
+            return None
+        other = self.trace.step(step_id)
+        return self.rows_like(other, step) if self.row_wise(step) else other.peek()
 
     # -- the relations: a step recomputed from its sources ----------------------------
     def total(self, step: Step, *parts: np.ndarray) -> np.ndarray:
         return sum((part.astype(np.float64) for part in parts[1:]), parts[0].astype(np.float64))
 
+    def source_step(self, step: Step, position: int) -> Step:
+        return self.trace.step(anatomy.sources(step.id, self.trace)[position])
+
     def scores_raw(self, step: Step, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {})
+        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
 
     def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
@@ -241,10 +291,14 @@ class _Checker:
         return _softmax(scores)
 
     def weighted_values(self, step: Step, pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
-        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {})
+        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64))
 
-    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
+    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray | None:
+        kept = self.source_step(step, 0)
+        if len(kept.heads) != kept.heads_of:  # a --heads trace: the concatenation needs every head
+            self.notes.add(f"{step.kind}: not checked where --heads kept only some heads (the concatenation needs all)")
+            return None
         return z.reshape(z.shape[0], -1).astype(np.float64)
 
     # -- what rounded inputs can do to each relation (exports with --precision) --------
@@ -295,7 +349,7 @@ class _Checker:
         config = self.trace.model.get("config") or {}
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
-        out = step.data.astype(np.float64)
+        out = self.value(step).astype(np.float64)
         if config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and step.component not in ("ln_embed", "ln_mlm"):
             scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
             xhat = x / scale
@@ -326,7 +380,7 @@ class _Checker:
             dcentred = dx + dx.mean(-1, keepdims=True)
             dscale = (np.abs(xhat) * dcentred).mean(-1, keepdims=True)
             dxhat = dcentred / scale + np.abs(xhat) * dscale / scale
-        dout = self.rel * np.abs(step.data.astype(np.float64))
+        dout = self.rel * np.abs(self.value(step).astype(np.float64))
         moved = dout + weight * dxhat
         spread = fit["spread"]
         dweight = np.divide((np.abs(fit["spread_of"]) * moved).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
@@ -349,7 +403,7 @@ class _Checker:
     def weights(self, step: Step) -> None:
         """Attention weights: each row sums to 1, and a masked position has no weight."""
         self.checked += 1
-        pattern = step.data
+        pattern = self.value(step)
         sums = pattern.astype(np.float64).sum(-1)
         # rounded weights: their sum is off by at most ε' of itself
         if not np.allclose(sums, 1.0, atol=_tolerance(pattern) + self.rel * float(np.abs(sums).max(initial=0.0))):
@@ -363,7 +417,8 @@ class _Checker:
         of one bucket holds the same number (the encoder's buckets bidirectional, the decoder's
         one-directional: a key after the query shares bucket 0 with the query itself)."""
         config = self.trace.model.get("config") or {}
-        bias = step.data.astype(np.float64)
+        data = self.value(step)
+        bias = data.astype(np.float64)
         if bias.ndim != 3:
             raise ValueError(f"a position bias is [head, query, key], not rank {bias.ndim}")
         self.checked += 1
@@ -373,7 +428,7 @@ class _Checker:
                                    int(config.get("relative_buckets", 32)), int(config.get("relative_max_distance", 128)))
         for bucket in np.unique(buckets):
             cells = bias[:, buckets == bucket]                                   # (head, cells)
-            if np.any(np.abs(cells - cells[:, :1]) > _tolerance(step.data)):
+            if np.any(np.abs(cells - cells[:, :1]) > _tolerance(data)):
                 distances = sorted(set(relative[buckets == bucket].tolist()))
                 self.fail(step.id, f"bucket {int(bucket)} (key − query in {distances[0]}…{distances[-1]}) holds "
                                    "different values; the bias must depend only on the distance's bucket")
@@ -382,13 +437,13 @@ class _Checker:
     def tanh_range(self, step: Step) -> None:
         """A tanh's output lies in [−1, 1] (BERT's pooler; its weights are not recorded)."""
         self.checked += 1
-        if np.any(np.abs(step.data.astype(np.float64)) > 1.0):
+        if np.any(np.abs(self.value(step).astype(np.float64)) > 1.0):
             self.fail(step.id, "values outside [−1, 1], which a tanh cannot give")
 
     def same_row_everywhere(self, step: Step) -> None:
         """Every token is type 0, so every position gets the same row of the token-type table."""
         self.checked += 1
-        data = step.data
+        data = self.value(step)
         if len(data) and not np.array_equal(data, np.broadcast_to(data[:1], data.shape)):
             self.fail(step.id, "positions differ, but every token is type 0")
 
@@ -396,14 +451,14 @@ class _Checker:
         if step.component != "attn" or not anatomy.Place.of(step.id, self.trace).causal:
             return
         self.checked += 1
-        mask = step.data
-        if not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool))):
+        mask = self.value(step)  # a KV-cached step's rows: the last rows of the causal mask
+        if mask.ndim != 2 or not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool), mask.shape[1] - mask.shape[0])):
             self.fail(step.id, "a decoder's self-attention mask must be causal")
 
     def predictions(self, step: Step) -> None:
         """Greedy decoding: the chosen token is the argmax (of the tokens the trace header's
         `tokenization.suppressed` lets it choose), and the top-k are the probabilities."""
-        probs = step.data
+        probs = self.value(step)
         suppressed = [i for i in (self.trace.model.get("tokenization") or {}).get("suppressed") or []
                       if isinstance(i, int) and 0 <= i < probs.shape[-1]]
         rows = []
@@ -470,6 +525,11 @@ RELATIONS = {
     "sentence_embedding": ("divided by its length", _Checker.unit_length),
     "class_probs": ("softmax of the class scores", _Checker.softmax),
 }
+# kinds whose relation needs every position even at a KV-cached step: a norm's weights are fitted
+# over the positions (checked on the full tensor, O(positions) per step), a mean is over all tokens
+WHOLE = frozenset({"normalized", "mean_pooled"})
+# kind -> the inputs (by position) that a row of it reads along the keys: every position's, not the new rows
+KEY_SIDE = {"attn_raw": (1,), "z": (1,)}
 # kind -> what rounding its inputs (a --precision export) can do to the recomputed values
 ROUNDING = {
     "resid_pre": _Checker.rounding_of_sum, "resid_mid": _Checker.rounding_of_sum,
@@ -497,4 +557,4 @@ def check_trace(trace: Trace) -> CheckReport:
     checked, failures = check_training(trace)
     checker.checked += checked
     checker.failures += [Failure(step_id, message) for step_id, message in failures]
-    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision)
+    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, sorted(checker.notes))

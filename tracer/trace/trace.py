@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tracer import __version__
-from tracer.trace.step import Step, row_axis
+from tracer.trace.step import Step, kv_columns, row_axis
 
 FORMAT = "tracer-trace"
 FORMAT_VERSION = 2
@@ -144,7 +144,7 @@ class Trace:
         left out by a filter) are NaN."""
         axis = row_axis(step.axes)
         chain = self._chain(step)
-        blocks = [s.rows for s in chain]
+        blocks = [s.peek_rows() for s in chain]  # not kept: assembling every step must not hold every row
         missing = chain[0].cached  # rows before the earliest step recorded (a filter left those steps out)
         have = missing + sum(block.shape[axis] for block in blocks[:-1])
         if have != step.cached:
@@ -188,9 +188,10 @@ class Trace:
         q, k = pick("hook_rot_q", "hook_q"), pick("hook_rot_k", "hook_k")
         if q is None or k is None:
             return  # not recorded (a filter left them out): the entries stay NaN
-        q, k = q.data.astype(np.float64), k.data.astype(np.float64)            # (pos, head, d_head)
-        if k.shape[1] != q.shape[1]:                                           # grouped-query attention
-            k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+        columns = kv_columns(q, k)                                             # grouped-query attention, --heads
+        if columns is None:
+            return
+        q, k = q.peek().astype(np.float64), k.peek()[:, columns].astype(np.float64)  # (pos, head, d_head)
         raw = np.einsum("qhd,khd->hqk", q, k)
         if step.kind == "attn_scaled":
             raw = raw / np.sqrt(q.shape[-1])

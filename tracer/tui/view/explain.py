@@ -14,8 +14,9 @@ import numpy as np
 from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
 from tracer.trace.check import relative_buckets
-from tracer.trace.step import row_axis
+from tracer.trace.step import kv_columns, row_axis
 from tracer.tui.view.outline import quoted
+from tracer.tui.view.heads import head_name
 from tracer.tui.view.picture import Picture, format_number
 
 ATTENTION_SCORES = ("attn_raw", "attn_scaled", "attn_scores", "pattern")
@@ -741,8 +742,8 @@ def kv_cache_words(step: Step) -> str:
             f"values, unchanged because no position looks ahead.")
 
 
-def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarray | None:
-    if step_id is None:
+def _vector(trace: Trace, step_id: str | None, pos: int, head: int | None) -> np.ndarray | None:
+    if step_id is None or head is None:
         return None
     data = trace[step_id]
     if pos >= data.shape[0] or head >= data.shape[1]:
@@ -819,7 +820,7 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
         state = "allowed" if bool(value) else "forbidden (masked)"
         return f"query {row_name} → key {col_name}: {state}"
     shown = format_number(float(value), 12)
-    head = f", head {picture.head + 1}/{picture.n_heads}" if picture.head is not None else ""
+    head = f", {head_name(step, picture.head)}" if picture.head is not None else ""
     if step.kind not in ATTENTION_SCORES or picture.head is None:
         if picture.col_axis == "vocab":  # an encoder's logits/probs: every position over the vocabulary
             name = token_name(trace, step, col)
@@ -830,10 +831,11 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     k_id = anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace)
     kv_head = picture.head
     if q_id and k_id:  # grouped-query attention: query head h reads key/value head h // (heads per key/value head)
-        H, Hkv = trace.step(q_id).shape[1], trace.step(k_id).shape[1]
-        if 0 < Hkv < H and H % Hkv == 0:
-            kv_head = picture.head // (H // Hkv)
-            head += f" (key/value head {kv_head + 1}/{Hkv})"
+        q_step, k_step = trace.step(q_id), trace.step(k_id)
+        columns = kv_columns(q_step, k_step)  # by head number: a --heads trace holds only some heads
+        kv_head = columns[picture.head] if columns is not None and picture.head < len(columns) else None
+        if kv_head is not None and 0 < (k_step.heads_of or 0) < (q_step.heads_of or 0):
+            head += f" (key/value head {k_step.heads[kv_head] + 1}/{k_step.heads_of})"
     q = _vector(trace, q_id, row, picture.head)
     k = _vector(trace, k_id, col, kv_head)
     text = f"query {row_name} · key {col_name}{head}: "
