@@ -255,13 +255,12 @@ def write_export(trace, path, precision) -> None:
     size = estimated_size(trace, precision)
     click.echo(f"exporting {len(trace.steps)} steps to {visible(path)}: about {human_size(size)}", err=True)
     check_room(path, size)
-    progress = None
-    if sys.stderr.isatty():
-        def progress(done, total):
-            if done == total or done % 200 == 0:
-                click.echo(f"\r  {done}/{total} steps" + ("\n" if done == total else ""), err=True, nl=False)
+    def progress(done, total):
+        if done == total or done % 200 == 0:
+            click.echo(f"\r  {done}/{total} steps" + ("\n" if done == total else ""), err=True, nl=False)
+
     try:
-        write_json(trace, path, precision, progress)
+        write_json(trace, path, precision, progress if sys.stderr.isatty() else None)
     except OSError as exc:
         raise TracerError(f"cannot write {path}: {exc.strerror or exc}") from None
 
