@@ -179,7 +179,15 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return F.relu(x)
     if activation in ("silu", "swiglu"):
         return F.silu(x)
-    return F.gelu(x, approximate="tanh" if activation in ("gelu_tanh", "gated_gelu_tanh") else "none")
+    if activation in ("gelu_tanh", "gated_gelu_tanh"):
+        return gelu_tanh(x)
+    return F.gelu(x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation written out op by op, as transformers' `gelu_new` (GPT-2, T5 v1.1) computes
+    it: in bfloat16 each op rounds, and torch's fused `gelu(approximate="tanh")` rounds once, which differs."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
 class KVCache:
@@ -261,7 +269,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
             v = v.repeat_interleave(H // Hkv, dim=2)
         raw = self.hook_attn_raw(q.transpose(1, 2) @ k.permute(0, 2, 3, 1))        # (B, H, Tq, Tk)
-        scaled = self.hook_attn_scaled(raw / math.sqrt(dh)) if self.scale else raw  # (B, H, Tq, Tk)
+        # times dh^-0.5 rather than ÷ √dh, as transformers does: the two round differently in bfloat16
+        scaled = self.hook_attn_scaled(raw * dh ** -0.5) if self.scale else raw    # (B, H, Tq, Tk)
         if bias is not None:                                                        # (1, H, Tq, Tk)
             scaled = scaled + self.hook_attn_bias(bias.expand(B, -1, -1, -1))
         mask = self.hook_mask(mask)                                                 # (B, Tq, Tk)
@@ -494,9 +503,11 @@ class Stack(nn.Module):
         if self.cfg.head_scale != 1.0:
             x = x * self.cfg.head_scale                                             # T5 v1.0's tied head
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
+        if self.cfg.mlm_head and self.cfg.logits_bias:
+            return F.linear(x, weight, self.b_U)   # BERT's decoder: one linear layer, the bias added in the matmul
         logits = x @ weight.T                                                       # (B, [T,] vocab)
         if self.cfg.logits_bias:
-            logits = logits + self.b_U
+            logits = logits + self.b_U     # Marian: the final_logits_bias added to the head's output
         return logits
 
     def sentence_embedding(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
