@@ -195,7 +195,8 @@ class KVCache:
 
     One entry per attention module: its K and V so far, (B, T, Hkv, dh), after RoPE. `seen` is how
     many positions the decoder has run (the next pass's first position). Cross-attention's keys and
-    values come from the encoder's output, which does not change: they are computed once."""
+    values come from the encoder's output, which does not change: they are computed once. Under a
+    sliding window every key stays cached; the mask hides those older than the window."""
 
     def __init__(self):
         self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -468,16 +469,22 @@ class Stack(nn.Module):
         x = self.dropout(x)
         valid = torch.ones(B, T, dtype=torch.bool, device=ids.device) if padding is None else padding
         mask = valid[:, None, :].expand(B, Tn, T)                                   # (B, Tn, T): new queries, all keys
+        windowed = None
         if self.causal:
-            mask = mask & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()[start:]
+            query = torch.arange(start, T, device=ids.device)[:, None]            # (Tn, 1) the new queries' positions
+            key = torch.arange(T, device=ids.device)[None, :]                      # (1, T)
+            if self.cfg.sliding_window is not None:   # the last w keys only, as transformers: key > query − w
+                windowed = mask & (key <= query) & (key > query - self.cfg.sliding_window)
+            mask = mask & (key <= query)
         cross_mask = None
         if memory is not None:
             S = memory.shape[1]
             memory_valid = torch.ones(B, S, dtype=torch.bool, device=ids.device) if memory_padding is None else memory_padding
             cross_mask = memory_valid[:, None, :].expand(B, Tn, S)                  # (B, Tn, S)
         bias = self.rel_pos(Tn, T) if self.cfg.positional == "relative" else None  # the new queries' rows
-        for block in self.layers:
-            x = block(x, mask, memory, cross_mask, bias, cache)
+        for layer, block in enumerate(self.layers):
+            layer_mask = windowed if windowed is not None and self.cfg.windowed(layer) else mask
+            x = block(x, layer_mask, memory, cross_mask, bias, cache)
         if cache is not None:
             cache.seen = T
         if self.cfg.norm == "pre":
