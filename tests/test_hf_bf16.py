@@ -4,7 +4,8 @@ In bfloat16 every op rounds to 8 significant bits, so the same formula written a
 different numbers: ~0.1 apart in a hidden state, enough to change a greedy decode. tracer's model
 therefore uses transformers' ops where they differ in rounding (GPT-2's `gelu_new` written out op by
 op, not torch's fused tanh-GELU; BERT's decoder bias added inside its linear layer; the scores times
-dh^-0.5, not ÷ √dh) and upcasts where transformers does (RMSNorm, RoPE angles, Llama's softmax).
+dh^-0.5, not ÷ √dh) and upcasts where transformers does (RMSNorm, RoPE angles, Llama's softmax, T5's
+norm variance).
 
 The reference is a checkpoint loaded as users load one, `from_pretrained(..., dtype=torch.bfloat16)`,
 which keeps RoPE's `inv_freq` in float32. (`model.to(torch.bfloat16)` instead rounds that buffer to
@@ -81,3 +82,32 @@ def test_greedy_decoding_matches_generate_in_bfloat16(pair, kv_cache):
         ours = generate(loaded, as_text(ids), max_new_tokens=N_NEW, kv_cache=kv_cache).output_ids
         assert ours == hf_greedy(hf, ids, N_NEW), f"prompt seed {seed}"
         assert len(set(ours)) > 1
+
+
+@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
+def test_t5_runs_in_bfloat16_and_matches_bit_for_bit(tmp_path, feed_forward):
+    """T5's norm scales x by a float32 variance (which promotes it) and casts back to the weight's dtype,
+    as T5LayerNorm does; without that cast a bfloat16 T5 stopped with a dtype error in the first linear layer.
+    Encoder and decoder hidden states, every attention pattern and the logits are equal; so is a greedy decode."""
+    from test_hf_marian import stack_parity, tracer_taps
+    from test_hf_t5 import COMMON, SOURCE_SEED, hf_greedy_seq2seq
+
+    from tracer.capture.run import generate
+
+    version = "v10" if feed_forward == "relu" else "v11"       # test_hf_t5's models, whose decodes vary
+    options = dict(feed_forward_proj=feed_forward, tie_word_embeddings=version == "v10")
+    save_and_read(make_hf(transformers.T5ForConditionalGeneration, transformers.T5Config(**{**COMMON, **options}),
+                          seed=3 if version == "v10" else 0).to(torch.float32), tmp_path)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path, dtype=BF16, attn_implementation="eager").eval()
+    loaded = load_model(tmp_path, dtype="bfloat16")
+    src, tgt = input_ids(VOCAB, seed=SOURCE_SEED[version]), input_ids(VOCAB, seed=5, n=12)
+    tgt[0, 0] = 0                                                    # the decoder start (pad)
+    logits, taps = tracer_taps(loaded.model, src, tgt)
+    with torch.no_grad():
+        out = hf(input_ids=src, decoder_input_ids=tgt, output_hidden_states=True, output_attentions=True)
+    diffs = stack_parity(out, taps, 2, {"encoder": "encoder.ln_final.hook_normalized",
+                                        "decoder": "decoder.ln_final.hook_normalized"})
+    diffs["logits"] = max_diff(out.logits, logits)
+    assert logits.dtype == BF16 and max(diffs.values()) == 0.0, {name: diff for name, diff in diffs.items() if diff}
+    ours = generate(loaded, as_text(src), max_new_tokens=N_NEW).output_ids
+    assert ours == hf_greedy_seq2seq(hf, src, N_NEW) and len(set(ours)) > 1

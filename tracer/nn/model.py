@@ -159,12 +159,16 @@ class RMSNorm(nn.Module):
 
 
 class T5RMSNorm(RMSNorm):
-    """T5's RMS norm (T5LayerNorm): only the mean square is computed in float32; x itself is scaled in the
-    model's dtype (in a float32 model the same as RMSNorm)."""
+    """T5's RMS norm (T5LayerNorm): only the mean square is computed in float32, x scaled by it in the wider
+    of the two dtypes; in a half-precision model the result is cast to the weight's dtype before the weight
+    multiplies it (in a float32 model the same as RMSNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        return self.hook_normalized(self.weight * (x * torch.rsqrt(variance + self.eps)))
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.hook_normalized(self.weight * x)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
