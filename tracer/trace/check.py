@@ -448,11 +448,25 @@ class _Checker:
             self.fail(step.id, "positions differ, but every token is type 0")
 
     def causal_mask(self, step: Step) -> None:
-        if step.component != "attn" or not anatomy.Place.of(step.id, self.trace).causal:
+        """A decoder's self-attention sees keys j ≤ i; under a sliding window w (the config's `sliding_window`,
+        in its `sliding_layers`, or every layer) only j > i − w too, the last w keys."""
+        place = anatomy.Place.of(step.id, self.trace)
+        if step.component != "attn" or not place.causal:
             return
         self.checked += 1
-        mask = self.value(step)  # a KV-cached step's rows: the last rows of the causal mask
-        if mask.ndim != 2 or not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool), mask.shape[1] - mask.shape[0])):
+        mask = self.value(step)  # a KV-cached step's rows: the last rows of the (windowed) causal mask
+        if mask.ndim != 2:
+            self.fail(step.id, "a decoder's self-attention mask must be causal")
+            return
+        ones = np.ones_like(mask, dtype=bool)
+        offset = mask.shape[1] - mask.shape[0]  # the row's query position minus its index here
+        config = self.trace.model.get("config") or {}
+        window, layers = config.get("sliding_window"), config.get("sliding_layers")
+        if isinstance(window, int) and (layers is None or (isinstance(layers, list) and place.layer in layers)):
+            expected = np.tril(ones, offset) & ~np.tril(ones, offset - window)
+            if not np.array_equal(mask, expected):
+                self.fail(step.id, f"this layer's self-attention mask must be causal within a sliding window of {window} keys")
+        elif not np.array_equal(mask, np.tril(ones, offset)):
             self.fail(step.id, "a decoder's self-attention mask must be causal")
 
     def predictions(self, step: Step) -> None:

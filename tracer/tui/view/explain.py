@@ -253,6 +253,12 @@ def _bucket_picture(decoder: bool, buckets: int, max_distance: int) -> str:
 def _mask(c: Context):
     Tq, Tk = _query_key(c)
     title = f"Attention mask ({c.where})"
+    window, layers = c.config.get("sliding_window"), c.config.get("sliding_layers")
+    if c.decoder_side and not c.cross and isinstance(window, int) and (layers is None or c.step.layer in layers):
+        words = ("Which keys each query may look at (lit = allowed, ░ = forbidden). The decoder may not look "
+                 f"ahead, and this layer attends through a sliding window: query i sees only the last {window} "
+                 f"keys, i − {window - 1}…i. Older tokens reach it only through earlier layers.")
+        return title, words, f"allowed(i, j) = i − {window} < j ≤ i: {_size(Tq, Tk)}"
     if c.decoder_side and not c.cross:
         words = ("Which keys each query may look at (lit = allowed, ░ = forbidden). The decoder may not look "
                  "ahead: query i sees keys 0…i only, so it cannot read the answer it is predicting.")
