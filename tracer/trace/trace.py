@@ -51,6 +51,7 @@ class Trace:
         for index, step in enumerate(self.steps):
             step.index = index
         self._by_id = {step.id: step for step in self.steps}
+        self._by_decoding: tuple | None = None  # see _decoding
         if len(self._by_id) != len(self.steps):
             raise ValueError("a trace's step ids must be unique")
         for step in self.steps:
@@ -94,7 +95,23 @@ class Trace:
             "stack": stack, "component": component,
         }
         wanted = {key: value for key, value in wanted.items() if value is not None}
-        return [s for s in self.steps if all(getattr(s, key) == value for key, value in wanted.items())]
+        pool = self.steps
+        if decode_step is not None:  # the UI asks per decoding step: look in that one's steps only
+            pool = self._decoding().get(decode_step, [])
+        return [s for s in pool if all(getattr(s, key) == value for key, value in wanted.items())]
+
+    def _decoding(self) -> dict[int, list[Step]]:
+        """The steps of each decoding step, in order (worked out on first use; again if the
+        steps were replaced since)."""
+        key = (id(self.steps), len(self.steps))
+        if self._by_decoding is None or self._by_decoding[0] != key:
+            index: dict[int, list[Step]] = {}
+            for step in self.steps:
+                t = step.decode_step
+                if t is not None:
+                    index.setdefault(t, []).append(step)
+            self._by_decoding = (key, index)
+        return self._by_decoding[1]
 
     @property
     def ids(self) -> list[str]:
