@@ -74,7 +74,7 @@ QUIT = b"\x11"  # ctrl+q: both apps quit on it
 
 
 def first_paint(args: list[str], python: str = sys.executable, cwd: str | None = None, wrap: list[str] = (),
-                columns: int = 120, rows: int = 40) -> tuple[float, float]:
+                columns: int = 120, rows: int = 40, env: dict | None = None) -> tuple[float, float]:
     """Seconds from spawning the process to its first frame reaching the (pseudo-)terminal; and
     the process's CPU seconds (start to exit: less sensitive than wall time to a busy machine).
     `python`, `cwd`: the interpreter and checkout it runs in; `wrap`: a command it runs under."""
@@ -98,7 +98,7 @@ def first_paint(args: list[str], python: str = sys.executable, cwd: str | None =
                 painted.append(time.time())
                 seen.set()
 
-    env = dict(os.environ, TERM="xterm-256color")
+    env = dict(os.environ, TERM="xterm-256color", **(env or {}))
     env.pop("VIRTUAL_ENV", None)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
@@ -173,15 +173,17 @@ class Tree:
         # some machines) an editable install would otherwise be compiled from source at every start
         subprocess.run([self.python, "-m", "compileall", "-q", str(self.folder / "tracer")], check=True)
 
-    def start(self, what: str, wrap: list[str] = ()) -> tuple[float, float]:
+    def start(self, what: str, wrap: list[str] = (), env: dict | None = None) -> tuple[float, float]:
         """One start of `what` (trivial, trivial+numpy, or a session's name) in this checkout."""
         args = [what] if what.startswith("trivial") else ["tracer", what, str(self.sessions)]
-        return first_paint(args, self.python, str(self.folder), wrap)
+        return first_paint(args, self.python, str(self.folder), wrap, env=env)
 
     def instructions(self, what: str, folder: Path) -> int:
         """Instructions (callgrind's Ir) of one start of `what`, from start to exit."""
         out = folder / f"callgrind.{self.label}.{what}"
-        self.start(what, ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"])  # -q: its banner quotes the driver
+        # -q: valgrind's banner quotes the driver (and so the first frame's marker); a fixed hash
+        # seed: the same dict layouts every run, so the counts repeat to ~0.1 %
+        self.start(what, ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"], env={"PYTHONHASHSEED": "0"})
         totals = re.search(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.M)
         out.unlink()
         return int(totals[1])

@@ -174,7 +174,8 @@ def _plain_spans(header: dict, steps: list[Step], data_len: int) -> dict[str, in
         entry = header.get(step.id)
         if type(entry) is not dict:
             return None
-        shape, offsets, rows_shape = entry.get("shape"), entry.get("data_offsets"), step.rows_shape
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        rows_shape = step.shape if step.stored_shape is None else step.stored_shape  # step.rows_shape, inlined
         if type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
             return None
         for n in shape:  # 2 == 2.0 == True: the types first

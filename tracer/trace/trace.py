@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
@@ -48,15 +49,18 @@ class Trace:
         capture: dict | None = None,
     ):
         self.steps: list[Step] = list(steps)
-        for index, step in enumerate(self.steps):
+        by_id: dict[str, Step] = {}
+        for index, step in enumerate(self.steps):  # a long decode has ~9,000 steps, opened at replay's start
             step.index = index
-        self._by_id = {step.id: step for step in self.steps}
+            by_id[step.id] = step
+        self._by_id = by_id
         self._by_decoding: tuple | None = None  # see _decoding
         if len(self._by_id) != len(self.steps):
             raise ValueError("a trace's step ids must be unique")
+        assemble = self._assembled
         for step in self.steps:
             if step.cached:
-                step.link_cached(lambda step=step: self._assembled(step))
+                step.link_cached(functools.partial(assemble, step))
         self.model = model
         self.device = device
         self.input = input
