@@ -9,7 +9,6 @@ import click
 from tracer import __version__
 from tracer.errors import TracerError
 from tracer.text import human_size, json_for_terminal, visible
-from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
 
 
 class TracerGroup(click.Group):
@@ -360,8 +359,22 @@ def models():
                    f"tracer cannot convert)")
 
 
+class RecipeChoice(click.Choice):
+    """The bundled models' recipes by name, read from tracer.train.recipes (plain data: ModelConfig
+    needs no torch) when `tracer train` needs them, not at every start (replay's included)."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from tracer.train.recipes import RECIPES
+
+        return tuple(RECIPES)
+
+
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
+@click.argument("model_name", metavar="MODEL", type=RecipeChoice())
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
 @click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")

@@ -13,7 +13,6 @@ import numpy as np
 
 from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
-from tracer.trace.check import relative_buckets
 from tracer.trace.step import kv_columns, row_axis
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.heads import head_name
@@ -245,6 +244,8 @@ def _attn_bias(c: Context):
 
 def _bucket_picture(decoder: bool, buckets: int, max_distance: int) -> str:
     """`distance→bucket` pairs for keys before the query, e.g. `0→0 1→1 … 9→8 12→9`."""
+    from tracer.trace.check import relative_buckets  # check loads when a T5 bias is explained, not at start-up
+
     distances = np.array(BUCKET_PICTURE_DISTANCES)
     found = relative_buckets(-distances, not decoder, buckets, max_distance)
     return " ".join(f"{d}→{b}" for d, b in zip(distances.tolist(), found.tolist())) + "."
