@@ -4,6 +4,7 @@
     python benchmarks/generate.py --prompt 32 --new 10,20   # a quick run
     python benchmarks/generate.py --max-trace 2GB      # skip (and say so) a run whose estimated trace passes 2 GB
     python benchmarks/generate.py --repeats 3 --pairs 5     # medians of 3 fresh processes a row; 5 timing pairs
+    python benchmarks/generate.py --new 40 --save      # also: saved as a session, regular and streamed (`tracer run --save`)
 
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own:
 tracer's `generate(traced=True)` with and without the KV cache (and, at the headline length, with
@@ -15,17 +16,24 @@ less the resident memory measured in the same process before the model is built 
 and the benchmark's imports: ~260 MB). `--repeats` runs each row's process that many times,
 interleaved, and reports medians; `--pairs` then times the headline, tracer's KV-cached trace and
 transformers' generate, alternately in one process (both models built once), and reports the
-median of the per-pair ratios, the figure a busy machine disturbs least. A benchmark, not a test.
+median of the per-pair ratios, the figure a busy machine disturbs least. With --save, the same
+runs also saved as a session: the whole trace in memory then `SessionStore.save` (as before
+streaming), and streamed (each pass written as it is recorded, `tracer run --save`); the time
+after "+" is the save (for the streamed one: the commit, the tensors' header and data into
+place). A benchmark, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +51,15 @@ def rss_now() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
-def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None) -> dict:
+def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None, save: str | None = None) -> dict:
+    """One traced decode; `save`: then saved as a session ("regular") or streamed into one ("stream")."""
+    import numpy as np
     import torch
 
     from gpt2_small import gpt2_small, text_of_tokens
     from tracer.capture.run import generate
+    from tracer.trace.session import SessionStore
+    from tracer.trace.session_writer import SessionWriter
 
     torch.set_grad_enabled(False)
     baseline = rss_now()  # Python, torch and tracer imported; no model yet
@@ -56,12 +68,28 @@ def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = 
     text = text_of_tokens(loaded, prompt)
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     before = peak_rss()
-    start = time.perf_counter()
-    result = generate(loaded, text, max_new_tokens=new, traced=True, kv_cache=kv_cache, store_dtype=store_dtype)
-    seconds = time.perf_counter() - start
-    trace_bytes = sum(step.rows.nbytes for step in result.trace)
-    return {"seconds": seconds, "peak": peak_rss(), "before": before, "baseline": baseline, "model": model_bytes,
-            "trace": trace_bytes, "steps": len(result.trace), "tokens": len(result.output_ids)}
+    options = dict(max_new_tokens=new, traced=True, kv_cache=kv_cache, store_dtype=store_dtype)
+    folder = Path(tempfile.mkdtemp(prefix="tracer-bench-"))
+    try:
+        start = time.perf_counter()
+        if save == "stream":
+            with SessionWriter(SessionStore(folder), "bench") as writer:
+                result = generate(loaded, text, sink=writer.add, **options)
+                seconds = time.perf_counter() - start
+                writer.commit(result.trace)
+        else:
+            result = generate(loaded, text, **options)
+            seconds = time.perf_counter() - start
+            if save == "regular":
+                SessionStore(folder).save("bench", [result.trace])
+        saving = time.perf_counter() - start - seconds
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # from the metadata: a streamed trace's tensors are on disk, and reading them would load them
+    trace_bytes = sum(math.prod(step.rows_shape) * np.dtype(step.dtype).itemsize for step in result.trace)
+    return {"seconds": seconds, "save_seconds": saving if save else None, "peak": peak_rss(), "before": before,
+            "baseline": baseline, "model": model_bytes, "trace": trace_bytes, "steps": len(result.trace),
+            "tokens": len(result.output_ids)}
 
 
 def run_transformers(prompt: int, new: int) -> dict:
@@ -127,7 +155,15 @@ def median_row(kind: str, prompt: int, new: int, repeats: int) -> dict:
 def measure(kind: str, prompt: int, new: int) -> dict:
     if kind == "hf":
         return run_transformers(prompt, new)
-    return run_tracer(prompt, new, kv_cache=kind != "full", store_dtype="float16" if kind == "kv16" else None)
+    base, _, save = kind.partition("+")  # "kv+stream": KV cache, streamed into a session
+    return run_tracer(prompt, new, kv_cache=base != "full", store_dtype="float16" if base == "kv16" else None,
+                      save=save or None)
+
+
+def seconds(row: dict) -> str:
+    """The run's time, and the save's after a "+" where there was one."""
+    save = row.get("save_seconds")
+    return f"{row['seconds']:.2f} s" + (f" + {save:.2f} s" if save is not None else "")
 
 
 def timing_pairs(prompt: int, new: int, pairs: int) -> dict:
@@ -187,6 +223,7 @@ def main() -> None:
     parser.add_argument("--new", default="10,20,40,80", help="new-token counts for the curve")
     parser.add_argument("--headline", type=int, default=40, help="new tokens of the tracer-vs-transformers row")
     parser.add_argument("--max-trace", default="3GB", help="skip runs whose estimated trace passes this")
+    parser.add_argument("--save", action="store_true", help="also each run saved as a session: regular and streamed")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per row (medians reported)")
     parser.add_argument("--pairs", type=int, default=5, help="interleaved timing pairs at the headline (0: none)")
@@ -195,9 +232,11 @@ def main() -> None:
     rows = []
     print(f"GPT-2-small shape, CPU, prompt {args.prompt}", file=sys.stderr)
     for new in [int(n) for n in args.new.split(",")]:
-        kinds = ("kv", "full") + (("kv16", "hf") if new == args.headline else ())
+        kinds = ("kv", "kv+regular", "kv+stream", "full", "full+regular", "full+stream") if args.save else ("kv", "full")
+        kinds += ("kv16", "hf") if new == args.headline else ()
         for kind in kinds:
-            guess = None if kind == "hf" else estimated(args.prompt, new, kind != "full", "float16" if kind == "kv16" else None)
+            base = kind.partition("+")[0]
+            guess = None if kind == "hf" else estimated(args.prompt, new, base != "full", "float16" if base == "kv16" else None)
             if guess is not None and guess > limit:
                 rows.append({"kind": kind, "new": new, "estimate": guess, "skipped": True})
                 print(f"  {kind} +{new}: skipped, estimate {mb(guess)} > {mb(limit)}", file=sys.stderr)
@@ -206,20 +245,21 @@ def main() -> None:
             if guess is not None:
                 found["estimate"] = guess
             rows.append(found)
-            print(f"  {kind} +{new}: {found['seconds']:.2f} s, peak {mb(found['peak'])}, trace {mb(found['trace'])}"
+            print(f"  {kind} +{new}: {seconds(found)}, peak {mb(found['peak'])}, trace {mb(found['trace'])}"
                   f" (runs: {', '.join(f'{s:.1f} s {mb(p)}' for s, p in found['runs'])})", file=sys.stderr)
     print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | above baseline / (model + trace) | trace (estimate) |")
     print("|---|---|---|---|---|---|---|---|")
     names = {"kv": "tracer, KV cache", "kv16": "tracer, KV cache, --store-dtype float16", "full": "tracer, --no-kv-cache",
              "hf": "transformers generate"}
     for row in rows:
-        name = names[row["kind"]]
+        base, _, save = row["kind"].partition("+")
+        name = names[base] + {"": "", "regular": ", then saved", "stream": ", streamed --save"}[save]
         if row.get("skipped"):
             print(f"| {name} | {row['new']} | skipped | | | | | ({mb(row['estimate'])}) |")
             continue
         own = row["model"] + row["trace"]
         estimate_text = f" ({mb(row['estimate'])})" if "estimate" in row else " (attentions + hidden states kept)"
-        print(f"| {name} | {row['new']} | {row['seconds']:.2f} s | {mb(row['peak'])} | {mb(own)} | "
+        print(f"| {name} | {row['new']} | {seconds(row)} | {mb(row['peak'])} | {mb(own)} | "
               f"{row['peak'] / own:.2f}× | {(row['peak'] - row['baseline']) / own:.2f}× | {mb(row['trace'])}{estimate_text} |")
     if args.pairs:
         found = json.loads(child_output("pairs", args.prompt, args.headline, args.pairs))

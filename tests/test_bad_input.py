@@ -253,7 +253,8 @@ def interrupt(*_args, **_kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("phase", ["tracer.capture.trace_text", "tracer.trace.export.step_json", "tracer.trace.session.write_tensors"])
+@pytest.mark.parametrize("phase", ["tracer.capture.trace_text", "tracer.trace.tensor_file.StreamingTensorWriter.add",
+                                   "tracer.trace.export.step_json", "tracer.trace.tensor_file.StreamingTensorWriter.finish"])
 def test_ctrl_c_exits_130_and_leaves_no_partial_file(seq2seq_model, tmp_path, monkeypatch, isolated_sessions, phase):
     monkeypatch.setattr(phase, interrupt)
     out = tmp_path / "out.json"
@@ -261,7 +262,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(seq2seq_model, tmp_path, mo
                     "--export", out, "--save", "s")
     assert result.exit_code == 130 and "Interrupted" in result.output
     if out.exists():   # interrupted after the export finished: the file is whole
-        assert phase.endswith("write_tensors") and json.loads(out.read_text())["format"] == "tracer-trace"
+        assert phase.endswith("finish") and json.loads(out.read_text())["format"] == "tracer-trace"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.json")]
     assert not isolated_sessions.exists() or not [p for p in isolated_sessions.iterdir() if not p.name.startswith(".")]
 

@@ -66,8 +66,13 @@ def test_check_fails_and_names_the_altered_step(seq2seq_model, tmp_path, altered
     assert "Traceback" not in result.output
 
 
-def test_check_catches_a_masked_position_that_leaks(seq2seq_trace):
-    trace = seq2seq_trace
+def test_check_catches_a_masked_position_that_leaks(seq2seq_model):
+    # Without the KV cache: a KV-cached step stores only its new query's row, which sees every key
+    # recorded so far, so its masked cells are never stored; check verifies the rows a pass computed.
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+
+    trace = trace_text(load_model(seq2seq_model), "ich bin piyush", max_new_tokens=3, kv_cache=False)
     step = trace.step("decoder.0.attn.hook_attn_scores@3")
     original = step.data
     leaked = original.copy()
@@ -121,3 +126,45 @@ def test_check_reads_a_free_form_tokenization_field_of_any_type(seq2seq_trace, t
     finally:
         trace.model.clear()
         trace.model.update(before)
+# -- a KV-cached trace is checked on the rows each pass computed ----------------------------------
+def kv_decode(gpt_model, new_tokens=6):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+
+    loaded = load_model(gpt_model)
+    loaded.tokenizer.stop_ids = set()  # decode every step asked for
+    return trace_text(loaded, "the cat sat on the mat and the dog", max_new_tokens=new_tokens)
+
+
+def test_check_of_a_kv_trace_never_assembles_an_attention_matrix(gpt_model, monkeypatch):
+    from tracer.trace import Trace
+
+    trace = kv_decode(gpt_model)
+    assembled = []
+    original = Trace._assembled
+    monkeypatch.setattr(Trace, "_assembled", lambda self, step: assembled.append(step) or original(self, step))
+    report = check_trace(trace)
+    assert report.ok, report.failures[:3]
+    assert not [step.id for step in assembled if "key" in step.axes]  # no t × t view: O(T) per step, not O(T²)
+    # what is assembled (keys and values read along the keys, a norm's positions) is O(positions) wide
+    assert {step.kind for step in assembled} <= {"k", "v", "normalized", "resid_pre", "resid_mid", "resid_post", "tokens"}
+
+
+@pytest.mark.parametrize("kind", ["attn_scores", "pattern", "z", "resid_post"])
+def test_check_catches_an_altered_new_row_in_the_last_step(gpt_model, kind):
+    trace = kv_decode(gpt_model)
+    t = trace.decode_steps[-1]
+    step = trace.step(f"blocks.1.attn.hook_{kind}@{t}" if kind != "resid_post" else f"blocks.1.hook_{kind}@{t}")
+    assert step.cached and step.rows.shape != step.shape
+    step.rows.reshape(-1)[step.rows.size // 2 + 1] += 0.25
+    assert step.id in {f.step_id for f in check_trace(trace).failures}
+
+
+def test_check_of_a_saved_trace_keeps_no_tensor_loaded(gpt_model, tmp_path):
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(tmp_path)
+    store.save("kv", [kv_decode(gpt_model)])
+    trace = store.load("kv").trace
+    assert check_trace(trace).ok
+    assert all(step._array is None and step._rows is None for step in trace.steps)

@@ -152,3 +152,78 @@ def test_an_export_with_a_nonsense_precision_is_refused(tmp_path, value):
     path.write_text(json.dumps(doc))
     with pytest.raises(DamagedFile, match="'precision' must be a number of significant digits from 1 to 9"):
         read_json(path)
+
+
+# -- a large export: its size said first, refused without room, memory near one step ----------------
+def kv_trace(gpt_model, new_tokens=6):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+
+    loaded = load_model(gpt_model)
+    loaded.tokenizer.stop_ids = set()  # decode every step asked for
+    return trace_text(loaded, "the cat sat on the mat and the dog", max_new_tokens=new_tokens)
+
+
+@pytest.mark.parametrize("precision", [None, 3, 6])
+def test_the_estimate_is_within_its_bound_of_the_file_written(gpt_model, seq2seq_trace, bert_model, tmp_path, precision):
+    from tracer.capture import trace_text
+    from tracer.nn.loading import load_model
+    from tracer.trace.export import ESTIMATE_BOUND, estimated_size
+
+    bert = trace_text(load_model(bert_model), "the cat sat on the [MASK]")
+    for name, trace in (("gpt", kv_trace(gpt_model)), ("seq2seq", seq2seq_trace), ("bert", bert)):
+        guess = estimated_size(trace, precision)
+        write_json(trace, tmp_path / f"{name}.json", precision)
+        actual = (tmp_path / f"{name}.json").stat().st_size
+        assert abs(guess - actual) <= ESTIMATE_BOUND * actual, (name, precision, guess, actual)
+
+
+def test_export_of_a_saved_kv_trace_assembles_nothing_and_keeps_nothing(gpt_model, tmp_path, monkeypatch):
+    from tracer.trace.session import SessionStore
+
+    store = SessionStore(tmp_path / "sessions")
+    store.save("kv", [kv_trace(gpt_model)])
+    trace = store.load("kv").trace
+    assert any(step.cached for step in trace.steps)
+    assembled = []
+    original = Trace._assembled
+    monkeypatch.setattr(Trace, "_assembled", lambda self, step: assembled.append(step.id) or original(self, step))
+    write_json(trace, tmp_path / "kv.json")
+    assert assembled == []  # rows only: not even stats assemble a full view
+    assert all(step._array is None and step._rows is None for step in trace.steps)  # each step released
+    back = read_json(tmp_path / "kv.json")
+    last = f"blocks.0.attn.hook_pattern@{trace.decode_steps[-1]}"
+    monkeypatch.setattr(Trace, "_assembled", original)
+    np.testing.assert_array_equal(back[last], trace[last])  # the reader still assembles the full view
+    assert "stats" not in json.loads((tmp_path / "kv.json").read_text())["steps"][trace.step(last).index]
+
+
+def test_the_cli_says_the_size_first_and_refuses_without_room(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from click.testing import CliRunner
+
+    from tracer.cli import cli
+    from tracer.trace.export import estimated_size
+
+    sessions = tmp_path / "sessions"
+    runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    made = runner.invoke(cli, ["run", "ich bin piyush", "--save", "s", "--sessions-dir", str(sessions), "--no-tui",
+                               "--export", str(tmp_path / "run.json")])
+    assert made.exit_code == 0, made.output
+    assert "exporting" in made.stderr and "about" in made.stderr
+    ok = runner.invoke(cli, ["export", "s", "-o", str(tmp_path / "ok.json"), "--sessions-dir", str(sessions)])
+    assert ok.exit_code == 0, ok.output
+    line = next(line for line in ok.stderr.splitlines() if line.startswith("exporting"))
+    from tracer.trace.session import SessionStore
+    from tracer.text import human_size
+    assert human_size(estimated_size(SessionStore(sessions).load("s").trace)) in line
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
+    refused = runner.invoke(cli, ["export", "s", "-o", str(tmp_path / "full.json"), "--sessions-dir", str(sessions)])
+    assert refused.exit_code == 1
+    error = refused.stderr.strip().splitlines()[-1]
+    assert "needs about" in error and "free" in error and "Traceback" not in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json", "run.json", "sessions"]  # nothing left behind

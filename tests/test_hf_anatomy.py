@@ -47,11 +47,12 @@ def traces(tmp_path_factory):
     """One trace of each model (built lazily, once)."""
     cache = {}
 
-    def get(name):
+    def get(name):  # "t5:no-kv": without the KV cache
         if name not in cache:
-            folder = tmp_path_factory.mktemp(name)
-            make_random_model(folder, ModelConfig(name=name, **SMALL, **MODELS[name]), seed=3)
-            cache[name] = trace_text(load_model(folder), TEXT, max_new_tokens=3)
+            model, _, mode = name.partition(":")
+            folder = tmp_path_factory.mktemp(model)
+            make_random_model(folder, ModelConfig(name=model, **SMALL, **MODELS[model]), seed=3)
+            cache[name] = trace_text(load_model(folder), TEXT, max_new_tokens=3, kv_cache=mode != "no-kv")
         return cache[name]
 
     return get
@@ -124,7 +125,8 @@ TAMPER = [
     # T5: a bias that is not a function of the distance's bucket; masked scores that are not raw + bias
     ("t5", "encoder.1.attn.hook_attn_bias", lambda a: a + np.pad([[[0.5]]], [(0, 0), (0, a.shape[1] - 1), (0, a.shape[2] - 1)]),
      "encoder.1.attn.hook_attn_bias"),
-    ("t5", "decoder.0.attn.hook_attn_bias@3", lambda a: a + np.triu(np.ones(a.shape[1:]), 1)[None], "decoder.0.attn.hook_attn_bias@3"),
+    # (keys after the query: only a full re-run stores them; check reads what a KV-cached step stored, its new row)
+    ("t5:no-kv", "decoder.0.attn.hook_attn_bias@3", lambda a: a + np.triu(np.ones(a.shape[1:]), 1)[None], "decoder.0.attn.hook_attn_bias@3"),
     ("t5", "encoder.0.attn.hook_attn_raw", lambda a: a + 0.25, "encoder.0.attn.hook_attn_scores"),
 ]
 
@@ -183,3 +185,18 @@ def test_a_score_cell_is_explained_with_the_key_value_head_its_query_head_reads(
         assert abs(shown - recorded) <= 1e-3 + 1e-3 * abs(recorded), text
     words = explain(trace.step("blocks.0.attn.hook_k@1"), trace).words
     assert ("query heads 1–2 share key/value head 1" if name == "llama" else "query heads 1–4 share key/value head 1") in words
+
+
+@pytest.mark.parametrize("name, norm", [("llama", "RMSNorm"), ("t5", "RMSNorm"), ("gpt2", "layer norm"),
+                                        ("bert-mlm", "layer norm")])
+def test_the_outline_names_each_norm_by_what_it_computes(traces, name, norm):
+    """Llama's and T5's norms are RMSNorms in the outline too, not "layer norm" (the explain panel said so
+    already); BERT's embedding and MLM-head norms stay layer norms."""
+    from tracer.tui.view.outline import leaf_label
+
+    trace = traces(name)
+    for step in trace.find(kind="normalized"):
+        label = leaf_label(step, trace)
+        expected = f"final {norm}" if step.component == "ln_final" else norm
+        assert label == expected, (step.id, label)
+        assert norm.lower() in explain(step, trace).title.lower() or step.component in ("ln_embed", "ln_mlm")

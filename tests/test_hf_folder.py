@@ -155,6 +155,22 @@ def test_pickle_only_folders_are_refused_without_opening_the_file(tmp_path):
         assert "only pickle weights (pytorch_model.bin)" in lines[0] and "convert them to safetensors" in lines[0]
 
 
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors",
+                                  "1_Pooling/config.json"])
+def test_a_fifo_among_a_model_folders_files_is_refused_at_once(tmp_path, name):
+    """The tokenizer and safetensors libraries would block on a FIFO for ever; it is refused by name first."""
+    folder = write_hf_folder(tmp_path / "fifo", LLAMA_CONFIG, gpt2_tokenizer())
+    (folder / name).parent.mkdir(exist_ok=True)
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    result = subprocess.run([sys.executable, "-m", "tracer.cli", "run", "hello", "--model", str(folder), "--no-tui"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"{folder / name}: is a FIFO, not a regular file" in lines[0]
+
+
 def test_other_weight_formats_are_named(tmp_path):
     folder = write_hf_folder(tmp_path / "tf", LLAMA_CONFIG, gpt2_tokenizer())
     (folder / "model.safetensors").unlink()

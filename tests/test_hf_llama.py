@@ -46,7 +46,7 @@ def qwen2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mistral(tmp_path_factory):
-    """A sliding window (48) longer than input plus decode (20 + 24): plain causal attention within it."""
+    """A sliding window (48) longer than input plus decode (20 + 24): the mask is plain causal."""
     return build(tmp_path_factory, transformers.MistralForCausalLM, transformers.MistralConfig, sliding_window=48)
 
 
@@ -132,10 +132,11 @@ def test_qwen2_has_biases_on_q_k_v_only(qwen2):
     assert not {"blocks.0.attn.W_O.bias", "blocks.0.mlp.W_in.bias", "W_U.weight"} & state.keys()
 
 
-def test_a_sliding_window_caps_the_positions(mistral):
+def test_a_sliding_window_is_kept_not_a_cap_on_the_positions(mistral):
+    """(The window itself is tested on inputs longer than it in test_hf_sliding_window.py.)"""
     _, hf_config, weights, _ = mistral
     converted = convert(hf_config, weights)
-    assert converted.cfg.max_positions == 48 and "sliding window" in converted.notes["positions"]
+    assert converted.cfg.max_positions == 64 and converted.cfg.sliding_window == 48
 
 
 def test_unsupported_options_are_refused_by_name(llama):

@@ -1,6 +1,6 @@
 """Files that are not regular files, and a session replaced while it is read (issue 19, classes 2, 5, 6).
 
-Every reader opens through tracer.trace.reading: a FIFO would block forever and /dev/zero never
+Every reader opens through tracer.reading: a FIFO would block forever and /dev/zero never
 ends, so each case runs under a deadline and must end in one `Error:` line, exit 1.
 """
 
@@ -18,7 +18,7 @@ import tracer
 from tracer.cli import cli
 from tracer.errors import DamagedFile
 from tracer.trace.export import write_json
-from tracer.trace.reading import read_regular
+from tracer.reading import read_regular
 from tracer.trace.session import SessionStore
 
 from session_helpers import synthetic_trace

@@ -196,13 +196,17 @@ def test_a_kill_while_the_place_is_written_leaves_the_session_readable(tmp_path,
     store.save("walk", [fixture_trace()], state=UIState(step="encoder.hook_embed"))
     done = subprocess.run([sys.executable, "-c", KILL_DURING, str(store.root), moment], capture_output=True)
     assert done.returncode == -9, done.stderr.decode()
-    session = store.load("walk")  # the old manifest, whole
+    folder = store.path_of("walk")
+    left = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert left, moment  # killed before the rename: the dead writer's temp is there
+    session = store.load("walk")  # the old manifest, whole; the next use of the store tidies the temp away
     assert session.state.step == "encoder.hook_embed"
     assert session.traces[0]["encoder.hook_embed"].shape == fixture_trace()["encoder.hook_embed"].shape
     assert [info.error for info in store.list()] == [None]
     # and the next quit writes the place as usual
     assert store.remember_place("walk", UIState(step="encoder.0.attn.hook_q"), session.traces)
     assert store.load("walk").state.step == "encoder.0.attn.hook_q"
+    assert sorted(p.name for p in folder.iterdir()) == ["session.json", "trace-0.meta.json", "trace-0.safetensors"]
 
 
 # -- input the model does not know -----------------------------------------------------------

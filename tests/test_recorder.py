@@ -152,29 +152,6 @@ def test_a_large_value_that_owns_its_memory_is_kept_not_copied():
         assert np.array_equal(back[name], value.numpy()), name
 
 
-def test_packed_values_go_into_slabs_of_their_own():
-    """Small values are packed into large anonymous mappings, 64-byte aligned, a new one when full."""
-    import mmap
-
-    from tracer.capture.recorder import HostSlabs
-
-    slabs = HostSlabs()
-    first = values_to_host([("a", torch.randn(5)), ("b", torch.ones(3, dtype=torch.long))], slabs=slabs)
-    second = values_to_host([("c", torch.randn(7))], slabs=slabs)
-    arrays = [array for _, array in first + second]
-    addresses = [array.__array_interface__["data"][0] for array in arrays]
-    assert all(address % 64 == 0 for address in addresses)
-    slab = slabs._slab
-    assert isinstance(slab.base.obj, mmap.mmap) and len(slab) == HostSlabs.SIZE
-    start = slab.__array_interface__["data"][0]
-    assert all(start <= address < start + HostSlabs.SIZE for address in addresses)
-    big = slabs.take(HostSlabs.SIZE // 4 // 4 + 1, torch.float32)  # too large to share a slab: its own block
-    assert not start <= big.data_ptr() < start + HostSlabs.SIZE
-    slabs._used = HostSlabs.SIZE - 8
-    rolled = slabs.take(4, torch.float32)
-    assert slabs._slab is not slab and rolled.data_ptr() == slabs._slab.__array_interface__["data"][0]
-
-
 @pytest.mark.parametrize("k", [1, 3, 5, 9, 12])
 def test_top_indices_are_those_of_a_stable_sort(k):
     """The top-k from a partition equals the full stable sort's, ties in index order included."""

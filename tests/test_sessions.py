@@ -267,6 +267,17 @@ def test_sessions_list_and_json(store):
     assert one["created"].endswith("Z")
 
 
+def test_sessions_json_writes_what_a_terminal_would_act_on_as_escapes(store):
+    """JSON escapes only controls below U+0020; a C1 control (U+009B is CSI on many terminals) or a bidi
+    override in a saved input went to the screen raw. Now an escape: the same JSON, inert on screen."""
+    text = "ich \x9b31m bin \u202e piyush ö"
+    store.save("odd", [synthetic_trace(text=text)])
+    output = invoke("sessions", "--json").output
+    assert "\x9b" not in output and "\u202e" not in output and "ö" in output
+    assert "\\u009b" in output and "\\u202e" in output
+    assert json.loads(output)[0]["input"] == text
+
+
 def test_sessions_list_shows_a_damaged_session_without_failing(store):
     store.save("good", [synthetic_trace()])
     store.save("bad", [synthetic_trace()])

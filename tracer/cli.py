@@ -8,8 +8,7 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError
-from tracer.text import human_size, visible
-from tracer.train.recipes import RECIPES  # plain data: ModelConfig needs no torch
+from tracer.text import human_size, json_for_terminal, visible
 
 
 class TracerGroup(click.Group):
@@ -71,10 +70,13 @@ def cli():
               help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
+@click.option("--heads", default=None, metavar="0,2-3",
+              help="Keep only these attention heads (numbered from 0) of every per-head tap; keys and values "
+                   "keep the heads they serve.")
 @click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default=None,
               help="Store the trace's floats as this (float16 halves a trace; default: as computed, half types as float32).")
 def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessions_dir, export_path, precision, no_tui,
-        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps, store_dtype):
+        dtype, chat, no_lens, no_kv_cache, estimate_only, max_trace_size, only, layers, decode_steps, heads, store_dtype):
     """Translate (or continue) TEXT with a model and record every intermediate.
 
     \b
@@ -89,8 +91,16 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     from tracer.nn.loading import load_model
     from tracer.text import human_size
 
-    select = TapFilter.parse(only, layers, decode_steps)
+    select = TapFilter.parse(only, layers, decode_steps, heads)
     budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
+    writer = None
+    if save_name is not None and not estimate_only:
+        from tracer.trace.session import SessionStore
+        from tracer.trace.session_writer import SessionWriter
+
+        # refuses an existing session without --force now, not after the run; each pass's tensors go
+        # into it as they are recorded; whatever ends the command before the commit deletes it
+        writer = click.get_current_context().with_resource(SessionWriter(SessionStore(sessions_dir), save_name, force))
     loaded = load_model(model_name, resolve_device(device), dtype=dtype)
     options = dict(max_new_tokens=max_new_tokens, kv_cache=not no_kv_cache, select=select, chat=chat, lens=not no_lens,
                    store_dtype=store_dtype)
@@ -101,19 +111,22 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
                    f"{'no KV cache' if no_kv_cache else 'KV cache'}; budget {human_size(budget)}")
         return
     refuse_over_budget(loaded, text, budget, **options)
-    trace = trace_text(loaded, text, top_k=top_k, **options)
+    trace = trace_text(loaded, text, top_k=top_k, sink=writer.add if writer else None, **options)
     hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui,
-              retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options))
+              retrace=lambda new_text: trace_text(loaded, new_text, top_k=top_k, **options), writer=writer)
 
 
-def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui, retrace=None) -> None:
-    """What run and finetune do with a new trace: export it, save it, then print the summary or
-    open the UI (`retrace`: how the UI traces a new sentence)."""
+def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_tui, retrace=None, writer=None) -> None:
+    """What run and finetune do with a new trace: export it, save it (`writer`: a session whose
+    tensors were written during the run, committed now), then print the summary or open the UI
+    (`retrace`: how the UI traces a new sentence)."""
     if export_path is not None:
         write_export(trace, export_path, precision)
     from tracer.trace.session import SessionStore
 
-    if save_name is not None:
+    if writer is not None:
+        writer.commit(trace)
+    elif save_name is not None:
         SessionStore(sessions_dir).save(save_name, [trace], force=force)
     if no_tui or not ui_can_run():
         from tracer.summary import print_summary
@@ -239,10 +252,17 @@ def ui_can_run() -> bool:
 
 
 def write_export(trace, path, precision) -> None:
-    from tracer.trace.export import write_json
+    from tracer.trace.export import check_room, estimated_size, write_json
+
+    size = estimated_size(trace, precision)
+    click.echo(f"exporting {len(trace.steps)} steps to {visible(path)}: about {human_size(size)}", err=True)
+    check_room(path, size)
+    def progress(done, total):
+        if done == total or done % 200 == 0:
+            click.echo(f"\r  {done}/{total} steps" + ("\n" if done == total else ""), err=True, nl=False)
 
     try:
-        write_json(trace, path, precision)
+        write_json(trace, path, precision, progress if sys.stderr.isatty() else None)
     except OSError as exc:
         raise TracerError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -283,6 +303,8 @@ def check(source, reference, tol):
         prefix = f"trace {number}: " if len(traces) > 1 else ""
         if report.tolerance_note:  # a --precision export: say what rounding was allowed for
             click.echo(prefix + report.tolerance_note)
+        for note in report.notes:  # relations a filtered trace cannot show
+            click.echo(prefix + "note: " + note)
         for failure in report.failures:
             click.echo(f"{prefix}FAIL {visible(failure.step_id)}: {visible(failure.message)}")
         checked, failed = checked + report.checked, failed + len(report.failures)
@@ -340,8 +362,22 @@ def models():
                    f"tracer cannot convert)")
 
 
+class RecipeChoice(click.Choice):
+    """The bundled models' recipes by name, read from tracer.train.recipes (plain data: ModelConfig
+    needs no torch) when `tracer train` needs them, not at every start (replay's included)."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from tracer.train.recipes import RECIPES
+
+        return tuple(RECIPES)
+
+
 @cli.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(list(RECIPES)))
+@click.argument("model_name", metavar="MODEL", type=RecipeChoice())
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder to write the model to (default: a new ./trained/MODEL; the bundled model is left alone).")
 @click.option("--force", is_flag=True, help="Replace the model already in --out (needed to rebuild a bundled one).")
@@ -497,9 +533,7 @@ def sessions(ctx, as_json, sessions_dir):
     store = SessionStore(sessions_dir)
     rows = store.list()
     if as_json:
-        import json
-
-        click.echo(json.dumps([row.to_dict() for row in rows], indent=2, ensure_ascii=False))
+        click.echo(json_for_terminal([row.to_dict() for row in rows], indent=2))
         return
     if not rows:
         click.echo(f"No sessions in {visible(store.root)}. Save one with `tracer run TEXT --save NAME`.")

@@ -7,7 +7,6 @@ compare".
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracer.errors import BadInput, TracerError
-from tracer.text import visible
+from tracer.text import json_for_terminal, visible
 from tracer.trace.diff import COMPARED, UNALIGNED, StepDiff, TraceDiff, diff
 from tracer.trace.trace import Trace
 
@@ -78,7 +77,7 @@ def run_diff(source_a: str, source_b: str, *, tol: float, top: int, as_json: boo
                    err=True)
     if as_json:
         document = {"a": a.describe(), "b": b.describe(), **result.to_dict()}
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False))
+        click.echo(json_for_terminal(document, indent=2, allow_nan=False))
     else:
         print_diff(result, a, b, top)
     return 0 if result.equal else 1

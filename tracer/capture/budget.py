@@ -17,7 +17,7 @@ import torch
 
 from tracer.capture.recorder import stored_dtype
 from tracer.capture.run import store_dtype_of, validate_request
-from tracer.capture.select import TapFilter
+from tracer.capture.select import TapFilter, slicing_heads
 from tracer.errors import BadInput
 from tracer.nn.hooks import hooks_attached
 from tracer.nn.loading import LoadedModel
@@ -53,7 +53,11 @@ def probe_taps(loaded: LoadedModel, select: TapFilter | None = None,
     model, arch = loaded.model, loaded.cfg.arch
     ids = torch.zeros(1, 2, dtype=torch.long, device=loaded.device)
     taps = select.taps if select is not None and not select.empty else None
-    with hooks_attached(model, lambda name, value: seen.append((name, value)), taps):
+    record = lambda name, value: seen.append((name, value))  # noqa: E731
+    if select is not None and select.heads is not None:  # only the kept heads count
+        select.check_heads(loaded.cfg.n_heads)
+        record = slicing_heads(record, select, loaded.cfg.n_heads, loaded.cfg.kv_heads, {})
+    with hooks_attached(model, record, taps):
         if arch == "encoder-decoder":
             model.decode(ids, model.encode(ids))
         else:
@@ -147,7 +151,7 @@ def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_t
     hints = []
 
     def fits(**changes) -> int | None:
-        trial = TapFilter(changes.get("only", base.only), changes.get("layers", base.layers), base.steps)
+        trial = TapFilter(changes.get("only", base.only), changes.get("layers", base.layers), base.steps, base.heads)
         size = estimate(loaded, text, max_new_tokens=changes.get("new", max_new_tokens), select=trial,
                         kv_cache=changes.get("kv", kv_cache), chat=chat, lens=changes.get("lens", lens),
                         store_dtype=changes.get("store", store_dtype))["bytes"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import mmap
 
 import numpy as np
 import torch
@@ -36,9 +35,9 @@ class Recorder:
 
     - values on the CPU: a large value that owns its memory and is already in its storage dtype
       is kept as it is (KEEP_AS_IS_BYTES: a prompt pass is never held twice); the others are
-      copied into one buffer per dtype in a slab of the recorder's own (HostSlabs: kept one by
-      one in the C heap, a long decode's many small arrays fragment it), each let go once copied;
-      then the heap's free pages go back to the system (release_freed_memory; BENCHMARKS.md);
+      copied into one buffer per dtype (kept one by one, a long decode's many small arrays
+      fragment the C heap), each let go once copied; then the heap's free pages go back to the
+      system (release_freed_memory; BENCHMARKS.md);
     - values on a device (a model spread over GPUs by accelerate's device_map has several) are
       packed per dtype into one device buffer each (one `cat` kernel), converted there to the
       storage dtype (so a float16 trace moves half the bytes), copied into pinned host memory with
@@ -55,7 +54,6 @@ class Recorder:
         self.select = select  # name -> bool: the taps to hook (None: every one)
         self.store_dtype = store_dtype
         self.values: list[tuple[str, torch.Tensor]] = []
-        self.slabs = HostSlabs()  # where the packed values of this recorder's passes go
         # a value in a weight's or buffer's memory is always copied: the trace must not change when the model does
         self.model_memory = frozenset(t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()))
 
@@ -75,7 +73,7 @@ class Recorder:
         if not values:
             return []
         values = [(name, (value.detach() if value.requires_grad else value)[0]) for name, value in values]
-        out = values_to_host(values, self.store_dtype, slabs=self.slabs, model_memory=self.model_memory)
+        out = values_to_host(values, self.store_dtype, model_memory=self.model_memory)
         release_freed_memory()
         return out
 
@@ -119,45 +117,19 @@ def groups(values: list[tuple[str, torch.Tensor]]) -> dict[tuple[torch.device, t
     return out
 
 
-class HostSlabs:
-    """Host memory for a run's packed values: large anonymous mappings of their own, filled one
-    pass after another. Kept out of the C heap, the trace's bytes never sit between the model's
-    transient tensors, so the heap those leave is reused pass after pass instead of growing (a
-    KV-cached decode reallocates its cache, a little longer, at every step: with the packed rows
-    in the heap between them, a GPT-2-small 128 + 40 decode grew by ~7 MB a step; BENCHMARKS.md).
-    A page is resident only once written; a slab is unmapped when no array uses it any more."""
-
-    SIZE = 64 * 1024 * 1024  # above glibc's largest mmap threshold (32 MB): never from the heap
-
-    def __init__(self):
-        self._slab: np.ndarray | None = None
-        self._used = 0
-
-    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A new 1-D tensor of `numel` values, 64-byte aligned, in the current slab (or a new one)."""
-        nbytes = numel * dtype.itemsize
-        if nbytes > self.SIZE // 4:
-            return torch.empty(numel, dtype=dtype)  # this large, it is a mapping of its own anyway
-        start = -(-self._used // 64) * 64
-        if self._slab is None or start + nbytes > self.SIZE:
-            self._slab, start = np.frombuffer(mmap.mmap(-1, self.SIZE), dtype=np.uint8), 0
-        self._used = start + nbytes
-        return torch.from_numpy(self._slab[start:start + nbytes]).view(dtype)
-
-
-def _new_buffer(numel: int, dtype: torch.dtype, slabs: HostSlabs | None) -> torch.Tensor:
-    return slabs.take(numel, dtype) if slabs is not None else torch.empty(numel, dtype=dtype)
+def _new_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A new 1-D host buffer, numpy's own memory (so numpy's accounting, tracemalloc included, sees the trace)."""
+    return torch.from_numpy(np.empty(numel, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dtype | None = None,
-                   pin: bool = True, slabs: HostSlabs | None = None,
-                   model_memory: frozenset[int] = frozenset()) -> list[tuple[str, np.ndarray]]:
+                   pin: bool = True, model_memory: frozenset[int] = frozenset()) -> list[tuple[str, np.ndarray]]:
     """Tensors (batch axis already dropped) on any mix of devices -> numpy, in recording order:
     one packed copy per (device, dtype) and one synchronisation per CUDA device (see Recorder).
 
     `values` is emptied as the CPU values are copied (so that each is freed then); pass a copy to keep it.
-    `slabs`: where the packed copies go (None: ordinary allocations); `model_memory`: the storages
-    (data pointers) of the model's weights and buffers, which a value is never kept in."""
+    `model_memory`: the storages (data pointers) of the model's weights and buffers, which a value
+    is never kept in."""
     found = groups(values)
     out: list[np.ndarray | None] = [None] * len(values)
     staged = []  # (indices, shapes, host buffer that a non-blocking copy is filling)
@@ -169,12 +141,12 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
         devices.add(device)
     for (device, dtype), indices in found.items():  # host copies while the device copies run
         if device.type == "cpu":
-            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out, slabs, model_memory)
+            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out, model_memory)
     for device in devices:
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this device's pass
     for indices, shapes, buffer in staged:
-        flat = _new_buffer(buffer.numel(), buffer.dtype, slabs)
+        flat = _new_buffer(buffer.numel(), buffer.dtype)
         flat.copy_(buffer)  # out of pinned memory in one memcpy
         _unpack(flat.numpy(), indices, shapes, out)
     names = [name for name, _ in values]
@@ -182,7 +154,7 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
     return list(zip(names, out))
 
 
-def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list, slabs: HostSlabs | None = None,
+def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list,
                   model_memory: frozenset[int] = frozenset()) -> None:
     """CPU values -> views of one new numpy buffer, converted to `dtype` as they are copied.
 
@@ -200,7 +172,7 @@ def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: lis
     indices = small + large
     shapes = [tuple(values[i][1].shape) for i in indices]
     sizes = [values[i][1].numel() for i in indices]
-    flat = _new_buffer(sum(sizes), dtype, slabs)
+    flat = _new_buffer(sum(sizes), dtype)
     offset = sum(sizes[:len(small)])
     if small:
         torch.cat([values[i][1].reshape(-1) for i in small], out=flat[:offset])  # converts as it copies

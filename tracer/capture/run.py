@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import torch
 from tracer.capture.familiar import familiarity
 from tracer.capture.lens import with_lens
 from tracer.capture.recorder import STORE_DTYPES, Recorder
-from tracer.capture.select import TapFilter
+from tracer.capture.select import TapFilter, slicing_heads
 from tracer.errors import BadInput
 from tracer.nn.loading import LoadedModel
 from tracer.nn.model import KVCache
@@ -98,7 +99,8 @@ def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
 @torch.no_grad()
 def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, traced: bool = False,
              chat: bool = False, lens: bool = False, kv_cache: bool = True,
-             select: TapFilter | None = None, store_dtype: str | None = None) -> GenerationResult:
+             select: TapFilter | None = None, sink: Callable[[list[Step]], None] | None = None,
+             store_dtype: str | None = None) -> GenerationResult:
     """Greedy decoding; with `traced`, every tap of every forward pass is recorded (and, with `lens`,
     each layer's logit lens: tracer.capture.lens); with `chat`, the text is one user message in the
     model's chat template.
@@ -109,6 +111,10 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     `select` records only some taps and decoding steps (tracer/capture/select.py); a kept decoding
     step among left-out ones is recorded whole, so its tensors stand alone: under a KV cache its
     pass re-runs the prefix, and the cached pass that feeds the decode runs unrecorded.
+
+    `sink` (traced runs) is handed each recorded pass's steps, in order, once the pass is complete
+    (its extras set, its lens steps added), before the next pass runs: a session writer puts them
+    on disk there (tracer.trace.session_writer), so the run holds one pass in memory, not the trace.
     `store_dtype` (float32, float16; None: as computed) is what the trace stores floating values as."""
     ids, tokens, max_new_tokens, top_k = validate_request(loaded, text, max_new_tokens, top_k, chat)
     storage = store_dtype_of(store_dtype)
@@ -117,20 +123,39 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
     recorder = None
     if traced:
         recorder = Recorder(model, select.taps if select is not None else None, store_dtype=storage)
+    heads: dict[str, dict] = {}  # with --heads: each sliced tap's `heads` extra
+    if recorder is not None and select is not None and select.heads is not None:
+        select.check_heads(loaded.cfg.n_heads)
+        recorder.record = slicing_heads(recorder.record, select, loaded.cfg.n_heads, loaded.cfg.kv_heads, heads)
     steps: list[Step] = []
+    complete = 0  # steps[:complete] belong to passes already finished (see finish_pass)
     rows_so_far: dict[str, int] = {}  # a KV-cached decode: rows each tap has recorded in earlier passes
 
     def forward(fn, own: list[str], source: list[str] | None = None, t: int | None = None, cached: bool = False):
         """Run fn once, recording its taps as steps tagged with decoding step t."""
         if recorder is None:
             return fn()
+        finish_pass()
         if select is not None and not select.keeps_step(t):
             out = fn()
             recorder.discard()
             return out
-        out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None)
+        out, recorded = record_pass(recorder, fn, own, source, t, rows_so_far if cached else None, heads)
         steps.extend(recorded)
         return out
+
+    def finish_pass() -> None:
+        """The pass recorded last is complete once the next one is about to run (or the run ends):
+        the predictions made from its output are in its `probs` step's extras by then. Add its
+        logit lens, after its `probs` step, and hand it to the sink."""
+        nonlocal complete
+        new = steps[complete:]
+        if lens and new:
+            new = steps[complete:] = with_lens(loaded, new, top_k, store_dtype=store_dtype)
+            recorder.discard()  # the lens ran the final norm, whose taps are hooked: not a pass of the model
+        if sink is not None and new:
+            sink(new)
+        complete = len(steps)
 
     def tensor(seq: list[int]) -> torch.Tensor:
         return torch.tensor([seq], dtype=torch.long, device=device)
@@ -184,11 +209,11 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
                 if chosen["id"] in tok.stop_ids:
                     break
                 generated.append(chosen["id"])
+        if recorder is not None:
+            finish_pass()
     output_tokens = [tok.token(i) for i in generated]
     result = GenerationResult(ids, tokens, generated, output_tokens, tok.decode(generated), predictions)
     if traced:
-        if lens:
-            steps = with_lens(loaded, steps, top_k, store_dtype=store_dtype)
         result.trace = Trace(
             steps,
             model={"name": loaded.cfg.name, "arch": arch, "config": loaded.cfg.to_dict(),
@@ -214,13 +239,14 @@ def store_dtype_of(name: str | None) -> torch.dtype | None:
 
 
 def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None = None, t: int | None = None,
-                rows_so_far: dict[str, int] | None = None):
+                rows_so_far: dict[str, int] | None = None, heads: dict[str, dict] | None = None):
     """Run fn once (inside `recorder.attached()`); return its output and the pass's steps.
 
     The values come to the host in one batch after the pass (see Recorder.pass_values).
     `rows_so_far` (a KV-cached decode, shared by its passes): how many rows of its position (query)
     axis each tap recorded before. A step of a later pass holds only its new rows and says how many
-    came before (`Step.cached`); its token labels are those of the full tensor the Trace assembles."""
+    came before (`Step.cached`); its token labels are those of the full tensor the Trace assembles.
+    `heads`: the `heads` extra of each tap a `--heads` filter sliced (tracer/capture/select.py)."""
     out = fn()
     steps = []
     for name, array in recorder.pass_values():
@@ -232,7 +258,8 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
             rows_so_far[name] = cached + array.shape[axis]
             full_shape = array.shape[:axis] + (cached + array.shape[axis],) + array.shape[axis + 1:]
         labels = anatomy.token_labels(name, axes, own, source, full_shape)
-        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, cached=cached))
+        extra = {"heads": heads[name]} if heads and name in heads else None
+        steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, extra, cached=cached))
     return out, steps
 
 
@@ -243,10 +270,11 @@ def last_probs(steps: list[Step]) -> Step:
 
 def trace_text(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None, chat: bool = False,
                lens: bool = False, kv_cache: bool = True, select: TapFilter | None = None,
-               store_dtype: str | None = None) -> Trace:
-    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace."""
+               sink: Callable[[list[Step]], None] | None = None, store_dtype: str | None = None) -> Trace:
+    """Run greedy decoding on `text` (with `chat`, in the model's chat template) and return its Trace
+    (`sink`: each pass's steps as they are recorded, see generate)."""
     return generate(loaded, text, max_new_tokens=max_new_tokens, top_k=top_k, traced=True, chat=chat, lens=lens,
-                    kv_cache=kv_cache, select=select, store_dtype=store_dtype).trace
+                    kv_cache=kv_cache, select=select, sink=sink, store_dtype=store_dtype).trace
 
 
 def device_label(device: torch.device) -> str:

@@ -30,6 +30,7 @@ RANGES = {
     "head_dim": (1, 65536), "n_kv_heads": (1, 4096), "token_types": (0, 1024),
     "decoder_vocab_size": (1, 2**22), "relative_buckets": (1, 4096), "relative_max_distance": (1, 2**24),
     "layer_norm_eps": (0.0, 1.0), "dropout": (0.0, 1.0), "rotary_base": (0.0, 1e12),
+    "sliding_window": (1, 2**24),
 }
 EXCLUSIVE_LOW = {"layer_norm_eps", "rotary_base"}   # must be above the low end, not at it
 EXCLUSIVE_HIGH = {"dropout"}
@@ -76,6 +77,10 @@ class ModelConfig:
     rotary_base: float = 10000.0   # RoPE base θ: the slowest rotation has wavelength ~2π·θ
     rotary_scaling: dict | None = None  # RoPE frequency rescaling: {"type": "llama3", "factor", "low_freq_factor",
                                    # "high_freq_factor", "original_max_positions"} (Llama 3.1/3.2); None = plain RoPE
+    sliding_window: int | None = None  # a decoder's attention window: each query attends to itself and the
+                                   # w − 1 keys before it, key j > query i − w (Mistral, Qwen2); None = all earlier keys
+    sliding_layers: list[int] | None = None  # the layers (0-based) that use the window (Qwen2's layer_types);
+                                   # None = every layer
     token_types: int = 0           # rows of a token-type (segment) embedding, BERT; every token is type 0; 0 = none
     embed_norm: bool = False       # a layer norm on the summed embeddings before layer 0 (BERT)
     mlm_head: bool = False         # BERT's MLM transform before the tied decoder: dense, activation, layer norm
@@ -130,6 +135,7 @@ class ModelConfig:
         if self.output != "logits" and self.arch != "encoder":
             raise BadInput(f"config: output {self.output!r} needs an encoder, not {self.arch!r}")
         self._validate_rotary_scaling()
+        self._validate_sliding_window()
         if self.positional == "rotary" and self.d_head % 2:
             raise BadInput(f"config: rotary positions need an even d_head, not {self.d_head}")
         return self
@@ -147,6 +153,22 @@ class ModelConfig:
         unknown = sorted(set(scaling) - {"type", *LLAMA3_SCALING_KEYS})
         if unknown:
             raise BadInput(f"config: rotary_scaling has unknown key(s) {', '.join(unknown)}")
+
+    def _validate_sliding_window(self) -> None:
+        if self.sliding_window is not None and self.arch != "decoder":
+            raise BadInput(f"config: sliding_window needs a decoder, not {self.arch!r}")
+        layers = self.sliding_layers
+        if layers is None:
+            return
+        if self.sliding_window is None:
+            raise BadInput("config: sliding_layers needs a sliding_window")
+        if not isinstance(layers, list) or any(type(i) is not int or not 0 <= i < self.n_layers for i in layers):
+            raise BadInput(f"config: sliding_layers must be a list of layer numbers 0…{self.n_layers - 1}, "
+                           f"not {_shown(layers)}")
+
+    def windowed(self, layer: int) -> bool:
+        """Whether this layer's self-attention is restricted to the sliding window."""
+        return self.sliding_window is not None and (self.sliding_layers is None or layer in self.sliding_layers)
 
     def parameter_estimate(self) -> int:
         """About how many float values building this model allocates: weights plus the position

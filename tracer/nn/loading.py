@@ -84,6 +84,7 @@ def locate_model(name_or_path: str | os.PathLike | None) -> ModelSource:
         raise BadInput(f"model folder {path} does not exist")
     if not path.is_dir():
         raise BadInput(f"--model {path} is a file; it must be a folder holding {', '.join(MODEL_FILES)}")
+    refuse_special_files(path)
     model_type = hf_model_type(path)
     if model_type is not None:
         return ModelSource("folder", path, model_type)
@@ -95,11 +96,30 @@ def locate_model(name_or_path: str | os.PathLike | None) -> ModelSource:
     return ModelSource("folder", path)
 
 
+# the kinds of file a model folder's loader opens (weights, configs, tokenizers, chat templates, vocabularies)
+OPENED_SUFFIXES = (".json", ".safetensors", ".model", ".spm", ".jinja", ".txt")
+
+
+def refuse_special_files(folder: Path) -> None:
+    """A FIFO or device among the files a model folder's loader opens (top level and one folder down,
+    where sentence-transformers keeps its modules) is refused by name before anything opens it: the
+    tokenizer and safetensors libraries would block on a FIFO for ever. (A pickle file is never
+    opened; it is refused by name elsewhere.)"""
+    from tracer.reading import special_kind
+
+    entries = [*folder.iterdir(), *(child for sub in folder.iterdir() if sub.is_dir() for child in sub.iterdir())]
+    for path in sorted(entries):
+        kind = special_kind(path) if path.suffix in OPENED_SUFFIXES else None
+        if kind is not None:
+            raise BadInput(f"{path}: is {kind}, not a regular file; a model folder holds plain files")
+
+
 def hub_source(name: str) -> ModelSource:
     from tracer.nn import hub
     from tracer.nn.hf_folder import hf_model_type
 
     snapshot = hub.resolve_hub_name(name)
+    refuse_special_files(snapshot.path)
     return ModelSource("hub", snapshot.path, hf_model_type(snapshot.path), snapshot.repo_id, snapshot.revision,
                        snapshot.commit)
 

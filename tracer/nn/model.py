@@ -159,12 +159,16 @@ class RMSNorm(nn.Module):
 
 
 class T5RMSNorm(RMSNorm):
-    """T5's RMS norm (T5LayerNorm): only the mean square is computed in float32; x itself is scaled in the
-    model's dtype (in a float32 model the same as RMSNorm)."""
+    """T5's RMS norm (T5LayerNorm): only the mean square is computed in float32, x scaled by it in the wider
+    of the two dtypes; in a half-precision model the result is cast to the weight's dtype before the weight
+    multiplies it (in a float32 model the same as RMSNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        return self.hook_normalized(self.weight * (x * torch.rsqrt(variance + self.eps)))
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.hook_normalized(self.weight * x)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -179,7 +183,15 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return F.relu(x)
     if activation in ("silu", "swiglu"):
         return F.silu(x)
-    return F.gelu(x, approximate="tanh" if activation in ("gelu_tanh", "gated_gelu_tanh") else "none")
+    if activation in ("gelu_tanh", "gated_gelu_tanh"):
+        return gelu_tanh(x)
+    return F.gelu(x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation written out op by op, as transformers' `gelu_new` (GPT-2, T5 v1.1) computes
+    it: in bfloat16 each op rounds, and torch's fused `gelu(approximate="tanh")` rounds once, which differs."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
 class KVCache:
@@ -187,7 +199,8 @@ class KVCache:
 
     One entry per attention module: its K and V so far, (B, T, Hkv, dh), after RoPE. `seen` is how
     many positions the decoder has run (the next pass's first position). Cross-attention's keys and
-    values come from the encoder's output, which does not change: they are computed once."""
+    values come from the encoder's output, which does not change: they are computed once. Under a
+    sliding window every key stays cached; the mask hides those older than the window."""
 
     def __init__(self):
         self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -261,7 +274,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
             v = v.repeat_interleave(H // Hkv, dim=2)
         raw = self.hook_attn_raw(q.transpose(1, 2) @ k.permute(0, 2, 3, 1))        # (B, H, Tq, Tk)
-        scaled = self.hook_attn_scaled(raw / math.sqrt(dh)) if self.scale else raw  # (B, H, Tq, Tk)
+        # times dh^-0.5 rather than ÷ √dh, as transformers does: the two round differently in bfloat16
+        scaled = self.hook_attn_scaled(raw * dh ** -0.5) if self.scale else raw    # (B, H, Tq, Tk)
         if bias is not None:                                                        # (1, H, Tq, Tk)
             scaled = scaled + self.hook_attn_bias(bias.expand(B, -1, -1, -1))
         mask = self.hook_mask(mask)                                                 # (B, Tq, Tk)
@@ -459,16 +473,22 @@ class Stack(nn.Module):
         x = self.dropout(x)
         valid = torch.ones(B, T, dtype=torch.bool, device=ids.device) if padding is None else padding
         mask = valid[:, None, :].expand(B, Tn, T)                                   # (B, Tn, T): new queries, all keys
+        windowed = None
         if self.causal:
-            mask = mask & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()[start:]
+            query = torch.arange(start, T, device=ids.device)[:, None]            # (Tn, 1) the new queries' positions
+            key = torch.arange(T, device=ids.device)[None, :]                      # (1, T)
+            if self.cfg.sliding_window is not None:   # the last w keys only, as transformers: key > query − w
+                windowed = mask & (key <= query) & (key > query - self.cfg.sliding_window)
+            mask = mask & (key <= query)
         cross_mask = None
         if memory is not None:
             S = memory.shape[1]
             memory_valid = torch.ones(B, S, dtype=torch.bool, device=ids.device) if memory_padding is None else memory_padding
             cross_mask = memory_valid[:, None, :].expand(B, Tn, S)                  # (B, Tn, S)
         bias = self.rel_pos(Tn, T) if self.cfg.positional == "relative" else None  # the new queries' rows
-        for block in self.layers:
-            x = block(x, mask, memory, cross_mask, bias, cache)
+        for layer, block in enumerate(self.layers):
+            layer_mask = windowed if windowed is not None and self.cfg.windowed(layer) else mask
+            x = block(x, layer_mask, memory, cross_mask, bias, cache)
         if cache is not None:
             cache.seen = T
         if self.cfg.norm == "pre":
@@ -494,9 +514,11 @@ class Stack(nn.Module):
         if self.cfg.head_scale != 1.0:
             x = x * self.cfg.head_scale                                             # T5 v1.0's tied head
         weight = self.W_E.weight if self.cfg.tie_embeddings else self.W_U.weight
+        if self.cfg.mlm_head and self.cfg.logits_bias:
+            return F.linear(x, weight, self.b_U)   # BERT's decoder: one linear layer, the bias added in the matmul
         logits = x @ weight.T                                                       # (B, [T,] vocab)
         if self.cfg.logits_bias:
-            logits = logits + self.b_U
+            logits = logits + self.b_U     # Marian: the final_logits_bias added to the head's output
         return logits
 
     def sentence_embedding(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -382,19 +382,31 @@ def render_chat_template(template: str, messages: list[dict], **specials: str) -
 
 
 def train_tokenizer(texts, vocab_size: int, cfg: ModelConfig) -> Tokenizer:
-    """A lowercasing BPE tokenizer trained on `texts`, with the config's special tokens.
+    """A lowercasing BPE tokenizer trained on `texts`, with the config's special tokens; the same
+    ids and merges on every run.
 
     Characters it never saw become the unknown token, which the trace shows as such.
+    The `tokenizers` BPE trainer numbers the characters it meets in hash-map order and breaks
+    ties between equally frequent pairs by those numbers, so two runs on the same text can
+    give different ids and merges. Registering every character (and its `##` form) up front,
+    in sorted order, fixes the numbering and with it the tie-breaks; they are then taken off
+    the added-token list, so they are ordinary vocabulary, not tokens matched in raw text.
     """
+    import json
+
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+    texts = list(texts)
     specials = [cfg.pad_token, cfg.bos_token, cfg.eos_token, cfg.unk_token, cfg.mask_token]
     tokenizer = Tokenizer(models.BPE(unk_token=cfg.unk_token, continuing_subword_prefix="##"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, continuing_subword_prefix="##", show_progress=False
-    )
+    alphabet = sorted({c for text in texts for c in tokenizer.normalizer.normalize_str(text) if not c.isspace()})
+    symbols = alphabet + [f"##{c}" for c in alphabet]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + symbols,
+                                  continuing_subword_prefix="##", show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
+    data = json.loads(tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in specials]
+    return Tokenizer.from_str(json.dumps(data))

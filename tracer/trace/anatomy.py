@@ -204,7 +204,8 @@ _KINDS = (
          (rule("{attn}.hook_attn_raw"),), source_axes=("key",)),
     Kind("attn_bias", SCORES, "relative position bias: one learned number per (distance bucket, head), T5",
          "+ position bias", BY_MODULE, "attn_bias", (rule("stack:hook_tokens"),), source_axes=("key",)),
-    Kind("mask", (("query", "key"),), "mask, bool (true = may attend)", "mask", BY_MODULE, "mask",
+    Kind("mask", (("query", "key"),), "mask, bool (true = may attend; a decoder: causal, and within the sliding "
+         "window where the config has one)", "mask", BY_MODULE, "mask",
          (rule("stack:hook_tokens"),), source_axes=("key",)),
     Kind("attn_scores", SCORES, "masked scores (pre-softmax; T5: raw + position bias, then masked)", "masked scores",
          BY_MODULE, "attn_scores",

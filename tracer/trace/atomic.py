@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,9 +24,12 @@ import orjson
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write to a temp file beside `path`, fsync, then rename over it; on any error, remove the temp."""
+    """Write to a temp file beside `path`, fsync, then rename over it; on any error, remove the temp.
+
+    The temp is `.NAME.PID-xxxx.tmp`: a writer killed before the rename leaves it behind, and
+    `remove_dead_temps` tells it from a live writer's by the pid."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -39,6 +43,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_dead_temps(folder: str | os.PathLike) -> None:
+    """Delete the temp files that writers killed mid-`atomic_write` left in `folder` (their pid is gone)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TEMP.match(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not pid_alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def current_umask() -> int:

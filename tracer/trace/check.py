@@ -3,6 +3,12 @@
 Each check recomputes a step from the steps it was computed from (in float64) and compares;
 which steps those are is the anatomy's dataflow (tracer/trace/anatomy.py).
 
+A KV-cached decoding step is checked on the rows its pass computed (`Step.rows`), from its
+sources' same rows and, where a relation reads along the keys (Q·Kᵀ's keys, pattern·V's values),
+every position's keys or values. The full t × t attention matrices are never assembled, so a long
+decode checks in time and memory linear in its trace; the earlier rows were checked at their own
+steps. Tensors are read for a moment and not kept (`Step.peek`): memory stays near one step.
+
 A trace exported with `--precision p` holds values rounded to p significant digits: each is off
 by at most ε = 0.5·10^(1−p) of its size. Each relation then tolerates exactly what that rounding
 can do to it, carried through its arithmetic (`ROUNDING`), on top of float arithmetic's own
@@ -26,7 +32,7 @@ import numpy as np
 
 from tracer.trace import anatomy
 from tracer.trace.check_training import check_training
-from tracer.trace.step import Step, parse_name, split_id
+from tracer.trace.step import Step, kv_columns, parse_name, row_axis, split_id
 from tracer.trace.trace import Trace
 
 
@@ -42,6 +48,7 @@ class CheckReport:
     failures: list[Failure]
     skipped: list[str] = field(default_factory=list)  # ids of steps of kinds tracer does not know
     precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
+    notes: list[str] = field(default_factory=list)  # relations not checked, and why (a --heads trace's concat)
     store_dtype: str | None = None  # the capture's --store-dtype (float16: rounded to 11 bits)
 
     @property
@@ -128,10 +135,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _shared_heads(kv: np.ndarray, n_heads: int, config: dict) -> np.ndarray:
+def _shared_heads(kv: np.ndarray, n_heads: int, config: dict, query: Step | None = None,
+                  keys: Step | None = None) -> np.ndarray:
     """K or V with one head per query head. Under grouped-query attention (the config's n_kv_heads)
     key/value head j serves the g query heads j·g … j·g + g − 1, g = n_heads / n_kv_heads; any
-    other head count is a damaged trace."""
+    other head count is a damaged trace. A `--heads` trace's steps hold some heads (`Step.heads`):
+    `query`, the step whose head axis is the queries', and `keys`, the K or V step, map them."""
+    if query is not None and keys is not None and ("heads" in query.extra or "heads" in keys.extra):
+        columns = kv_columns(query, keys)
+        if columns is None:
+            raise ValueError(f"{keys.heads} of {keys.heads_of} key/value heads do not serve query heads {query.heads}")
+        return kv[:, columns]
     if kv.shape[1] == n_heads:
         return kv
     if kv.shape[1] != config.get("n_kv_heads") or n_heads % kv.shape[1]:
@@ -181,6 +195,7 @@ class _Checker:
         self.skipped: list[str] = []
         self.checked = 0
         self._broken: set[tuple[str, int | None]] = set()
+        self.notes: set[str] = set()
         self.store_dtype = (trace.capture or {}).get("store_dtype")
         self.eps = rounding_epsilon(trace.precision, self.store_dtype)
         # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
@@ -188,13 +203,41 @@ class _Checker:
 
     def get(self, name: str, t: int | None) -> np.ndarray | None:
         step_id = anatomy.with_step(name, t)
-        return self.trace[step_id] if step_id in self.trace else None
+        return self.trace.step(step_id).peek() if step_id in self.trace else None
+
+    def row_wise(self, step: Step) -> bool:
+        """Whether `step` is checked on its new rows only (a KV-cached step, of a kind whose relation
+        holds row by row)."""
+        return bool(step.cached) and step.kind not in WHOLE
+
+    def value(self, step: Step) -> np.ndarray:
+        """What is checked of `step`: its new rows (row_wise), else the whole tensor; not kept."""
+        return step.peek_rows() if self.row_wise(step) else step.peek()
+
+    def rows_like(self, source: Step, step: Step) -> np.ndarray:
+        """`source`'s rows that line up with the rows `step` computed (row_wise)."""
+        if source.cached == step.cached:
+            return source.peek_rows()
+        axis = row_axis(source.axes)
+        data = source.peek()
+        if axis is None:
+            return data
+        return np.take(data, np.arange(step.cached, data.shape[axis]), axis=axis)
+
+    def inputs(self, step: Step, ids: list[str]) -> list[np.ndarray]:
+        """The sources' values, as the relation of `step` reads them."""
+        if not self.row_wise(step):
+            return [self.trace.step(step_id).peek() for step_id in ids]
+        along_keys = KEY_SIDE.get(step.kind, ())
+        return [self.trace.step(step_id).peek() if n in along_keys else self.rows_like(self.trace.step(step_id), step)
+                for n, step_id in enumerate(ids)]
 
     def expect(self, step: Step, expected: np.ndarray, what: str, *inputs: np.ndarray, rounding=0.0) -> None:
         self.checked += 1
-        if self.eps and np.issubdtype(step.data.dtype, np.floating):
-            rounding = rounding + self.rel * np.abs(step.data.astype(np.float64))  # the step's own rounding
-        ok, detail = _close(step.data, expected, self.tolerance(step.data, *inputs), rounding)
+        actual = self.value(step)
+        if self.eps and np.issubdtype(actual.dtype, np.floating):
+            rounding = rounding + self.rel * np.abs(actual.astype(np.float64))  # the step's own rounding
+        ok, detail = _close(actual, expected, self.tolerance(actual, *inputs), rounding)
         if not ok:
             self.fail(step.id, f"{what}: {detail}")
 
@@ -220,7 +263,7 @@ class _Checker:
                 what, recompute = relation
                 ids = anatomy.sources(step.id, self.trace)
                 if ids and all(ids):
-                    inputs = [self.trace[step_id] for step_id in ids]
+                    inputs = self.inputs(step, ids)
                     expected = recompute(self, step, *inputs)
                     if expected is not None:  # None: a step it also needs is not recorded
                         bound = ROUNDING.get(step.kind) if self.eps else None
@@ -238,16 +281,23 @@ class _Checker:
                           f"cannot be recomputed from its inputs ({str(exc).splitlines()[0][:120]})")
 
     def sibling(self, step: Step, ref: str) -> np.ndarray | None:
-        """A step beside this one that is not among its sources (e.g. its attention's queries)."""
+        """A step beside this one that is not among its sources (e.g. its attention's queries); its rows
+        that line up with this step's when this one is checked row by row."""
         step_id = anatomy.resolve(ref, anatomy.Place.of(step.id, self.trace), self.trace)
-        return self.trace[step_id] if step_id else None
+        if not step_id:
+            return None
+        other = self.trace.step(step_id)
+        return self.rows_like(other, step) if self.row_wise(step) else other.peek()
 
     # -- the relations: a step recomputed from its sources ----------------------------
     def total(self, step: Step, *parts: np.ndarray) -> np.ndarray:
         return sum((part.astype(np.float64) for part in parts[1:]), parts[0].astype(np.float64))
 
+    def source_step(self, step: Step, position: int) -> Step:
+        return self.trace.step(anatomy.sources(step.id, self.trace)[position])
+
     def scores_raw(self, step: Step, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {})
+        k = _shared_heads(k, q.shape[1], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64))
 
     def scores_scaled(self, step: Step, raw: np.ndarray) -> np.ndarray | None:
@@ -268,10 +318,14 @@ class _Checker:
         return _softmax(scores)
 
     def weighted_values(self, step: Step, pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
-        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {})
+        v = _shared_heads(v, pattern.shape[0], self.trace.model.get("config") or {}, step, self.source_step(step, 1))
         return np.einsum("hqk,khd->qhd", pattern.astype(np.float64), v.astype(np.float64))
 
-    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray:
+    def heads_side_by_side(self, step: Step, z: np.ndarray) -> np.ndarray | None:
+        kept = self.source_step(step, 0)
+        if len(kept.heads) != kept.heads_of:  # a --heads trace: the concatenation needs every head
+            self.notes.add(f"{step.kind}: not checked where --heads kept only some heads (the concatenation needs all)")
+            return None
         return z.reshape(z.shape[0], -1).astype(np.float64)
 
     # -- what rounded inputs can do to each relation (exports with --precision) --------
@@ -322,7 +376,7 @@ class _Checker:
         config = self.trace.model.get("config") or {}
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
-        out = step.data.astype(np.float64)
+        out = self.value(step).astype(np.float64)
         if config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and step.component not in ("ln_embed", "ln_mlm"):
             scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
             xhat = x / scale
@@ -353,7 +407,7 @@ class _Checker:
             dcentred = dx + dx.mean(-1, keepdims=True)
             dscale = (np.abs(xhat) * dcentred).mean(-1, keepdims=True)
             dxhat = dcentred / scale + np.abs(xhat) * dscale / scale
-        dout = self.rel * np.abs(step.data.astype(np.float64))
+        dout = self.rel * np.abs(self.value(step).astype(np.float64))
         moved = dout + weight * dxhat
         spread = fit["spread"]
         dweight = np.divide((np.abs(fit["spread_of"]) * moved).sum(0), spread, out=np.zeros_like(spread), where=spread > 1e-12)
@@ -376,7 +430,7 @@ class _Checker:
     def weights(self, step: Step) -> None:
         """Attention weights: each row sums to 1, and a masked position has no weight."""
         self.checked += 1
-        pattern = step.data
+        pattern = self.value(step)
         sums = pattern.astype(np.float64).sum(-1)
         # rounded weights: their sum is off by at most ε' of itself
         if not np.allclose(sums, 1.0, atol=self.tolerance(pattern) + self.rel * float(np.abs(sums).max(initial=0.0))):
@@ -390,7 +444,8 @@ class _Checker:
         of one bucket holds the same number (the encoder's buckets bidirectional, the decoder's
         one-directional: a key after the query shares bucket 0 with the query itself)."""
         config = self.trace.model.get("config") or {}
-        bias = step.data.astype(np.float64)
+        data = self.value(step)
+        bias = data.astype(np.float64)
         if bias.ndim != 3:
             raise ValueError(f"a position bias is [head, query, key], not rank {bias.ndim}")
         self.checked += 1
@@ -400,7 +455,7 @@ class _Checker:
                                    int(config.get("relative_buckets", 32)), int(config.get("relative_max_distance", 128)))
         for bucket in np.unique(buckets):
             cells = bias[:, buckets == bucket]                                   # (head, cells)
-            if np.any(np.abs(cells - cells[:, :1]) > self.tolerance(step.data)):
+            if np.any(np.abs(cells - cells[:, :1]) > self.tolerance(data)):
                 distances = sorted(set(relative[buckets == bucket].tolist()))
                 self.fail(step.id, f"bucket {int(bucket)} (key − query in {distances[0]}…{distances[-1]}) holds "
                                    "different values; the bias must depend only on the distance's bucket")
@@ -409,28 +464,42 @@ class _Checker:
     def tanh_range(self, step: Step) -> None:
         """A tanh's output lies in [−1, 1] (BERT's pooler; its weights are not recorded)."""
         self.checked += 1
-        if np.any(np.abs(step.data.astype(np.float64)) > 1.0):
+        if np.any(np.abs(self.value(step).astype(np.float64)) > 1.0):
             self.fail(step.id, "values outside [−1, 1], which a tanh cannot give")
 
     def same_row_everywhere(self, step: Step) -> None:
         """Every token is type 0, so every position gets the same row of the token-type table."""
         self.checked += 1
-        data = step.data
+        data = self.value(step)
         if len(data) and not np.array_equal(data, np.broadcast_to(data[:1], data.shape)):
             self.fail(step.id, "positions differ, but every token is type 0")
 
     def causal_mask(self, step: Step) -> None:
-        if step.component != "attn" or not anatomy.Place.of(step.id, self.trace).causal:
+        """A decoder's self-attention sees keys j ≤ i; under a sliding window w (the config's `sliding_window`,
+        in its `sliding_layers`, or every layer) only j > i − w too, the last w keys."""
+        place = anatomy.Place.of(step.id, self.trace)
+        if step.component != "attn" or not place.causal:
             return
         self.checked += 1
-        mask = step.data
-        if not np.array_equal(mask, np.tril(np.ones_like(mask, dtype=bool))):
+        mask = self.value(step)  # a KV-cached step's rows: the last rows of the (windowed) causal mask
+        if mask.ndim != 2:
+            self.fail(step.id, "a decoder's self-attention mask must be causal")
+            return
+        ones = np.ones_like(mask, dtype=bool)
+        offset = mask.shape[1] - mask.shape[0]  # the row's query position minus its index here
+        config = self.trace.model.get("config") or {}
+        window, layers = config.get("sliding_window"), config.get("sliding_layers")
+        if isinstance(window, int) and (layers is None or (isinstance(layers, list) and place.layer in layers)):
+            expected = np.tril(ones, offset) & ~np.tril(ones, offset - window)
+            if not np.array_equal(mask, expected):
+                self.fail(step.id, f"this layer's self-attention mask must be causal within a sliding window of {window} keys")
+        elif not np.array_equal(mask, np.tril(ones, offset)):
             self.fail(step.id, "a decoder's self-attention mask must be causal")
 
     def predictions(self, step: Step) -> None:
         """Greedy decoding: the chosen token is the argmax (of the tokens the trace header's
         `tokenization.suppressed` lets it choose), and the top-k are the probabilities."""
-        probs = step.data
+        probs = self.value(step)
         tokenization = self.trace.model.get("tokenization")
         listed = tokenization.get("suppressed") if isinstance(tokenization, dict) else None  # free-form header field
         suppressed = [i for i in listed if isinstance(i, int) and 0 <= i < probs.shape[-1]] if isinstance(listed, list) else []
@@ -498,6 +567,11 @@ RELATIONS = {
     "sentence_embedding": ("divided by its length", _Checker.unit_length),
     "class_probs": ("softmax of the class scores", _Checker.softmax),
 }
+# kinds whose relation needs every position even at a KV-cached step: a norm's weights are fitted
+# over the positions (checked on the full tensor, O(positions) per step), a mean is over all tokens
+WHOLE = frozenset({"normalized", "mean_pooled"})
+# kind -> the inputs (by position) that a row of it reads along the keys: every position's, not the new rows
+KEY_SIDE = {"attn_raw": (1,), "z": (1,)}
 # kind -> what rounding its inputs (a --precision export) can do to the recomputed values
 ROUNDING = {
     "resid_pre": _Checker.rounding_of_sum, "resid_mid": _Checker.rounding_of_sum,
@@ -526,4 +600,5 @@ def check_trace(trace: Trace) -> CheckReport:
     checked, failures = check_training(trace)
     checker.checked += checked
     checker.failures += [Failure(step_id, message) for step_id, message in failures]
-    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, checker.store_dtype)
+    return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, sorted(checker.notes),
+                       checker.store_dtype)

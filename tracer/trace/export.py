@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import orjson
 
 from tracer.errors import BadInput
-from tracer.text import visible
+from tracer.text import human_size, visible
 from tracer.errors import TracerError
 from tracer.trace.atomic import atomic_write
 from tracer.trace.schema import validate_trace
@@ -44,14 +46,16 @@ def nonfinite_fields(array: np.ndarray) -> dict:
 
 
 def step_json(step, precision: int | None = None) -> bytes:
-    array = step.rows  # a KV-cached step: its new rows only (docs/format.md)
+    """One step as JSON. A KV-cached step writes its new rows only (docs/format.md), and its stats
+    only when already computed: computing them would assemble the full tensor from every earlier step."""
+    array = step.rows
     if precision is not None and np.issubdtype(array.dtype, np.floating):
         array = round_significant(array, precision)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)  # orjson encodes float16 arrays only via float32
     # orjson reads C-contiguous buffers only; ascontiguousarray makes a 0-d array 1-d, so a scalar is written as one
     array = np.ascontiguousarray(array) if array.ndim else array.item()
-    body = step.meta()
+    body = step.meta(stats=not step.cached)
     body.update(nonfinite_fields(step.rows))
     body["data"] = array
     return orjson.dumps(body, option=_OPTIONS)
@@ -71,8 +75,66 @@ def refuse_session_folder(path: str | os.PathLike) -> None:
         raise BadInput(f"{visible(path)}: is inside session folder {visible(folder)}; write the export elsewhere")
 
 
-def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None) -> None:
-    """Stream the trace to `path` one step at a time, atomically.
+# Bytes orjson writes per number, its comma included. Measured on GPT-2-small-shaped traces (random
+# weights) and the bundled models' (tests/test_export.py holds the estimate to ESTIMATE_BOUND):
+# float32 at full precision takes 10.9 (its shortest round-trip form, up to 9 digits, sign, point
+# and exponent), a float rounded to p digits about p + 3.4; bools 5.5 ("true," / "false,").
+FLOAT_BYTES = 11.0
+ROUNDED_EXTRA_BYTES = 3.5
+BOOL_BYTES = 5.5
+INT_BYTES = 6.0          # token ids of up to 5 digits
+STATS_BYTES = 110        # {"min":…,"max":…,"mean":…,"std":…,"nonfinite":0}
+ESTIMATE_BOUND = 0.2     # the estimate is within ±20 % of the file written (tests/test_export.py)
+
+
+def number_bytes(dtype: str, precision: int | None) -> float:
+    """Bytes per value of `dtype` in the JSON (see FLOAT_BYTES)."""
+    if dtype == "bool":
+        return BOOL_BYTES
+    if dtype.startswith("int"):
+        return INT_BYTES
+    if precision is not None:
+        return precision + ROUNDED_EXTRA_BYTES
+    return FLOAT_BYTES
+
+
+def data_bytes(shape, dtype: str, precision: int | None = None) -> int:
+    """Estimated bytes of a tensor written as nested lists: its numbers plus two brackets per list."""
+    size = math.prod(shape)
+    lists, width = 1, 1
+    for length in shape[:-1]:
+        width *= length
+        lists += width
+    return int(size * number_bytes(dtype, precision)) + 2 * lists
+
+
+def estimated_size(trace: Trace, precision: int | None = None) -> int:
+    """The JSON export's size in bytes, from the steps' shapes and dtypes (no tensor is read): the
+    metadata exactly, the data at `number_bytes` per value (within ESTIMATE_BOUND)."""
+    total = len(orjson.dumps(trace.header(), option=_OPTIONS)) + 12
+    for step in trace.steps:
+        meta = len(orjson.dumps(step.meta(stats=False), option=_OPTIONS))
+        stats = STATS_BYTES if step._stats is None and not step.cached else 0
+        total += meta + stats + data_bytes(step.rows_shape, step.dtype, precision) + 10
+    return total
+
+
+def check_room(path: str | os.PathLike, size: int) -> None:
+    """Refuse (one line) an export of about `size` bytes where the target's file system has less free."""
+    folder = Path(path).resolve().parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the folder does not exist (yet): writing it fails with its own error
+    if free < size:
+        raise TracerError(f"{visible(path)}: the export needs about {human_size(size)}, "
+                          f"but {visible(folder)} has only {human_size(free)} free")
+
+
+def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = None, progress=None) -> None:
+    """Stream the trace to `path` one step at a time, atomically; `progress(done, total)` is told
+    after each step. Memory stays near one step: each step is released once written (a session's
+    tensors are read again on demand), and a KV-cached step's full view is never assembled.
 
     With `precision`, floats are rounded to that many significant digits and the header says
     `"precision": N` (the fewest digits any rounding so far kept: a trace read from a rounded
@@ -93,4 +155,6 @@ def write_json(trace: Trace, path: str | os.PathLike, precision: int | None = No
                 out.write(b",")
             out.write(step_json(step, precision))
             step.release()
+            if progress is not None:
+                progress(position + 1, len(trace.steps))
         out.write(b"]}")

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from tracer.errors import DamagedFile
-from tracer.trace.reading import read_regular
+from tracer.reading import read_regular
 from tracer.trace.schema import (
     usable_labels, validate_cached, validate_consistency, validate_extra, validate_header, validate_labels, validate_meta,
 )

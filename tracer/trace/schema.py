@@ -202,26 +202,28 @@ def validate_consistency(steps, fail) -> None:
     have one shape (they are added)."""
     lengths: dict[str, tuple[int, str]] = {}
     embeds: dict[tuple, tuple[tuple, str]] = {}
-    layouts_seen: set = set()
+    checked: set = set()  # (kind, axes, shape) already checked: the same answer again (a decode repeats them)
     for step in steps:
-        kind = parse_name(step.id.partition("@")[0])["kind"]  # cached; Step.kind's first use costs more (replay start-up)
+        kind = step.kind
         known = KINDS.get(kind)
         if known is None:
             continue
-        if kind in FIXED_LAYOUT_KINDS and (kind, step.axes) not in layouts_seen:
-            if step.axes not in known.axes:
+        shape = step.shape
+        layout = (kind, step.axes, shape)
+        if layout not in checked:
+            checked.add(layout)
+            if kind in FIXED_LAYOUT_KINDS and step.axes not in known.axes:
                 layouts = " or ".join(str(list(layout)) for layout in known.axes)
                 fail(f"step {step.id!r}: a {kind} step has axes {layouts}, not {list(step.axes)}")
-            layouts_seen.add((kind, step.axes))
-        for axis, n in zip(step.axes, step.shape):
-            if axis in SAME_LENGTH_AXES:
-                first = lengths.setdefault(axis, (n, step.id))
-                if first[0] != n:
-                    fail(f"step {step.id!r}: its {axis} is {n}, but step {first[1]!r}'s is {first[0]}")
+            for axis, n in zip(step.axes, shape):
+                if axis in SAME_LENGTH_AXES:
+                    first = lengths.setdefault(axis, (n, step.id))
+                    if first[0] != n:
+                        fail(f"step {step.id!r}: its {axis} is {n}, but step {first[1]!r}'s is {first[0]}")
         if kind in ("embed", "pos_embed"):
-            first = embeds.setdefault((step.stack, step.decode_step), (step.shape, step.id))
-            if first[0] != step.shape:
-                fail(f"step {step.id!r} has shape {list(step.shape)}, but step {first[1]!r} beside it has "
+            first = embeds.setdefault((step.stack, step.decode_step), (shape, step.id))
+            if first[0] != shape:
+                fail(f"step {step.id!r} has shape {list(shape)}, but step {first[1]!r} beside it has "
                      f"{list(first[0])} (the two are added)")
 
 

@@ -14,7 +14,8 @@ atomically where the OS can (Linux `renameat2(RENAME_EXCHANGE)`), else renames t
 aside first, puts the new one in, and deletes the old; a writer killed between those two
 renames leaves the old session aside, and the next use of the store puts it back. So a
 crash never leaves a half-written session listed and never damages the one that was there.
-(The file-system steps themselves are in tracer.trace.atomic.)
+(The file-system steps themselves are in tracer.trace.atomic; tracer.trace.session_writer writes
+a session the same way while its trace is being recorded.)
 
 Loading checks everything before the first tensor is read (the manifest; the metadata, with the
 checks the JSON reader uses, tracer.trace.schema; each safetensors header against that
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,14 +39,16 @@ import orjson
 from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
-from tracer.trace.atomic import atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, rmtree
-from tracer.trace.reading import read_regular
+from tracer.trace.atomic import (
+    atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, remove_dead_temps, rmtree,
+)
+from tracer.reading import read_regular
 from tracer.trace.schema import (
-    check_nesting, usable_labels, usable_stats, validate_cached, validate_consistency, validate_extra, validate_header, validate_meta,
-    validate_trace,
+    DTYPES, INT64_MAX, MAX_ELEMENTS, MAX_ID_CHARS, MAX_LAYER, MAX_RANK, check_nesting, usable_labels, usable_stats,
+    validate_cached, validate_consistency, validate_extra, validate_header, validate_meta, validate_trace,
 )
 from tracer.trace.state import UIState
-from tracer.trace.step import META_KEYS, Step, full_shape, parse_name
+from tracer.trace.step import META_KEYS, Step, full_shape, parse_name, split_step_id
 from tracer.trace.tensor_file import TensorFile, write_tensors
 from tracer.trace.trace import Trace, utc_now
 
@@ -160,20 +164,35 @@ def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UI
     entries = []
     for number, trace in enumerate(traces):
         validate_trace(trace, _refuse_writing)
-        tensors, meta = f"trace-{number}.safetensors", f"trace-{number}.meta.json"
-        write_tensors(trace.steps, folder / tensors)
-        document = dict(trace.header())
-        label_sets: dict[tuple, int] = {}
-        document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
-        _write_json(folder / meta, {
-            "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
-            "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
-        })
-        entries.append({
-            "meta": meta, "tensors": tensors, "steps": len(trace),
-            "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
-            "input": trace.input.get("text"), "output": trace.output.get("text"),
-        })
+        write_tensors(trace.steps, folder / tensors_name(number))
+        entries.append(write_trace_meta(folder, number, trace))
+    return write_manifest(folder, name, entries, state, created)
+
+
+def tensors_name(number: int) -> str:
+    """The file of trace `number`'s tensors in a session folder."""
+    return f"trace-{number}.safetensors"
+
+
+def write_trace_meta(folder: Path, number: int, trace: Trace) -> dict:
+    """Write trace `number`'s metadata (its tensors are in `tensors_name(number)`); its manifest entry."""
+    tensors, meta = tensors_name(number), f"trace-{number}.meta.json"
+    document = dict(trace.header())
+    label_sets: dict[tuple, int] = {}
+    document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
+    _write_json(folder / meta, {
+        "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
+        "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
+    })
+    return {
+        "meta": meta, "tensors": tensors, "steps": len(trace),
+        "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
+        "input": trace.input.get("text"), "output": trace.output.get("text"),
+    }
+
+
+def write_manifest(folder: Path, name: str, entries: list[dict], state: UIState, created: str | None = None) -> dict:
+    """Write session.json last (a folder without it is not a session) and fsync the folder."""
     now = utc_now()
     manifest = {
         "format": FORMAT, "version": VERSION, "tracer_version": __version__, "name": name,
@@ -217,30 +236,52 @@ class SessionStore:
             raise TracerError("a session needs at least one trace")
         state = state or UIState()
         target = self.root / name
+        work = self.open_work(name, force)
+        with self.writing_into(work, name):
+            write_session_folder(work, name, traces, state, self.created_of(name))
+            self.commit_work(work, name, force)
+        return target
+
+    def open_work(self, name: str, force: bool) -> Path:
+        """What a save checks before it writes anything (a valid name; an existing session is
+        replaced only with `force`), then the new hidden folder it writes the session into."""
+        validate_name(name)
+        target = self.root / name
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TracerError(f"cannot create the sessions folder {self.root}: {exc.strerror or exc}") from None
         self.recover(name)
-        created = None
         if target.exists() or target.is_symlink():
             self._check_replaceable(target, force)
-            with contextlib.suppress(Exception):
-                created = _read_json(target / MANIFEST, 1024**2).get("created")
         try:
-            work = make_hidden_folder(self.root, _work_prefix(name, "tmp"))
+            return make_hidden_folder(self.root, _work_prefix(name, "tmp"))
         except OSError as exc:
             raise TracerError(f"cannot write in {self.root}: {exc.strerror or exc}") from None
+
+    def created_of(self, name: str) -> str | None:
+        """When the session being replaced was first saved (a replaced session keeps its date)."""
+        with contextlib.suppress(Exception):
+            created = _read_json(self.root / name / MANIFEST, 1024**2).get("created")
+            return created if isinstance(created, str) else None
+        return None
+
+    @contextlib.contextmanager
+    def writing_into(self, work: Path, name: str):
+        """Around everything a save does in its work folder: on any failure (a full disk, Ctrl-C)
+        the folder is deleted, and an OSError becomes a one-line error."""
         try:
-            write_session_folder(work, name, traces, state, created if isinstance(created, str) else None)
-            self._commit(work, target, name, force)
+            yield
         except OSError as exc:
             rmtree(work)
             raise TracerError(f"cannot save session {name!r}: {exc.strerror or exc}") from None
         except BaseException:
             rmtree(work)
             raise
-        return target
+
+    def commit_work(self, work: Path, name: str, force: bool) -> None:
+        """Put a finished work folder in place as session `name` (see _commit)."""
+        self._commit(work, self.root / name, name, force)
 
     def _check_replaceable(self, target: Path, force: bool) -> None:
         if not force:
@@ -303,11 +344,14 @@ class SessionStore:
         return True
 
     def recover(self, name: str | None = None) -> None:
-        """Tidy up after writers that died: delete their temp folders, put back a session left aside."""
+        """Tidy up after writers that died: delete their temp folders, put back a session left aside,
+        and (for a named session) the temp file of a manifest write that was killed (remember_place)."""
         try:
             entries = list(os.scandir(self.root))
         except OSError:
             return
+        if name is not None and (self.root / name).is_dir():
+            remove_dead_temps(self.root / name)
         for entry in entries:
             match = _WORK.match(entry.name)
             if not match or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
@@ -429,6 +473,140 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _checked_steps(items: list, label_sets: list, fail) -> list[Step]:
+    """Every step's metadata checked one step at a time (tracer.trace.schema): refuses the first
+    problem, naming its step."""
+    steps = []
+    seen_axes: set = set()
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            fail(f"step {position} is not an object")
+        refs = item.pop("labels", {})  # indices into label_sets, checked below
+        step_id, shape, dtype, axes = validate_meta(item, position, fail, seen_axes)
+        if type(refs) is not dict or not all(type(i) is int and 0 <= i < len(label_sets) for i in refs.values()):
+            fail(f"step {step_id!r} has invalid labels")
+        extra = {key: value for key, value in item.items() if key not in META_KEYS}
+        if extra:
+            extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"), shape,
+                                   parse_name(step_id.partition("@")[0])["kind"])
+        cached = validate_cached(item, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"))
+        steps.append(Step(
+            id=step_id, shape=shape, dtype=dtype, axes=axes,
+            labels=usable_labels({axis: label_sets[i] for axis, i in refs.items()}, full_shape(shape, axes, cached), axes),  # noqa: E501
+            _stats=usable_stats(item.get("stats")), extra=extra, cached=cached,
+        ))
+    return steps
+
+
+_PLAIN_KEYS = frozenset({"index", "id", "shape", "dtype", "axes", "labels", "cached"})
+
+
+def _plain_steps(items: list, label_sets: list, fail) -> list[Step] | None:
+    """The steps of a trace whose metadata is plainly good, checked in one pass; None at the first
+    step that is not (the caller then runs `_checked_steps`, which names the problem).
+
+    The same checks as `_checked_steps` (validate_meta and the rest), each done once per distinct
+    value: a 40-step decode has ~9,000 steps but a few hundred names, layouts and label
+    references, and its metadata is read before replay's first frame. What is checked per step
+    is only what differs between steps that share those (the id's suffix, the index, the counts).
+    Extras (a prediction's top_k, saved stats) go through the same functions as there.
+    """
+    n_sets = len(label_sets)
+    names: dict[str, dict] = {}                      # name -> its parts, the name checked
+    suffixes: dict[str, tuple] = {"": (None, None)}  # what follows "@" -> (decoding step, training step)
+    layouts: dict[tuple, tuple] = {}                 # (shape, dtype, axes, kind) -> (shape, axes, number), checked
+    resolved: dict[tuple, dict] = {}                 # (label refs, full shape, axes) -> usable labels
+    steps = []
+    append = steps.append
+    for position, item in enumerate(items):
+        if type(item) is not dict:
+            return None
+        step_id = item.get("id")
+        if type(step_id) is not str or not 0 < len(step_id) <= MAX_ID_CHARS:
+            return None
+        name, _, suffix = step_id.partition("@")
+        numbers = suffixes.get(suffix)
+        if numbers is None:
+            try:
+                _, t, s = split_step_id(step_id)
+            except ValueError:
+                return None
+            if len(suffix) - (s is not None) > 18:  # within 64 bits
+                return None
+            numbers = suffixes[suffix] = (t, s)
+        parts = names.get(name)
+        if parts is None:
+            parts = parse_name(name)
+            if parts["layer"] is not None and parts["layer"] > MAX_LAYER:
+                return None
+            names[name] = parts
+        if item.get("index", position) != position:
+            return None
+        shape, dtype, axes, kind = item.get("shape"), item.get("dtype"), item.get("axes"), parts["kind"]
+        if type(shape) is not list or type(axes) is not list:
+            return None
+        try:
+            layout_key = (tuple(shape), dtype, tuple(axes), kind)
+            layout = layouts.get(layout_key)
+        except TypeError:  # a list or dict inside: not hashable, and not valid either
+            return None
+        if layout is None:
+            if not _plain_layout(shape, dtype, axes, kind):
+                return None
+            layout = layouts[layout_key] = (layout_key[0], layout_key[2], len(layouts))
+        for n in shape:  # 2 == 2.0 == True as keys: the types are checked every time
+            if type(n) is not int:
+                return None
+        shape_t, axes_t, layout_number = layout
+        cached = item.get("cached", 0)
+        if type(cached) is not int or cached < 0:
+            return None
+        refs = item.get("labels", {})
+        if type(refs) is not dict:
+            return None
+        if len(item) > len(_PLAIN_KEYS) or not item.keys() <= _PLAIN_KEYS:
+            extra = {key: value for key, value in item.items() if key not in META_KEYS}
+            stats = usable_stats(item.get("stats"))
+        else:
+            extra, stats = {}, None
+        try:
+            labels_key = (layout_number, cached, *refs.items())
+            labels = resolved.get(labels_key)
+        except TypeError:
+            return None
+        for i in refs.values():
+            if type(i) is not int:
+                return None
+        if labels is None:
+            for i in refs.values():
+                if not 0 <= i < n_sets:
+                    return None
+            labels = resolved[labels_key] = usable_labels(
+                {axis: label_sets[i] for axis, i in refs.items()}, full_shape(shape_t, axes_t, cached), axes_t)
+        if extra:
+            extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"), shape_t, kind)
+        step = Step(step_id, shape_t, dtype, axes_t, dict(labels), stats, extra, position, cached=cached)
+        known = step.__dict__  # what the step would work out from its id on first use, known here
+        known["name"], known["_parts"] = name, parts
+        known["decode_step"], known["train_step"] = numbers
+        append(step)
+    return steps
+
+
+def _plain_layout(shape: list, dtype, axes: list, kind: str) -> bool:
+    """validate_meta's checks of a shape, dtype and axes (for a step of `kind`), as a yes or no."""
+    if len(shape) > MAX_RANK or len(axes) != len(shape) or type(dtype) is not str or dtype not in DTYPES:
+        return False
+    for n in shape:
+        if type(n) is not int or not 0 <= n <= INT64_MAX:
+            return False
+    if math.prod(shape) > MAX_ELEMENTS:
+        return False
+    if kind in ("probs", "logits") and shape and shape[-1] == 0:
+        return False
+    return all(type(axis) is str and len(axis) <= MAX_ID_CHARS for axis in axes)
+
+
 def _read_trace(folder: Path, entry: dict) -> Trace:
     meta_path = folder / entry["meta"]
     document = _read_json(meta_path, MAX_META_BYTES)
@@ -449,25 +627,9 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
         isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) for tokens in label_sets
     ):
         fail("'label_sets' must be a list of lists of strings")
-    steps = []
-    seen_axes: set = set()
-    for position, item in enumerate(body["steps"]):
-        if not isinstance(item, dict):
-            fail(f"step {position} is not an object")
-        refs = item.pop("labels", {})  # indices into label_sets, checked below
-        step_id, shape, dtype, axes = validate_meta(item, position, fail, seen_axes)
-        if type(refs) is not dict or not all(type(i) is int and 0 <= i < len(label_sets) for i in refs.values()):
-            fail(f"step {step_id!r} has invalid labels")
-        extra = {key: value for key, value in item.items() if key not in META_KEYS}
-        if extra:
-            extra = validate_extra(extra, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"), shape,
-                                   parse_name(step_id.partition("@")[0])["kind"])
-        cached = validate_cached(item, lambda m, step_id=step_id: fail(f"step {step_id!r}: {m}"))
-        steps.append(Step(
-            id=step_id, shape=shape, dtype=dtype, axes=axes,
-            labels=usable_labels({axis: label_sets[i] for axis, i in refs.items()}, full_shape(shape, axes, cached), axes),  # noqa: E501
-            _stats=usable_stats(item.get("stats")), extra=extra, cached=cached,
-        ))
+    steps = _plain_steps(body["steps"], label_sets, fail)
+    if steps is None:  # something is wrong, or unusual: the step-by-step check finds it and names it
+        steps = _checked_steps(body["steps"], label_sets, fail)
     tensors = TensorFile(folder / entry["tensors"], steps)
     validate_consistency(steps, fail)
     for step in steps:

@@ -111,6 +111,31 @@ def full_shape(shape, axes, cached: int) -> tuple[int, ...]:
     return tuple(shape[:axis]) + (shape[axis] + cached,) + tuple(shape[axis + 1:])
 
 
+def heads_kept(extra, count: int) -> tuple[list[int], int] | None:
+    """A `heads` extra as (kept, of) when it describes a head axis of `count`: distinct ascending
+    head numbers below `of`; None for anything else (a damaged or hostile file)."""
+    if type(extra) is not dict:
+        return None
+    kept, of = extra.get("kept"), extra.get("of")
+    if type(of) is not int or type(kept) is not list or len(kept) != count:
+        return None
+    if not all(type(h) is int for h in kept) or kept != sorted(set(kept)) or (kept and (kept[0] < 0 or kept[-1] >= of)):
+        return None
+    return kept, of
+
+
+def kv_columns(query: "Step", keys: "Step") -> list[int] | None:
+    """For each head `query` holds, the position along `keys`' head axis of the key/value head it
+    reads: query head h reads h // (n_heads / kv_heads) under grouped-query attention. None when
+    one is not recorded (a --heads filter) or the head counts do not divide."""
+    total, kv_total = query.heads_of, keys.heads_of
+    if not total or not kv_total or total % kv_total:
+        return None
+    column = {head: i for i, head in enumerate(keys.heads)}
+    wanted = [column.get(head // (total // kv_total)) for head in query.heads]
+    return None if None in wanted else wanted
+
+
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
 META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
                        "axes", "labels", "stats", "cached"})
@@ -160,6 +185,25 @@ class Step:
             _array=array,
             cached=cached,
         )
+
+    @property
+    def heads(self) -> list[int]:
+        """The model's head numbers (from 0) along the head axis, in order: every head, or those a
+        `--heads` filter kept (the `heads` extra, `{"kept": [0, 2, 3], "of": 12}`); empty without a
+        head axis. A `heads` extra that does not fit the axis is ignored."""
+        if "head" not in self.axes:
+            return []
+        count = self.shape[self.axes.index("head")]
+        kept = heads_kept(self.extra.get("heads"), count)
+        return kept[0] if kept is not None else list(range(count))
+
+    @property
+    def heads_of(self) -> int | None:
+        """How many heads the model has at this tap (None without a head axis)."""
+        if "head" not in self.axes:
+            return None
+        kept = heads_kept(self.extra.get("heads"), self.shape[self.axes.index("head")])
+        return kept[1] if kept is not None else self.shape[self.axes.index("head")]
 
     # The id never changes, so what it says is worked out once per step (the UI asks thousands
     # of times while it builds the outline).
@@ -227,6 +271,28 @@ class Step:
             self._rows = self._loader()
         return self._rows
 
+    def peek(self) -> np.ndarray:
+        """`data`, without keeping what had to be read or assembled (a tensor already held is
+        returned as it is): for readers that need a step only for a moment, such as the
+        assembly of a later step, so that walking a long trace never piles up its tensors."""
+        if self._array is not None:
+            return self._array
+        if self._assemble is not None:
+            return self._assemble()
+        if self._loader is None:
+            raise ValueError(f"{self.id}: no data recorded")
+        return self._loader()
+
+    def peek_rows(self) -> np.ndarray:
+        """`rows`, without keeping what had to be read (see `peek`)."""
+        if self.stored_shape is None:
+            return self.peek()
+        if self._rows is not None:
+            return self._rows
+        if self._loader is None:
+            raise ValueError(f"{self.id}: no data recorded")
+        return self._loader()
+
     @property
     def rows_shape(self) -> tuple[int, ...]:
         """The shape of `rows` (what a file stores)."""
@@ -256,8 +322,9 @@ class Step:
         elif self._loader is not None:
             self._array = None
 
-    def meta(self) -> dict:
-        """The step's metadata in DESIGN.md's JSON layout, without the data."""
+    def meta(self, stats: bool = True) -> dict:
+        """The step's metadata in DESIGN.md's JSON layout, without the data (`stats=False`: without
+        stats unless already computed, so that nothing is read or assembled)."""
         out = {
             "index": self.index,
             "id": self.id,
@@ -270,8 +337,10 @@ class Step:
             "dtype": self.dtype,
             "axes": list(self.axes),
             "labels": self.labels,
-            "stats": self.stats,
+            "stats": self.stats if stats else self._stats,
         }
+        if out["stats"] is None:
+            del out["stats"]
         if self.train_step is not None:  # only training traces carry the key
             out["train_step"] = self.train_step
         if self.cached:  # only KV-cached decoding steps carry the key

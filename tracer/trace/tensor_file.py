@@ -1,14 +1,16 @@
-"""A trace's tensors in one safetensors file: a streaming writer and a checked lazy reader.
+"""A trace's tensors in one safetensors file: writers (all at once, or while the steps are
+recorded) and a checked lazy reader.
 
 The file is exactly what `safetensors.numpy.save_file` writes (an 8-byte little-endian header
 length, a JSON header padded with spaces to 8 bytes, then the raw little-endian data), so any
 safetensors reader opens it. Reading checks the whole header against the trace's metadata
 before the first tensor is read, then reads tensors one at a time from the
-file it checked, held open (tracer.trace.reading: a regular file, read with pread). No pickle anywhere.
+file it checked, held open (tracer.reading: a regular file, read with pread). No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -19,7 +21,7 @@ import orjson
 
 from tracer.errors import DamagedFile, TracerError
 from tracer.text import human_size, visible
-from tracer.trace.reading import open_regular
+from tracer.reading import open_regular
 from tracer.trace.schema import DTYPES
 from tracer.trace.step import Step
 
@@ -42,34 +44,141 @@ def write_tensors(steps: list[Step], path: Path) -> None:
     Written straight from each array's buffer: no second in-memory copy of the whole trace,
     and steps loaded lazily from another session are read, written and dropped one by one.
     """
-    header, offset = {}, 0
-    for step in steps:
-        if step.dtype not in ST_DTYPES:
-            raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
-        size = _nbytes(step.rows_shape, step.dtype)  # a KV-cached step stores its new rows only
-        header[step.id] = {"dtype": ST_DTYPES[step.dtype], "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = orjson.dumps(header)
-    raw += b" " * (-len(raw) % 8)
+    header = _header(steps)
     with open(path, "wb", buffering=0) as out:
-        out.write(struct.pack("<Q", len(raw)) + raw)
+        _write_all(out, header)
         for step in steps:
             was_loaded = (step._array if step.stored_shape is None else step._rows) is not None
-            try:
-                array = step.rows
-            except ValueError as exc:
-                raise TracerError(str(exc)) from None
-            if tuple(array.shape) != tuple(step.rows_shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
-                raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.rows_shape)}")
-            array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
-            if array.size:
-                view = memoryview(array).cast("B")
-                while view:  # a raw write may be partial
-                    written = out.write(view)
-                    view = view[written:]
+            _write_rows(out, step)
             if not was_loaded:
                 step.release()
         os.fsync(out.fileno())
+
+
+def _storable(step: Step) -> str:
+    """The step's safetensors dtype code; refused if a session cannot hold its dtype."""
+    if step.dtype not in ST_DTYPES:
+        raise TracerError(f"step {step.id!r}: dtype {step.dtype} cannot be stored in a session")
+    return ST_DTYPES[step.dtype]
+
+
+def _header(steps: list[Step]) -> bytes:
+    """The file's first bytes: the header's length, then the header (every step's dtype, shape and
+    place in the data, in order), padded with spaces to 8 bytes as safetensors does."""
+    header, offset = {}, 0
+    for step in steps:
+        code = _storable(step)
+        size = _nbytes(step.rows_shape, step.dtype)  # a KV-cached step stores its new rows only
+        header[step.id] = {"dtype": code, "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = orjson.dumps(header)
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_rows(out, step: Step) -> int:
+    """Write what `step` recorded (a KV-cached step: its new rows), little-endian; its size in bytes."""
+    try:
+        array = step.rows
+    except ValueError as exc:
+        raise TracerError(str(exc)) from None
+    if tuple(array.shape) != tuple(step.rows_shape) or str(array.dtype).lstrip("<>=|") != step.dtype.lstrip("<>=|"):
+        raise TracerError(f"step {step.id!r}: its data is {array.dtype}{list(array.shape)}, its metadata says {step.dtype}{list(step.rows_shape)}")
+    array = np.ascontiguousarray(array, dtype=np.dtype(step.dtype).newbyteorder("<"))
+    if array.size:
+        _write_all(out, memoryview(array).cast("B"))
+    return array.nbytes
+
+
+def _write_all(out, data) -> None:
+    view = memoryview(data)
+    while view:  # a raw write may be partial
+        written = out.write(view)
+        view = view[written:]
+
+
+class StreamingTensorWriter:
+    """A safetensors file written while its steps are recorded (`tracer run --save`).
+
+    `add` appends each step's rows to a data file beside `path` as soon as they exist and drops
+    the step's array (it reads its rows back from that file when asked), so memory holds one pass,
+    not the trace. The header comes first in a safetensors file and needs every step, so `finish`
+    writes it, then the data after it (copied in the kernel, never through this process's memory):
+    the file is byte for byte what write_tensors writes for the same steps.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._data_path = path.with_name(path.name + ".data")
+        self._data = open(self._data_path, "w+b", buffering=0)
+        self._steps: list[Step] = []
+        self._size = 0
+
+    def add(self, steps: list[Step]) -> None:
+        """Write `steps`' rows after those added before; each step then loads them from the file."""
+        for step in steps:
+            _storable(step)
+            offset = self._size
+            self._size += _write_rows(self._data, step)
+            step._loader = self._reader(step, offset)
+            step.release()
+            self._steps.append(step)
+
+    def _reader(self, step: Step, offset: int):
+        shape, dtype, data = tuple(step.rows_shape), step.dtype, self._data
+
+        def load() -> np.ndarray:
+            array = np.empty(shape, dtype=np.dtype(dtype).newbyteorder("<"))
+            if array.size:
+                _read_into(data, memoryview(array).cast("B"), offset)
+            return array if array.dtype.isnative else array.astype(dtype)
+
+        return load
+
+    def finish(self, steps: list[Step]) -> None:
+        """Write the safetensors file for `steps` (those added, in the same order), fsync it, and
+        point every step at it (read through TensorFile, which checks the header it reads back)."""
+        if len(steps) != len(self._steps) or any(a is not b for a, b in zip(steps, self._steps)):
+            raise TracerError("the trace to save is not the one whose steps were written as they were recorded")
+        with open(self.path, "wb", buffering=0) as out:
+            _write_all(out, _header(steps))
+            _copy_data(self._data, out, self._size)
+            os.fsync(out.fileno())
+        tensors = TensorFile(self.path, steps)
+        for step in steps:
+            step._loader = tensors.loader(step)
+        self.close()
+
+    def close(self) -> None:
+        """Close and delete the data file (the finished file, if any, stays)."""
+        self._data.close()
+        try:
+            os.unlink(self._data_path)
+        except FileNotFoundError:
+            pass
+
+
+def _copy_data(source, out, size: int) -> None:
+    """Append the first `size` bytes of `source` to `out`: copy_file_range (in the kernel, no
+    user-space buffer) where the OS has it, else a chunked read and write."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while copy is not None and done < size:
+        try:
+            copied = copy(source.fileno(), out.fileno(), size - done, done)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                raise
+            break
+        if copied == 0:
+            raise TracerError(f"{visible(source.name)}: the data file ends early")
+        done += copied
+    while done < size:
+        chunk = os.pread(source.fileno(), min(size - done, 16 * 1024**2), done)
+        if not chunk:
+            raise TracerError(f"{visible(source.name)}: the data file ends early")
+        _write_all(out, chunk)
+        done += len(chunk)
 
 
 class TensorFile:
@@ -114,6 +223,10 @@ class TensorFile:
         extra = set(header) - expected - {"__metadata__"}
         if extra:
             self._fail(f"holds tensor(s) the metadata does not list: {', '.join(sorted(extra)[:3])}")
+        plain = _plain_spans(header, steps, data_len)
+        if plain is not None:
+            self._spans = plain
+            return
         spans = []
         for step in steps:
             entry = header.get(step.id)
@@ -155,6 +268,42 @@ class TensorFile:
             return array if array.dtype.isnative else array.astype(dtype)
 
         return load
+
+
+def _plain_spans(header: dict, steps: list[Step], data_len: int) -> dict[str, int] | None:
+    """Each step's offset in the data when the header plainly agrees with the metadata, the
+    tensors one after another in step order, as tracer writes them; None at the first doubt (the
+    step-by-step check in TensorFile._check then names the problem, or accepts another layout).
+    The same checks, made cheap for the ~9,000 steps of a long decode: the metadata's shapes are
+    already checked, so a header shape is checked by its types and its equality with them."""
+    spans: dict[str, int] = {}
+    end_before = 0
+    sizes: dict[tuple, int] = {}
+    for step in steps:
+        entry = header.get(step.id)
+        if type(entry) is not dict:
+            return None
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        rows_shape = step.shape if step.stored_shape is None else step.stored_shape  # step.rows_shape, inlined
+        if type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
+            return None
+        for n in shape:  # 2 == 2.0 == True: the types first
+            if type(n) is not int:
+                return None
+        if tuple(shape) != rows_shape or entry.get("dtype") != ST_DTYPES[step.dtype]:
+            return None
+        start, end = offsets
+        if type(start) is not int or type(end) is not int or start < end_before or end > data_len:
+            return None
+        key = (rows_shape, step.dtype)
+        need = sizes.get(key)
+        if need is None:
+            need = sizes[key] = _nbytes(rows_shape, step.dtype)
+        if end - start != need:
+            return None
+        spans[step.id] = start
+        end_before = end
+    return spans
 
 
 def _read_at(handle, size: int, offset: int) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from tracer import __version__
-from tracer.trace.step import Step, row_axis
+from tracer.trace.step import Step, kv_columns, row_axis
 
 FORMAT = "tracer-trace"
 FORMAT_VERSION = 2
@@ -48,14 +49,18 @@ class Trace:
         capture: dict | None = None,
     ):
         self.steps: list[Step] = list(steps)
-        for index, step in enumerate(self.steps):
+        by_id: dict[str, Step] = {}
+        for index, step in enumerate(self.steps):  # a long decode has ~9,000 steps, opened at replay's start
             step.index = index
-        self._by_id = {step.id: step for step in self.steps}
+            by_id[step.id] = step
+        self._by_id = by_id
+        self._by_decoding: tuple | None = None  # see _decoding
         if len(self._by_id) != len(self.steps):
             raise ValueError("a trace's step ids must be unique")
+        assemble = self._assembled
         for step in self.steps:
             if step.cached:
-                step.link_cached(lambda step=step: self._assembled(step))
+                step.link_cached(functools.partial(assemble, step))
         self.model = model
         self.device = device
         self.input = input
@@ -94,7 +99,23 @@ class Trace:
             "stack": stack, "component": component,
         }
         wanted = {key: value for key, value in wanted.items() if value is not None}
-        return [s for s in self.steps if all(getattr(s, key) == value for key, value in wanted.items())]
+        pool = self.steps
+        if decode_step is not None:  # the UI asks per decoding step: look in that one's steps only
+            pool = self._decoding().get(decode_step, [])
+        return [s for s in pool if all(getattr(s, key) == value for key, value in wanted.items())]
+
+    def _decoding(self) -> dict[int, list[Step]]:
+        """The steps of each decoding step, in order (worked out on first use; again if the
+        steps were replaced since)."""
+        key = (id(self.steps), len(self.steps))
+        if self._by_decoding is None or self._by_decoding[0] != key:
+            index: dict[int, list[Step]] = {}
+            for step in self.steps:
+                t = step.decode_step
+                if t is not None:
+                    index.setdefault(t, []).append(step)
+            self._by_decoding = (key, index)
+        return self._by_decoding[1]
 
     @property
     def ids(self) -> list[str]:
@@ -144,7 +165,7 @@ class Trace:
         left out by a filter) are NaN."""
         axis = row_axis(step.axes)
         chain = self._chain(step)
-        blocks = [s.rows for s in chain]
+        blocks = [s.peek_rows() for s in chain]  # not kept: assembling every step must not hold every row
         missing = chain[0].cached  # rows before the earliest step recorded (a filter left those steps out)
         have = missing + sum(block.shape[axis] for block in blocks[:-1])
         if have != step.cached:
@@ -188,9 +209,10 @@ class Trace:
         q, k = pick("hook_rot_q", "hook_q"), pick("hook_rot_k", "hook_k")
         if q is None or k is None:
             return  # not recorded (a filter left them out): the entries stay NaN
-        q, k = q.data.astype(np.float64), k.data.astype(np.float64)            # (pos, head, d_head)
-        if k.shape[1] != q.shape[1]:                                           # grouped-query attention
-            k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+        columns = kv_columns(q, k)                                             # grouped-query attention, --heads
+        if columns is None:
+            return
+        q, k = q.peek().astype(np.float64), k.peek()[:, columns].astype(np.float64)  # (pos, head, d_head)
         raw = np.einsum("qhd,khd->hqk", q, k)
         if step.kind == "attn_scaled":
             raw = raw / np.sqrt(q.shape[-1])

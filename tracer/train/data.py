@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tracer.nn.config import ModelConfig
+from tracer.nn.tokenizer import train_tokenizer
 from tracer.train.corpus import Corpus
 from tracer.train.language import LEXICON
 
@@ -28,38 +29,10 @@ IGNORE = -100
 def build_tokenizer(corpus: Corpus, cfg: ModelConfig, path: Path) -> Tokenizer:
     texts = [german for german, _ in corpus.train] + [english for _, english in corpus.train]
     texts += [" ".join([word] * LEXICON_WEIGHT) for word in sorted(LEXICON)]
-    tokenizer = train_bpe(texts, TOKENIZER_VOCAB, cfg)
+    tokenizer = train_tokenizer(texts, TOKENIZER_VOCAB, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
     return tokenizer
-
-
-def train_bpe(texts: list[str], vocab_size: int, cfg: ModelConfig) -> Tokenizer:
-    """`tracer.nn.tokenizer.train_tokenizer`, made deterministic.
-
-    The `tokenizers` BPE trainer numbers the characters it meets in hash-map order and breaks
-    ties between equally frequent pairs by those numbers, so two runs on the same text can
-    give different ids and merges. Registering every character (and its `##` form) up front,
-    in sorted order, fixes the numbering and with it the tie-breaks; they are then taken off
-    the added-token list, so they are ordinary vocabulary, not tokens matched in raw text.
-    """
-    import json
-
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
-
-    specials = [cfg.pad_token, cfg.bos_token, cfg.eos_token, cfg.unk_token, cfg.mask_token]
-    tokenizer = Tokenizer(models.BPE(unk_token=cfg.unk_token, continuing_subword_prefix="##"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
-    alphabet = sorted({c for text in texts for c in tokenizer.normalizer.normalize_str(text) if not c.isspace()})
-    symbols = alphabet + [f"##{c}" for c in alphabet]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + symbols,
-                                  continuing_subword_prefix="##", show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    data = json.loads(tokenizer.to_str())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in specials]
-    return Tokenizer.from_str(json.dumps(data))
 
 
 def encode_all(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:

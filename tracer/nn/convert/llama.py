@@ -2,9 +2,9 @@
 
 Pre-norm with RMSNorm, rotary positions (rotate-half layout, as tracer's `Rotary`), SwiGLU FFN,
 grouped-query attention. Differences by model_type: Qwen2 has biases on Q, K, V only; Mistral
-and Qwen2 may use a sliding attention window, which equals full causal attention on sequences no
-longer than the window, so the model's positions are capped there. RoPE settings come from v5's
-`rope_parameters` or v4's top-level `rope_theta` / `rope_scaling`.
+(every layer) and Qwen2 (the layers its `layer_types` name) may use a sliding attention window:
+each query attends to the last `sliding_window` keys only, itself included. RoPE settings come
+from v5's `rope_parameters` or v4's top-level `rope_theta` / `rope_scaling`.
 """
 
 from __future__ import annotations
@@ -39,21 +39,33 @@ def rope(hf: dict) -> tuple[float, dict | None]:
     return theta, scaling
 
 
-def sliding_window(hf: dict, model_type: str) -> int | None:
-    """The attention window any layer uses, or None for full causal attention everywhere."""
+def sliding_window(hf: dict, model_type: str) -> tuple[int | None, list[int] | None]:
+    """(the window, the layers that use it: None = all) as transformers 5 reads config.json, or (None, None)
+    for full causal attention everywhere. Mistral windows every layer when `sliding_window` is set; Qwen2
+    only with `use_sliding_window`, in the layers `layer_types` calls "sliding_attention" (absent, as in
+    v4 configs: the layers from `max_window_layers` on)."""
     if model_type == "mistral":
-        return hf.get("sliding_window")
-    if model_type == "qwen2":
-        types = hf.get("layer_types")
-        if types is None and hf.get("use_sliding_window"):
-            types = ["sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
-                     for i in range(need(hf, "num_hidden_layers"))]
-        unknown = sorted(set(types or []) - {"full_attention", "sliding_attention"})
-        if unknown:
-            raise BadInput(f"config.json: layer type {unknown[0]!r} is not supported")
-        if "sliding_attention" in (types or []):
-            return need(hf, "sliding_window")
-    return None
+        return hf.get("sliding_window"), None
+    if model_type != "qwen2":
+        return None, None
+    n_layers = need(hf, "num_hidden_layers")
+    window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+    types = hf.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if window is not None and i >= hf.get("max_window_layers", 28) else "full_attention"
+                 for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise BadInput(f"config.json: layer_types must list one type per layer ({n_layers})")
+    unknown = sorted(set(map(str, types)) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise BadInput(f"config.json: layer type {unknown[0]!r} is not supported")
+    layers = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
+    if not layers:
+        return None, None
+    if window is None:   # transformers' own mask builder refuses this too
+        raise BadInput("config.json: layer_types name sliding_attention layers, but no sliding_window is set "
+                       "(use_sliding_window false or sliding_window null)")
+    return window, layers
 
 
 def convert(hf: dict, weights, extras: dict) -> Converted:
@@ -69,11 +81,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         mlp_bias = bool(hf.get("mlp_bias", False))
     theta, scaling = rope(hf)
     max_positions = hf.get("max_position_embeddings", 2048)
-    window = sliding_window(hf, model_type)
-    notes = {}
-    if window is not None and window < max_positions:
-        notes["positions"] = f"capped at the sliding window ({window}): within it attention is plain causal"
-        max_positions = window
+    window, window_layers = sliding_window(hf, model_type)
     n_layers, n_heads = need(hf, "num_hidden_layers"), need(hf, "num_attention_heads")
     cfg = build_config(
         arch="decoder", vocab_size=need(hf, "vocab_size"),
@@ -83,6 +91,7 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
         scale_embeddings=False, tie_embeddings=hf.get("tie_word_embeddings", False),
         layer_norm_eps=hf.get("rms_norm_eps", 1e-6), rotary_base=theta, rotary_scaling=scaling,
         qkv_bias=qkv_bias, attn_out_bias=out_bias, mlp_bias=mlp_bias, softmax_fp32=True,
+        sliding_window=window, sliding_layers=window_layers,
     )
     ckpt = Checkpoint(weights, cfg, IGNORED)
 
@@ -108,6 +117,6 @@ def convert(hf: dict, weights, extras: dict) -> Converted:
     else:
         ckpt.move("lm_head.weight", "W_U.weight")
     state = ckpt.finish()
-    notes.update({"head": "lm", "ignored": ckpt.ignored(), "tied": cfg.tie_embeddings,
-                  **{key: hf.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}})
+    notes = {"head": "lm", "ignored": ckpt.ignored(), "tied": cfg.tie_embeddings,
+             **{key: hf.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}}
     return Converted(cfg, state, notes)

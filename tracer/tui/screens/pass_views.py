@@ -18,6 +18,7 @@ from textual.screen import Screen
 from tracer.errors import TracerError
 from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.view.titles import fit_parts
+from tracer.tui.view.heads import head_number, heads_held
 from tracer.tui.widgets.heads_view import HeadsView
 from tracer.tui.widgets.tensor_view import TensorView, legend_text
 from tracer.tui.widgets.title_bar import FittedLine
@@ -81,8 +82,10 @@ class PassViews(Screen[None]):
         step = viewer.step
         legend = legend_text(picture, "heatmap")
         legend.append(f"   scale: shared by all {picture.n_heads} heads", style="bold")
-        first = [(step.id, "bold", False), (f"   all {picture.n_heads} heads", "bold yellow", False),
-                 (f"   (h: head {min(viewer.head, picture.n_heads - 1) + 1} highlighted; A: one head)", "dim", True)]
+        held = heads_held(step)  # a --heads trace: "3 of 12 heads (1, 3, 4)"
+        highlighted = head_number(step, min(viewer.head, picture.n_heads - 1)) + 1
+        first = [(step.id, "bold", False), (f"   all {held}" if held.endswith(" heads") else f"   {held}", "bold yellow", False),
+                 (f"   (h: head {highlighted} highlighted; A: one head)", "dim", True)]
 
         def fit(width: int) -> Text:
             text = Text(no_wrap=True, overflow="ellipsis")

@@ -29,6 +29,7 @@ from tracer.tui.view.outline import build_outline
 from tracer.tui.screens.dialogs import Confirm, TextPrompt
 from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
+from tracer.tui.view.heads import head_name
 from tracer.tui.view.picture import Picture
 from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
@@ -264,7 +265,7 @@ class TraceScreen(PassViews):
         step = self.viewer.step
         first: list[tuple[str, str, bool]] = [(step.id, "bold", False)]  # (text, style, may shorten)
         if picture.head is not None:
-            first.append((f"   head {picture.head + 1}/{picture.n_heads}", "bold yellow", False))
+            first.append((f"   {head_name(picture.step, picture.head)}", "bold yellow", False))
         note = self.viewer.bookmark_for(step.id)
         if note is not None:  # only the note gives way to keep ★ in sight; the details after it may be cut
             first += [("   ★ ", "bold yellow", False), (visible(note.note) or "bookmarked", "", True)]
@@ -472,7 +473,7 @@ class TraceScreen(PassViews):
         picture = shown.picture
         headed = shown.sides[0] if shown.sides else picture  # side by side: the head is A's picture's
         if headed is not None and headed.head is not None:
-            first.append((f"   head {headed.head + 1}/{headed.n_heads}", "bold yellow", False))
+            first.append((f"   {head_name(headed.step, headed.head)}", "bold yellow", False))
         shapes = f"   [{' × '.join(map(str, step.shape))}]"
         if shown.step_b is not None and shown.step_b.shape != step.shape:
             shapes += f" vs [{' × '.join(map(str, shown.step_b.shape))}]"

@@ -69,8 +69,10 @@ class AttentionMapScreen(ModalScreen[MapCell | None]):
         table = self.query_one(DataTable)
         heads = max(len(row) for section in self.map.sections for row in section.cells)
         table.add_column("layer", key="layer")
-        for head in range(heads):
-            table.add_column(f"head {head + 1}", key=f"head{head}")
+        widest = max((row for section in self.map.sections for row in section.cells), key=len)
+        for head in range(heads):  # named by the model's head (a --heads trace holds only some)
+            number = widest[head].number if widest[head].number is not None else head
+            table.add_column(f"head {number + 1}", key=f"head{head}")
         for section in self.map.sections:
             table.add_row(Text(section.title, style="bold cyan"), *[""] * heads)
             for layer, row in zip(section.layers, section.cells):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer.trace import Step, Trace
+from tracer.tui.view.heads import head_number
 
 QUERY_KINDS = ("attn_raw", "attn_scaled", "attn_scores", "pattern", "mask", "q", "rot_q", "z")
 """Steps whose rows are query tokens: their cell cursor's row picks the token."""
@@ -21,6 +22,7 @@ class MapCell:
     key: int          # the key position attended to most
     token: str        # its token
     weight: float     # its attention weight
+    number: int | None = None  # the model's head (from 0): a --heads trace holds only some, `head` is the position
 
 
 @dataclass
@@ -59,7 +61,8 @@ def attention_map(trace: Trace, step: Step, query: int) -> AttentionMap | None:
             keys = np.nanargmax(np.where(np.isfinite(weights), weights, -np.inf), axis=1)
             key_tokens = pattern.labels.get("key")
             rows.append([MapCell(pattern.id, pattern.layer, head, int(key),
-                                 key_tokens[key] if key_tokens else str(key), float(weights[head, key]))
+                                 key_tokens[key] if key_tokens else str(key), float(weights[head, key]),
+                                 head_number(pattern, head))
                          for head, key in enumerate(keys)])
             queries = pattern.labels.get("query")
             if queries:

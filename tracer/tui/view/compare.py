@@ -18,6 +18,7 @@ from tracer.text import visible
 from tracer.trace import Step, Trace
 from tracer.trace.diff import DEFAULT_TOL, PARTED, UNALIGNED, StepDiff, TraceDiff, compare_steps, delta, diff, parting
 from tracer.tui.view.explain import describe_cell
+from tracer.tui.view.heads import head_name
 from tracer.tui.view.picture import Picture, build_picture, format_number, levels_for
 
 DELTA, SIDE, ONLY = "delta", "side", "only"   # what the tensor view shows for a step
@@ -200,7 +201,7 @@ def describe_compared_cell(shown: Shown, trace_a: Trace, trace_b: Trace, row: in
         row_name = f'"{picture.row_name(row)}" ({row})' if picture.row_labels else str(row)
         col_name = f'"{picture.col_name(col)}" ({col})' if picture.col_labels else str(col)
         where = f"{picture.row_axis} {row_name} · {picture.col_axis} {col_name}"
-    head = f", head {picture.head + 1}/{picture.n_heads}" if picture.head is not None else ""
+    head = f", {head_name(shown.step_a, picture.head)}" if picture.head is not None else ""
     sign = "+" if change > 0 else ""
     return (f"{where}{head}: A {format_number(value_a, 12)}  B {format_number(value_b, 12)}"
             f"  Δ {sign}{format_number(change, 12)}")

@@ -13,9 +13,9 @@ import numpy as np
 
 from tracer.input_notes import unfamiliar_note, unmasked_note
 from tracer.trace import Step, Trace, anatomy
-from tracer.trace.check import relative_buckets
-from tracer.trace.step import row_axis
+from tracer.trace.step import kv_columns, row_axis
 from tracer.tui.view.outline import quoted
+from tracer.tui.view.heads import head_name
 from tracer.tui.view.picture import Picture, format_number
 
 ATTENTION_SCORES = ("attn_raw", "attn_scaled", "attn_scores", "pattern")
@@ -244,6 +244,8 @@ def _attn_bias(c: Context):
 
 def _bucket_picture(decoder: bool, buckets: int, max_distance: int) -> str:
     """`distance→bucket` pairs for keys before the query, e.g. `0→0 1→1 … 9→8 12→9`."""
+    from tracer.trace.check import relative_buckets  # check loads when a T5 bias is explained, not at start-up
+
     distances = np.array(BUCKET_PICTURE_DISTANCES)
     found = relative_buckets(-distances, not decoder, buckets, max_distance)
     return " ".join(f"{d}→{b}" for d, b in zip(distances.tolist(), found.tolist())) + "."
@@ -252,6 +254,12 @@ def _bucket_picture(decoder: bool, buckets: int, max_distance: int) -> str:
 def _mask(c: Context):
     Tq, Tk = _query_key(c)
     title = f"Attention mask ({c.where})"
+    window, layers = c.config.get("sliding_window"), c.config.get("sliding_layers")
+    if c.decoder_side and not c.cross and isinstance(window, int) and (layers is None or c.step.layer in layers):
+        words = ("Which keys each query may look at (lit = allowed, ░ = forbidden). The decoder may not look "
+                 f"ahead, and this layer attends through a sliding window: query i sees only the last {window} "
+                 f"keys, i − {window - 1}…i. Older tokens reach it only through earlier layers.")
+        return title, words, f"allowed(i, j) = i − {window} < j ≤ i: {_size(Tq, Tk)}"
     if c.decoder_side and not c.cross:
         words = ("Which keys each query may look at (lit = allowed, ░ = forbidden). The decoder may not look "
                  "ahead: query i sees keys 0…i only, so it cannot read the answer it is predicting.")
@@ -741,8 +749,8 @@ def kv_cache_words(step: Step) -> str:
             f"values, unchanged because no position looks ahead.")
 
 
-def _vector(trace: Trace, step_id: str | None, pos: int, head: int) -> np.ndarray | None:
-    if step_id is None:
+def _vector(trace: Trace, step_id: str | None, pos: int, head: int | None) -> np.ndarray | None:
+    if step_id is None or head is None:
         return None
     data = trace[step_id]
     if pos >= data.shape[0] or head >= data.shape[1]:
@@ -819,7 +827,7 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
         state = "allowed" if bool(value) else "forbidden (masked)"
         return f"query {row_name} → key {col_name}: {state}"
     shown = format_number(float(value), 12)
-    head = f", head {picture.head + 1}/{picture.n_heads}" if picture.head is not None else ""
+    head = f", {head_name(step, picture.head)}" if picture.head is not None else ""
     if step.kind not in ATTENTION_SCORES or picture.head is None:
         if picture.col_axis == "vocab":  # an encoder's logits/probs: every position over the vocabulary
             name = token_name(trace, step, col)
@@ -830,10 +838,11 @@ def describe_cell(trace: Trace, picture: Picture, row: int, col: int) -> str:
     k_id = anatomy.resolve("{attn}.hook_rot_k | {attn}.hook_k", place, trace)
     kv_head = picture.head
     if q_id and k_id:  # grouped-query attention: query head h reads key/value head h // (heads per key/value head)
-        H, Hkv = trace.step(q_id).shape[1], trace.step(k_id).shape[1]
-        if 0 < Hkv < H and H % Hkv == 0:
-            kv_head = picture.head // (H // Hkv)
-            head += f" (key/value head {kv_head + 1}/{Hkv})"
+        q_step, k_step = trace.step(q_id), trace.step(k_id)
+        columns = kv_columns(q_step, k_step)  # by head number: a --heads trace holds only some heads
+        kv_head = columns[picture.head] if columns is not None and picture.head < len(columns) else None
+        if kv_head is not None and 0 < (k_step.heads_of or 0) < (q_step.heads_of or 0):
+            head += f" (key/value head {k_step.heads[kv_head] + 1}/{k_step.heads_of})"
     q = _vector(trace, q_id, row, picture.head)
     k = _vector(trace, k_id, col, kv_head)
     text = f"query {row_name} · key {col_name}{head}: "

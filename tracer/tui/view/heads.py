@@ -48,6 +48,26 @@ class HeadsPicture:
         return self.values.shape[2]
 
 
+def head_number(step: Step, position: int) -> int:
+    """The model's head (from 0) at `position` along the step's head axis: a `--heads` trace's
+    steps hold only some heads (`Step.heads`), so position and head number differ there."""
+    heads = step.heads
+    return heads[position] if 0 <= position < len(heads) else position
+
+
+def head_name(step: Step, position: int) -> str:
+    """'head 4/12': the head at `position` as the head picker counts (from 1), out of the model's heads."""
+    return f"head {head_number(step, position) + 1}/{step.heads_of or len(step.heads)}"
+
+
+def heads_held(step: Step) -> str:
+    """'12 heads', or for a `--heads` trace '3 of 12 heads (4, 6, 7)' (counted from 1)."""
+    heads, total = step.heads, step.heads_of or len(step.heads)
+    if len(heads) == total:
+        return f"{total} heads"
+    return f"{len(heads)} of {total} heads ({', '.join(str(h + 1) for h in heads)})"
+
+
 def build_heads(step: Step, mask: np.ndarray | None = None) -> HeadsPicture:
     """Every head of `step` on one colour scale; `mask` ([query, key], true = may attend) marks
     forbidden cells of a pattern as masked, as in the one-head picture."""

@@ -16,11 +16,11 @@ import numpy as np
 
 from tracer.trace import Step, Trace, anatomy
 from tracer.trace.state import VIEWS, Bookmark, UIState
-from tracer.tui.view.attention_map import QUERY_KINDS, AttentionMap, MapCell, attention_map
-if TYPE_CHECKING:  # compare mode (and tracer.trace.diff) load when first used, not at replay's start
+if TYPE_CHECKING:  # compare mode (and tracer.trace.diff), the attention map and the lens load when first used
+    from tracer.tui.view.attention_map import AttentionMap, MapCell
     from tracer.tui.view.compare import Comparison, Shown
+    from tracer.tui.view.lens import LensTable
 from tracer.tui.view.heads import HeadsPicture, build_heads
-from tracer.tui.view.lens import LENS_KIND, LensTable, has_lens, lens_table
 from tracer.tui.view.outline import chosen_tokens, group_path, leaf_label, quoted
 from tracer.tui.view.picture import Picture, build_picture, format_number, head_count
 
@@ -487,6 +487,8 @@ class Viewer:
         text = text.strip()
         if text.lstrip("#").isdigit() and not text.startswith("##"):
             return int(text.lstrip("#"))
+        from tracer.tui.view.lens import LENS_KIND
+
         known: dict[str, int] = {}
         trace = self.trace
         for side in (trace.input, trace.output):
@@ -509,6 +511,8 @@ class Viewer:
         token_id = self.token_id(text)
         if token_id is None:
             return refused(f"{quoted(text.strip())} is not a token this trace names; give its id (a number)")
+        from tracer.tui.view.lens import LENS_KIND
+
         kind = LENS_KIND if lens else "probs"
         best = None
         for step in self.trace.find(kind=kind):
@@ -540,6 +544,8 @@ class Viewer:
     def attention_map(self) -> tuple[AttentionMap | None, str | None]:
         """For the query token under the cell cursor: every layer's and head's strongest key
         (or None, and why not)."""
+        from tracer.tui.view.attention_map import QUERY_KINDS, attention_map
+
         step = self.step
         if step.kind not in QUERY_KINDS or step.layer is None:
             return None, "open an attention step (scores, pattern, q, z) and put the cursor on a query token's row"
@@ -556,6 +562,8 @@ class Viewer:
     def lens_table(self, offset: int = 0) -> tuple[LensTable | None, str | None]:
         """The logit lens of the current decoding step, or of the one `offset` away (encoder-only:
         of the masked position `offset` from the first), or None and why not. Nothing moves."""
+        from tracer.tui.view.lens import has_lens, lens_table
+
         trace, step = self.trace, self.step
         if not has_lens(trace):
             return None, "this trace has no logit lens (it was traced with --no-lens, or by an older tracer)"

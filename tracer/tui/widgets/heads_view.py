@@ -15,7 +15,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tracer.tui.view.heads import GAP, TITLE_ROWS, HeadsPicture, Layout, fit_layout, sampled, zoomed
+from tracer.tui.view.heads import GAP, TITLE_ROWS, HeadsPicture, Layout, fit_layout, head_number, sampled, zoomed
 from tracer.tui.view.picture import PALETTES
 from tracer.tui.widgets.tensor_view import MASKED_STYLE
 
@@ -106,7 +106,8 @@ class HeadsView(Widget, can_focus=False):
             if number:
                 segments.append(gap)
             if line < TITLE_ROWS:
-                title = next((t for t in (f"head {head + 1}", f"h{head + 1}") if len(t) <= layout.width), str(head + 1))
+                number = head_number(picture.step, head) + 1  # the model's head (a --heads trace holds some)
+                title = next((t for t in (f"head {number}", f"h{number}") if len(t) <= layout.width), str(number))
                 title = title[: layout.width].ljust(layout.width)
                 segments.append(Segment(title, CURRENT_TITLE_STYLE if head == self.head else TITLE_STYLE))
                 continue

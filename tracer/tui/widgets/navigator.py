@@ -84,8 +84,6 @@ class StepNavigator(ScrollView, can_focus=True):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._root = Node("root", "")
-        self._parents: dict[str, Node | None] = {}
-        self._leaves: dict[str, Node] = {}
         self._expanded: set[str] = set()
         self._lines: list[_Line] = []
         self._index: dict[str, int] = {}
@@ -97,23 +95,11 @@ class StepNavigator(ScrollView, can_focus=True):
 
     # -- content -------------------------------------------------------------------
     def load(self, outline: Node) -> None:
-        """Show a trace's outline (all groups folded)."""
+        """Show a trace's outline (all groups folded; a group's lines are worked out when it opens)."""
         self._root = outline
-        self._parents.clear()
-        self._leaves.clear()
         self._expanded.clear()
         self._current = None
         self._strips.clear()
-
-        def index(node: Node, parent: Node | None) -> None:
-            self._parents[node.key] = parent
-            if node.step_id is not None:
-                self._leaves[node.step_id] = node
-            for child in node.children:
-                index(child, node)
-
-        for child in outline.children:
-            index(child, None)
         self._relayout()
 
     def _relayout(self) -> None:
@@ -122,7 +108,7 @@ class StepNavigator(ScrollView, can_focus=True):
 
         def walk(node: Node, depth: int) -> None:
             lines.append(_Line(node, depth))
-            if node.children and node.key in self._expanded:
+            if node.key in self._expanded and node.has_children:
                 for child in node.children:
                     walk(child, depth + 1)
 
@@ -140,23 +126,16 @@ class StepNavigator(ScrollView, can_focus=True):
             self._bookmarked = set(step_ids)
             self.refresh()
 
-    def groups_above(self, node: Node) -> list[Node]:
-        out = []
-        parent = self._parents.get(node.key)
-        while parent is not None:
-            out.append(parent)
-            parent = self._parents.get(parent.key)
-        return out
-
     def show_current(self, step_id: str) -> None:
         """Open the path to this step, fold the rest, and bring it into view."""
-        node = self._leaves.get(step_id)
-        if node is None:
+        path = self._root.path_to(step_id)
+        if path is None:
             return
+        node = path[-1]
         self._current = step_id
-        path = {ancestor.key for ancestor in self.groups_above(node)}
-        if path != self._expanded:
-            self._expanded = path
+        groups = {ancestor.key for ancestor in path[:-1]}
+        if groups != self._expanded:
+            self._expanded = groups
             self._relayout()
         y = self._index.get(node.key, 0)
         self.cursor_line = y
@@ -208,9 +187,9 @@ class StepNavigator(ScrollView, can_focus=True):
     def _draw(self, line: _Line, is_current: bool, is_cursor: bool, marked: bool, expanded: bool, width: int) -> Strip:
         node, base = line.node, self._base
         segments = [Segment(" " * (line.depth * INDENT))]
-        if node.children:
+        if node.has_children:
             segments.append(Segment("▼ " if expanded else "▶ ", ICON_STYLE))
-        label_style = CURRENT_STYLE if is_current else (GROUP_STYLE if node.children else LEAF_STYLE)
+        label_style = CURRENT_STYLE if is_current else (GROUP_STYLE if node.has_children else LEAF_STYLE)
         if marked:
             segments.append(Segment(BOOKMARK_MARK, BOOKMARK_STYLE))
         # Labels are plain text (Segments are never parsed as markup): "[MASK]" shows as typed.

@@ -56,6 +56,18 @@ def open_regular(path: str | os.PathLike, limit: int, *, follow_links: bool = Tr
     return fd, info.st_size
 
 
+def special_kind(path: str | os.PathLike) -> str | None:
+    """What `path` is when it is neither a regular file nor a folder ("a FIFO", "a socket", ...), else
+    None (also when it does not exist). Links are followed: a hub snapshot links to its blobs."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
 def read_regular(path: str | os.PathLike, limit: int, *, follow_links: bool = True, what: str = "this file",
                  advice: str = "") -> bytes:
     """The whole content of a regular file of at most `limit` bytes (see `open_regular`).
