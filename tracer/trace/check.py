@@ -20,6 +20,13 @@ is rounded the same way: each float was computed in the model's dtype, then roun
 6.1e-5, in float16's subnormals, by at most 2⁻²⁵ absolutely, which the arithmetic tolerance's
 absolute floor covers). So the same bounds apply, with ε = u; the arithmetic tolerance stays the
 model's, not half precision's (float16 here is storage, not computation).
+
+A model run in bfloat16 or float16 (`tracer run --dtype`, the header's `model.dtype`) computed
+every step in that dtype: each recorded value is its op's result rounded to 8 (bfloat16) or 11
+(float16) significant bits, and the ops inside a step (a norm's, a GELU's) round as they go. The
+arithmetic tolerance is then two of that dtype's unit roundoffs (2⁻⁷, 2⁻¹⁰) instead of float32's
+1e-3, and the top-k probabilities, which decoding takes from a float32 softmax of the logits, may
+differ from the recorded (rounded) probabilities by one roundoff of their size.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class CheckReport:
     precision: int | None = None  # significant digits the trace's floats were rounded to (None: full)
     notes: list[str] = field(default_factory=list)  # relations not checked, and why (a --heads trace's concat)
     store_dtype: str | None = None  # the capture's --store-dtype (float16: rounded to 11 bits)
+    compute_dtype: str | None = None  # the model's dtype when it computed in half precision (bfloat16, float16)
 
     @property
     def ok(self) -> bool:
@@ -63,18 +71,29 @@ class CheckReport:
     @property
     def tolerance_note(self) -> str | None:
         """One line saying what rounding the check allowed for (None at full precision)."""
+        computed = (f"computed in {self.compute_dtype}: arithmetic tolerance ±{arithmetic_tolerance(self.compute_dtype):.2g}"
+                    " × each step's scale") if self.compute_dtype else None
         if self.precision is None and self.store_dtype != "float16":
-            return None
+            return computed
         if self.precision is None:
             what = "stored as float16"
         else:
             digits = "digit" if self.precision == 1 else "digits"
             what = f"rounded to {self.precision} {digits}" + (" (stored as float16)" if self.store_dtype == "float16" else "")
-        return (f"{what}: tolerance ±{rounding_epsilon(self.precision, self.store_dtype):.2g} × each "
-                "value's size, carried through each relation (beside float arithmetic's own)")
+        rounded = (f"{what}: tolerance ±{rounding_epsilon(self.precision, self.store_dtype):.2g} × each "
+                   "value's size, carried through each relation (beside float arithmetic's own)")
+        return f"{rounded}; {computed}" if computed else rounded
 
 
 FLOAT16_ROUNDOFF = 2.0 ** -11  # float16 keeps 11 significant bits: rounding is off by at most this, relatively
+# unit roundoff of the half-precision dtypes a model may compute in (`tracer run --dtype`)
+COMPUTE_ROUNDOFF = {"bfloat16": 2.0 ** -8, "float16": FLOAT16_ROUNDOFF}
+
+
+def arithmetic_tolerance(compute_dtype: str | None) -> float:
+    """The relative tolerance of the arithmetic of a model computing in `compute_dtype`: float32's
+    1e-3, or two unit roundoffs of a half-precision dtype (an op's rounding and those inside it)."""
+    return max(_tolerance(), 2 * COMPUTE_ROUNDOFF.get(compute_dtype, 0.0))
 
 
 def rounding_epsilon(precision: int | None, store_dtype: str | None = None) -> float:
@@ -200,6 +219,9 @@ class _Checker:
         self.eps = rounding_epsilon(trace.precision, self.store_dtype)
         # a value recorded as r was r/(1 ± ε) before rounding: |error| ≤ ε/(1 − ε)·|r|
         self.rel = self.eps / (1 - self.eps)
+        dtype = (trace.model or {}).get("dtype")
+        self.compute_dtype = dtype if dtype in COMPUTE_ROUNDOFF else None
+        self.compute_u = COMPUTE_ROUNDOFF.get(dtype, 0.0)
 
     def get(self, name: str, t: int | None) -> np.ndarray | None:
         step_id = anatomy.with_step(name, t)
@@ -244,6 +266,8 @@ class _Checker:
     def tolerance(self, *arrays: np.ndarray) -> float:
         """The arithmetic's relative tolerance. In a float16-stored trace float16 is the storage's
         rounding (carried by eps), not the arithmetic's: that was the model's own."""
+        if self.compute_dtype:
+            return arithmetic_tolerance(self.compute_dtype)
         return _tolerance() if self.store_dtype == "float16" else _tolerance(*arrays)
 
     def fail(self, step_id: str, message: str) -> None:
@@ -515,13 +539,13 @@ class _Checker:
             allowed = np.where(np.isin(np.arange(len(row)), suppressed), -np.inf, row)  # what greedy may choose
             best = int(np.argmax(allowed))
             chosen_id = chosen.get("id") if isinstance(chosen, dict) else None
-            if self.eps and isinstance(chosen_id, int) and 0 <= chosen_id < len(row) and allowed[chosen_id] == allowed[best]:
+            if (self.eps or self.compute_u) and isinstance(chosen_id, int) and 0 <= chosen_id < len(row) and allowed[chosen_id] == allowed[best]:
                 best = chosen_id  # rounding keeps the order but may make the winner tie with another
             if not isinstance(chosen, dict) or chosen.get("id") != best:
                 self.fail(step.id, f"chosen token {chosen!r} is not the argmax (id {best}) under greedy decoding")
             for entry in top_k:
                 token_id = entry.get("id") if isinstance(entry, dict) else None
-                if not isinstance(token_id, int) or not 0 <= token_id < len(row) or abs(float(row[token_id]) - float(entry.get("prob", -1))) > 1e-5 + self.rel * abs(float(row[token_id])):
+                if not isinstance(token_id, int) or not 0 <= token_id < len(row) or abs(float(row[token_id]) - float(entry.get("prob", -1))) > 1e-5 + (self.rel + self.compute_u) * abs(float(row[token_id])):
                     self.fail(step.id, f"top-k entry {entry!r} does not match the probabilities")
                     break
 
@@ -601,4 +625,4 @@ def check_trace(trace: Trace) -> CheckReport:
     checker.checked += checked
     checker.failures += [Failure(step_id, message) for step_id, message in failures]
     return CheckReport(checker.checked, checker.failures, checker.skipped, trace.precision, sorted(checker.notes),
-                       checker.store_dtype)
+                       checker.store_dtype, checker.compute_dtype)
