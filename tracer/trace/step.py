@@ -14,14 +14,20 @@ import numpy as np
 _PREFIX = r"^(?:(?P<stack>encoder|decoder)\.)?(?:(?:blocks\.)?(?P<layer>\d+)\.)?"
 _TAP = r"(?:(?P<component>[a-z_0-9]+)\.)?(?:(?P<module>W_[A-Za-z_0-9]+)\.)?hook_"
 _NAME = re.compile(_PREFIX + _TAP + r"(?P<kind>[a-z_0-9]+)$")
-# A training trace's gradient at a tap: "blocks.0.attn.hook_pattern.grad" (kind "pattern.grad", of "pattern").
-_TAP_GRAD = re.compile(_PREFIX + _TAP + r"(?P<of>[a-z_0-9]+)\.grad$")
-# A training trace's per-parameter quantities: "blocks.0.attn.W_Q.weight.adam_m" (component "attn",
-# param "W_Q.weight", kind "adam_m"). A weight module (W_…) is part of the parameter, not a component.
 PARAM_KINDS = ("value", "grad", "adam_m", "adam_v", "adam_m_hat", "adam_v_hat", "adam_step", "new")
-_PARAM = re.compile(
-    _PREFIX + r"(?:(?P<component>(?!W_)[a-z_0-9]+)\.)?(?P<param>[A-Za-z_0-9.]+)\.(?P<kind>" + "|".join(PARAM_KINDS) + r")$"
-)
+
+
+@lru_cache(maxsize=1)
+def _training_patterns() -> tuple[re.Pattern, re.Pattern]:
+    """The names only a training trace has, compiled on first use (not before replay's first frame).
+
+    A gradient at a tap: "blocks.0.attn.hook_pattern.grad" (kind "pattern.grad", of "pattern").
+    Per-parameter quantities: "blocks.0.attn.W_Q.weight.adam_m" (component "attn", param
+    "W_Q.weight", kind "adam_m"); a weight module (W_…) is part of the parameter, not a component."""
+    tap_grad = re.compile(_PREFIX + _TAP + r"(?P<of>[a-z_0-9]+)\.grad$")
+    param = re.compile(_PREFIX + r"(?:(?P<component>(?!W_)[a-z_0-9]+)\.)?(?P<param>[A-Za-z_0-9.]+)\.(?P<kind>"
+                       + "|".join(PARAM_KINDS) + r")$")
+    return tap_grad, param
 
 
 @lru_cache(maxsize=8192)
@@ -33,7 +39,10 @@ def parse_name(name: str) -> dict:
     steps have `param` (`W_Q.weight`) and kinds `value`, `grad`, `adam_m`, …; `module` is a
     LoRA-wrapped projection's name (`W_Q`). Callers must not change the dict (it is cached).
     """
-    match = _NAME.match(name) or _TAP_GRAD.match(name) or _PARAM.match(name)
+    match = _NAME.match(name)
+    if match is None:
+        tap_grad, param = _training_patterns()
+        match = tap_grad.match(name) or param.match(name)
     if match is None:
         return {"stack": None, "layer": None, "component": None, "kind": name.rsplit(".", 1)[-1],
                 "of": None, "param": None, "module": None}

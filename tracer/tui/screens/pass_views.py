@@ -16,7 +16,6 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from tracer.errors import TracerError
-from tracer.tui.screens.dialogs import TextPrompt
 from tracer.tui.view.titles import fit_parts
 from tracer.tui.view.heads import head_number, heads_held
 from tracer.tui.widgets.heads_view import HeadsView
@@ -108,6 +107,8 @@ class PassViews(Screen[None]):
             if text and text.strip():
                 self.apply(self.viewer.find_token(text, lens=bool(lens)))
 
+        from tracer.tui.screens.dialogs import TextPrompt
+
         self.app.push_screen(TextPrompt(f"Find where a token is most probable, in {where}",
                                         placeholder="a token (milk) or its id (237)"), find)
 
@@ -120,6 +121,8 @@ class PassViews(Screen[None]):
         def answer(value: str | None) -> None:
             if value is not None and value.strip():
                 self.export_to(value)
+
+        from tracer.tui.screens.dialogs import TextPrompt
 
         self.app.push_screen(TextPrompt(f"Export {self.viewer.step_id} to (a file or folder; .npy, .csv or .json)",
                                         value=default_name(self.viewer.step)), answer)

@@ -24,10 +24,9 @@ from tracer.text import visible
 from tracer.errors import TracerError
 from tracer.trace import Step, Trace
 from tracer.tui.commands import StepFinder
+# (the dialogs and the help screen are imported where they open: not before the first frame)
 from tracer.tui.view.explain import WORKED, describe_cell, explain
 from tracer.tui.view.outline import build_outline
-from tracer.tui.screens.dialogs import Confirm, TextPrompt
-from tracer.tui.screens.help import HelpScreen
 from tracer.tui.view import Change, Viewer
 from tracer.tui.view.heads import head_name
 from tracer.tui.view.picture import Picture
@@ -355,6 +354,7 @@ class TraceScreen(PassViews):
             if note is not None:
                 self.add_bookmark(step_id, note)
 
+        from tracer.tui.screens.dialogs import TextPrompt
         self.app.push_screen(TextPrompt(f"Bookmark {step_id}: note (optional)", placeholder="what is interesting here"), add)
 
     def add_bookmark(self, step_id: str, note: str = "") -> None:
@@ -410,6 +410,7 @@ class TraceScreen(PassViews):
                 self.notify("tracing…", timeout=3)
                 self._retrace(text)
 
+        from tracer.tui.screens.dialogs import TextPrompt
         self.app.push_screen(TextPrompt("New input: a sentence to trace", placeholder="ich bin piyush"), run)
 
     @work(thread=True, exclusive=True, group="retrace")
@@ -526,6 +527,7 @@ class TraceScreen(PassViews):
                 self._save(value.strip(), force=False)
 
         default = session_slug(self.viewer.traces[0].input.get("text", ""))
+        from tracer.tui.screens.dialogs import TextPrompt
         self.app.push_screen(TextPrompt("Save session as", value=default), answer)
 
     def _save(self, name: str, force: bool) -> None:
@@ -550,6 +552,7 @@ class TraceScreen(PassViews):
                 else:
                     self._notify(f"not saved: session {name!r} is left as it was")
 
+            from tracer.tui.screens.dialogs import Confirm
             self.app.push_screen(Confirm(f"A session named {name!r} already exists in {store.root}. Replace it?"), replace)
             return
         try:
@@ -561,6 +564,7 @@ class TraceScreen(PassViews):
         self.notify(f"saved session {name!r} ({path})", markup=False)
 
     def action_help(self) -> None:
+        from tracer.tui.screens.help import HelpScreen
         self.app.push_screen(HelpScreen(self.help_sections()))
 
     def help_sections(self) -> list[tuple[str, list[Binding]]]:

@@ -9,6 +9,8 @@ attention must not be averaged away).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,8 +96,7 @@ def build_heads(step: Step, mask: np.ndarray | None = None) -> HeadsPicture:
 ZOOMS = (6, 4, 2)  # a small grid is drawn larger: each value `zoom` cells wide and zoom/2 rows tall
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """How the panels sit: `columns` side by side, each `width` cells and `height` text rows,
     showing `rows` × `cols` (sampled) values, each `zoom` cells wide and `zoom` half-rows tall
     (two half-rows per text row, drawn with ▀)."""

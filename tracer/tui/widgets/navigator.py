@@ -8,8 +8,7 @@ cached by what it shows, so after folding, the lines that merely moved are reuse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from rich.segment import Segment
 from rich.style import Style
@@ -36,8 +35,7 @@ CURSOR_STYLE = Style(bgcolor="#3a3a4a")
 BOOKMARK_STYLE = Style(color="#ffd75f", bold=True)
 
 
-@dataclass(frozen=True)
-class _Line:
+class _Line(NamedTuple):
     node: Node
     depth: int
 
