@@ -71,7 +71,7 @@ def cli():
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
 @click.option("--steps", "decode_steps", default=None, metavar="1,3-5", help="Record only these decoding steps.")
 @click.option("--heads", default=None, metavar="0,2-3",
-              help="Keep only these attention heads (numbered from 0) of every per-head tap; keys and values "
+              help="Keep only these attention heads (numbered from 0, as --layers; the UI shows head 1 for 0) of every per-head tap; keys and values "
                    "keep the heads they serve.")
 @click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default=None,
               help="Store the trace's floats as this (float16 halves a trace; default: as computed, half types as float32).")
