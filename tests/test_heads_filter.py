@@ -119,6 +119,8 @@ async def test_the_ui_names_the_real_heads(llama_tiny, isolated_sessions):
         await pilot.pause()
         title = str(screen.query_one("#tensor-title").render())
         assert "head 2/4" in title                       # position 0 holds the model's head 1 (counted from 1: 2)
+        assert "colours: head 2's range" in title          # the colour note names the model's head too
+        assert "stats    2 of 4 heads (2, 4): min" in screen.query_one("#explain").plain  # which heads the stats cover
         await pilot.press("h")
         await pilot.pause()
         assert "head 4/4" in str(screen.query_one("#tensor-title").render())

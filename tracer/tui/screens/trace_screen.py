@@ -28,7 +28,7 @@ from tracer.tui.commands import StepFinder
 from tracer.tui.view.explain import WORKED, describe_cell, explain
 from tracer.tui.view.outline import build_outline
 from tracer.tui.view import Change, Viewer
-from tracer.tui.view.heads import head_name
+from tracer.tui.view.heads import head_name, head_number
 from tracer.tui.view.picture import Picture
 from tracer.tui.view.titles import fit_parts, screen_title
 from tracer.tui.widgets.key_bar import KeyBar
@@ -285,7 +285,8 @@ class TraceScreen(PassViews):
             text.append("\n")
             text.append_text(legend)
             # the stats cover every head, the colours this one: said where it fits whole (not at 80 columns)
-            scale_note = f"   colours: head {picture.head + 1}'s range" if picture.head is not None else ""
+            scale_note = (f"   colours: head {head_number(picture.step, picture.head) + 1}'s range"
+                          if picture.head is not None else "")
             if scale_note and legend.cell_len + len(scale_note) <= width:
                 text.append(scale_note, style="dim")
             return text

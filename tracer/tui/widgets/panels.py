@@ -15,6 +15,7 @@ from textual.strip import Strip
 from tracer.trace import Step, Trace
 from tracer.text import visible
 from tracer.tui.view.explain import Explanation
+from tracer.tui.view.heads import heads_held
 from tracer.tui.view.outline import quoted
 from tracer.tui.view.picture import format_number
 
@@ -46,7 +47,8 @@ def explanation_text(explanation: Explanation, step: Step) -> Text:
     stats = step.stats
     text.append("stats    ", style="bold cyan")
     if "head" in step.axes:  # the heat map's colours span one head; these numbers all of them
-        text.append(f"all {step.shape[step.axes.index('head')]} heads: ", style="dim")
+        held = heads_held(step)  # "12 heads", or a --heads trace's "2 of 12 heads (2, 4)"
+        text.append(f"all {held}: " if held.endswith(" heads") else f"{held}: ", style="dim")
     if stats.get("min") is None:
         text.append("no finite values", style="dim")
     else:
