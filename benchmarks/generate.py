@@ -92,20 +92,30 @@ def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = 
             "tokens": len(result.output_ids)}
 
 
-def run_transformers(prompt: int, new: int) -> dict:
+def transformers_gpt2(prompt: int):
+    """transformers' GPT2LMHeadModel of the GPT-2-small shape (random weights, eager attention) and
+    `prompt` random token ids."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt2_small import GPT2_SMALL
 
-    torch.set_grad_enabled(False)
-    baseline = rss_now()
     config = GPT2Config(vocab_size=GPT2_SMALL["vocab_size"], n_positions=GPT2_SMALL["max_positions"],
                         n_embd=GPT2_SMALL["d_model"], n_layer=GPT2_SMALL["n_layers"], n_head=GPT2_SMALL["n_heads"],
                         attn_implementation="eager")
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, config.vocab_size, (1, prompt))
+    return model, torch.randint(0, config.vocab_size, (1, prompt))
+
+
+def run_transformers(prompt: int, new: int) -> dict:
+    import torch
+    # loaded before the baseline is measured, so that it counts the import (transformers' own is lazy)
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
+
+    torch.set_grad_enabled(False)
+    baseline = rss_now()
+    model, ids = transformers_gpt2(prompt)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     before = peak_rss()
     start = time.perf_counter()
@@ -170,21 +180,15 @@ def timing_pairs(prompt: int, new: int, pairs: int) -> dict:
     """tracer's KV-cached trace and transformers' generate, alternately in one process (order
     swapped every pair), after one warm-up each: their times and the per-pair ratios."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gpt2_small import GPT2_SMALL, gpt2_small, text_of_tokens
+    from gpt2_small import gpt2_small, text_of_tokens
     from tracer.capture.run import generate
 
     torch.set_grad_enabled(False)
     loaded = gpt2_small()
     loaded.tokenizer.stop_ids = set()
     text = text_of_tokens(loaded, prompt)
-    config = GPT2Config(vocab_size=GPT2_SMALL["vocab_size"], n_positions=GPT2_SMALL["max_positions"],
-                        n_embd=GPT2_SMALL["d_model"], n_layer=GPT2_SMALL["n_layers"], n_head=GPT2_SMALL["n_heads"],
-                        attn_implementation="eager")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, config.vocab_size, (1, prompt))
+    model, ids = transformers_gpt2(prompt)
 
     def ours() -> float:
         start = time.perf_counter()

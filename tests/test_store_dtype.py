@@ -89,6 +89,15 @@ TAMPER = [(step, step) for step in ["decoder.0.attn.hook_attn_raw@2", "decoder.0
     + [("encoder.0.ln1.hook_normalized", "encoder.0.hook_resid_post")]
 
 
+def put_rows(step, data) -> None:
+    """Make `data` what `step` recorded (a KV-cached step's new rows; its full view is assembled again)."""
+    if step.stored_shape is None:
+        step._array = data
+    else:
+        step._rows = data
+        step._array = None
+
+
 @pytest.mark.parametrize("step_id,named", TAMPER)
 def test_check_still_fails_on_an_altered_float16_trace(pairs, step_id, named):
     trace = pairs["de-en-tiny"][1]
@@ -99,18 +108,10 @@ def test_check_still_fails_on_an_altered_float16_trace(pairs, step_id, named):
     i = int(np.argmax(np.abs(flat.astype(np.float64))))
     flat[i] = np.float16(flat[i] + (0.01 * max(1.0, abs(float(flat[i]))) if step.kind != "probs" else -0.01))
     try:
-        if step.stored_shape is None:
-            step._array = data
-        else:
-            step._rows = data
-            step._array = None
+        put_rows(step, data)
         failed = {failure.step_id for failure in check_trace(trace).failures}
     finally:
-        if step.stored_shape is None:
-            step._array = before
-        else:
-            step._rows = before
-            step._array = None
+        put_rows(step, before)
     assert named in failed, failed
 
 
