@@ -40,6 +40,29 @@ def cli():
     """Step through a transformer's computation one tensor at a time."""
 
 
+SESSIONS_DIR_OPTION = dict(
+    default=None, type=click.Path(file_okay=False),
+    help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).",
+)
+
+
+def hand_over_options(command):
+    """--save, --force, --sessions-dir, --export and --precision: what `hand_over` does with the
+    new trace of `run` and `finetune` (one definition, so the two commands cannot drift apart)."""
+    options = [
+        click.option("--save", "save_name", default=None, metavar="NAME", help="Save the trace as a session."),
+        click.option("--force", is_flag=True, help="With --save: replace a session of the same name."),
+        click.option("--sessions-dir", **SESSIONS_DIR_OPTION),
+        click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
+                     help="Write the trace as JSON to this file."),
+        click.option("--precision", type=click.IntRange(1, 9), default=None,
+                     help="With --export: significant digits for floats (default: full float32)."),
+    ]
+    for option in reversed(options):  # decorators apply bottom-up: this keeps --help's order
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("text")
 @click.option("--model", "-m", "model_name", default=None, metavar="NAME|PATH|ORG/NAME",
@@ -48,14 +71,7 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--max-new-tokens", type=int, default=None, help="Stop decoding after this many tokens.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Candidates recorded at each decoding step.")
-@click.option("--save", "save_name", default=None, metavar="NAME", help="Save the trace as a session.")
-@click.option("--force", is_flag=True, help="With --save: replace a session of the same name.")
-@click.option("--sessions-dir", default=None, type=click.Path(file_okay=False),
-              help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).")
-@click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
-              help="Write the trace as JSON to this file.")
-@click.option("--precision", type=click.IntRange(1, 9), default=None,
-              help="With --export: significant digits for floats (default: full float32).")
+@hand_over_options
 @click.option("--no-tui", is_flag=True, help="Print a summary instead of opening the UI (what happens anyway when stdin or stdout is not a terminal).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights' dtype (default: float32, even for a bf16/fp16 checkpoint).")
@@ -159,14 +175,7 @@ def hand_over(trace, export_path, precision, save_name, force, sessions_dir, no_
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Save the trained model as a new model folder (LoRA merged, head included) that `tracer run` loads.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--save", "save_name", default=None, metavar="NAME", help="Save the trace as a session.")
-@click.option("--force", is_flag=True, help="With --save: replace a session of the same name.")
-@click.option("--sessions-dir", default=None, type=click.Path(file_okay=False),
-              help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).")
-@click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
-              help="Write the trace as JSON to this file.")
-@click.option("--precision", type=click.IntRange(1, 9), default=None,
-              help="With --export: significant digits for floats (default: full float32).")
+@hand_over_options
 @click.option("--no-tui", is_flag=True, help="Print the loss per step instead of opening the UI (as when stdin or stdout is not a terminal).")
 def finetune(text, model_name, target, label, labels, steps, lr, weight_decay, betas, seed, lora_rank, lora_alpha,
              lora_targets, out, device, save_name, force, sessions_dir, export_path, precision, no_tui):
@@ -405,10 +414,6 @@ def train(model_name, out, steps, seed, eval_size, force):
     click.echo(visible(f"wrote {result.folder} (MODEL.md has the details); use it with --model {result.folder}"))
 
 
-SESSIONS_DIR_OPTION = dict(
-    default=None, type=click.Path(file_okay=False),
-    help="Sessions folder (default: $TRACER_SESSIONS_DIR or ./sessions).",
-)
 
 
 @cli.command()
