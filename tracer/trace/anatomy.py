@@ -330,6 +330,14 @@ def phase_of(kind: str) -> str:
 
 # -- reading it ----------------------------------------------------------------------------
 
+def is_rms_norm(config, component: str | None) -> bool:
+    """Whether the norm `component` (ln1, ln_final, …) of a model with `config` is an RMSNorm
+    (Llama's, T5's: no mean subtracted, no shift). BERT's embedding and MLM-head norms are layer
+    norms whatever the model's `norm_type`."""
+    return (isinstance(config, dict) and config.get("norm_type") in ("rmsnorm", "rmsnorm_t5")
+            and component not in ("ln_embed", "ln_mlm"))
+
+
 def generic_axes(rank: int) -> tuple[str, ...]:
     """Axes for a tensor nothing is known about: `dim0`, `dim1`, … (no token labels)."""
     return tuple(f"dim{i}" for i in range(rank))

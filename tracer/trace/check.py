@@ -401,7 +401,7 @@ class _Checker:
         x = self.total(step, *parts)                       # ln_embed: the embeddings' sum
         eps = float(config.get("layer_norm_eps", 1e-5))
         out = self.value(step).astype(np.float64)
-        if config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and step.component not in ("ln_embed", "ln_mlm"):
+        if anatomy.is_rms_norm(config, step.component):
             scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
             xhat = x / scale
             energy = (xhat ** 2).sum(0)

@@ -320,7 +320,7 @@ def _normalized(c: Context):
     titles = {"ln_final": "Final layer norm", "ln_embed": "Embedding layer norm", "ln_mlm": "MLM head: layer norm"}
     title = titles.get(component, f"Layer norm ({component})")
     eps = c.config.get("layer_norm_eps", 1e-5)
-    if c.config.get("norm_type") in ("rmsnorm", "rmsnorm_t5") and component not in ("ln_embed", "ln_mlm"):
+    if anatomy.is_rms_norm(c.config, component):
         title = title.replace("Layer norm", "RMSNorm").replace("layer norm", "RMSNorm")
         words = ("RMSNorm: each position's vector is divided by its root mean square, so its numbers have "
                  "mean square 1, then scaled by a learned weight g. Unlike a layer norm it does not subtract "

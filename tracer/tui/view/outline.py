@@ -162,10 +162,7 @@ def leaf_label(step: Step, trace: Trace) -> str:
     if kind == "tokens":
         return "Tokenize" if step.decode_step is None else "tokens so far"
     if kind == "normalized":
-        # Llama's and T5's norms are RMSNorms (BERT's embedding and MLM norms are layer norms in any case)
-        rms = trace.model.get("config", {}).get("norm_type") in ("rmsnorm", "rmsnorm_t5") \
-            and step.component not in ("ln_embed", "ln_mlm")
-        name = "RMSNorm" if rms else "layer norm"
+        name = "RMSNorm" if anatomy.is_rms_norm(trace.model.get("config"), step.component) else "layer norm"
         return f"final {name}" if step.component == "ln_final" else name
     if kind == "probs":
         chosen = step.extra.get("chosen")
