@@ -155,7 +155,8 @@ def _step_meta(step: Step, label_sets: dict) -> dict:
     return meta
 
 
-def _refuse_writing(message: str):
+def refuse_saving(message: str):
+    """How a save refuses a trace its own reader would refuse (validate_trace's `fail`)."""
     raise TracerError(f"not saving a trace its reader would refuse: {message}")
 
 
@@ -163,7 +164,7 @@ def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UI
     """Write a complete session into `folder` (which must exist and be empty); returns the manifest."""
     entries = []
     for number, trace in enumerate(traces):
-        validate_trace(trace, _refuse_writing)
+        validate_trace(trace, refuse_saving)
         write_tensors(trace.steps, folder / tensors_name(number))
         entries.append(write_trace_meta(folder, number, trace))
     return write_manifest(folder, name, entries, state, created)

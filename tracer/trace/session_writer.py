@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.errors import TracerError
 from tracer.trace.atomic import rmtree
 from tracer.trace.schema import validate_trace
-from tracer.trace.session import SessionStore, tensors_name, write_manifest, write_trace_meta
+from tracer.trace.session import SessionStore, refuse_saving, tensors_name, write_manifest, write_trace_meta
 from tracer.trace.state import UIState
 from tracer.trace.step import Step
 from tracer.trace.tensor_file import StreamingTensorWriter
@@ -51,7 +50,7 @@ class SessionWriter:
     def commit(self, trace: Trace, state: UIState | None = None) -> Path:
         """Finish the session with `trace` (the trace of the steps added, in order) and put it in place."""
         with self.store.writing_into(self.work, self.name):
-            validate_trace(trace, _refuse_writing)
+            validate_trace(trace, refuse_saving)
             self._tensors.finish(trace.steps)
             entry = write_trace_meta(self.work, 0, trace)
             write_manifest(self.work, self.name, [entry], state or UIState(), self.store.created_of(self.name))
@@ -71,7 +70,3 @@ class SessionWriter:
 
     def __exit__(self, *exc) -> None:
         self.abort()
-
-
-def _refuse_writing(message: str):
-    raise TracerError(f"not saving a trace its reader would refuse: {message}")
