@@ -70,8 +70,8 @@ def test_the_exit_code_says_a_step_could_not_be_drawn(damaged_after_opening, mon
 
     real_open = session_module.open_source
 
-    def open_then_damage(source, sessions_dir=None):  # the file is cut short once replay has opened it
-        opened = real_open(source, sessions_dir)
+    def open_then_damage(source, sessions_dir=None, **options):  # the file is cut short once replay has opened it
+        opened = real_open(source, sessions_dir, **options)
         os.truncate(opened.path / "trace-0.safetensors", 300)
         return opened
 

@@ -450,7 +450,7 @@ def replay(source, no_tui, play, sessions_dir):
     with collector_paused():  # numpy, the session's metadata and the UI all load with the collector off
         from tracer.trace.session import SessionStore, open_source
 
-        session = open_source(source, sessions_dir)
+        session = open_source(source, sessions_dir, first_screen=True)  # the rest is read once the first frame is up
         open_traces(session.traces, state=session.state, session_name=session.name if session.path.is_dir() else None,
                     play=play, store=SessionStore(sessions_dir))
 

@@ -40,7 +40,7 @@ from tracer import __version__
 from tracer.collector import collector_paused
 from tracer.errors import BadInput, DamagedFile, TracerError
 from tracer.trace.atomic import (
-    atomic_write, fsync_dir, hidden_name, make_hidden_folder, pid_alive, remove_dead_temps, rmtree,
+    atomic_write, fsync_dir, fsync_file, hidden_name, make_hidden_folder, pid_alive, remove_dead_temps, rmtree,
 )
 from tracer.reading import read_regular
 from tracer.trace.schema import (
@@ -50,7 +50,7 @@ from tracer.trace.schema import (
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step, full_shape, parse_name, split_step_id
 from tracer.trace.tensor_file import TensorFile, write_tensors
-from tracer.trace.trace import Trace, utc_now
+from tracer.trace.trace import Later, LaterPass, Trace, utc_now
 
 # Called through these module names (not `atomic.exchange`) so that the crash tests can stand in
 # for a kernel without RENAME_EXCHANGE and for a full disk by replacing them here.
@@ -165,8 +165,8 @@ def write_session_folder(folder: Path, name: str, traces: list[Trace], state: UI
     entries = []
     for number, trace in enumerate(traces):
         validate_trace(trace, refuse_saving)
-        write_tensors(trace.steps, folder / tensors_name(number))
-        entries.append(write_trace_meta(folder, number, trace))
+        header_ends = write_tensors(trace.steps, folder / tensors_name(number))
+        entries.append(write_trace_meta(folder, number, trace, header_ends))
     return write_manifest(folder, name, entries, state, created)
 
 
@@ -175,21 +175,59 @@ def tensors_name(number: int) -> str:
     return f"trace-{number}.safetensors"
 
 
-def write_trace_meta(folder: Path, number: int, trace: Trace) -> dict:
-    """Write trace `number`'s metadata (its tensors are in `tensors_name(number)`); its manifest entry."""
+def write_trace_meta(folder: Path, number: int, trace: Trace, header_ends: list[int] | None = None) -> dict:
+    """Write trace `number`'s metadata (its tensors are in `tensors_name(number)`); its manifest entry.
+
+    `header_ends`: where each step's entry ends in the tensors' header (what write_tensors returns);
+    with them, the entry of a trace of several passes carries its pass index (`passes`)."""
     tensors, meta = tensors_name(number), f"trace-{number}.meta.json"
-    document = dict(trace.header())
     label_sets: dict[tuple, int] = {}
-    document["steps"] = [_step_meta(step, label_sets) for step in trace.steps]
-    _write_json(folder / meta, {
+    steps = [_step_meta(step, label_sets) for step in trace.steps]
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # as atomic.write_json writes it
+    # Written step by step: the bytes orjson writes for the whole document, and where each step ends
+    head = orjson.dumps({
         "format": TRACE_META_FORMAT, "version": VERSION, "tensors": tensors,
-        "label_sets": [list(tokens) for tokens in label_sets], "trace": document,
-    })
-    return {
+        "label_sets": [list(tokens) for tokens in label_sets], "trace": dict(trace.header(), steps=[]),
+    }, option=option)
+    assert head.endswith(b"[" + _STEPS_TAIL), "the steps must close the document"
+    parts, ends, at = [], [], len(head) - len(_STEPS_TAIL)
+    for item in steps:
+        part = orjson.dumps(item, option=option)
+        at += len(part) + (1 if parts else 0)
+        parts.append(part)
+        ends.append(at)
+    with open(folder / meta, "wb") as out:
+        out.write(head[:-len(_STEPS_TAIL)] + b",".join(parts) + _STEPS_TAIL)
+        fsync_file(out)
+    entry = {
         "meta": meta, "tensors": tensors, "steps": len(trace),
         "model": trace.model.get("name"), "arch": trace.arch, "created": trace.created,
         "input": trace.input.get("text"), "output": trace.output.get("text"),
     }
+    if header_ends is not None and len(header_ends) == len(steps):
+        passes = _pass_index(trace.steps, ends, header_ends)
+        if len(passes) > 1:
+            entry["passes"] = passes
+    return entry
+
+
+_STEPS_TAIL = b"]}}"  # what follows the last step in a trace's metadata: steps, trace and document closed
+
+
+def _pass_index(steps: list[Step], meta_ends: list[int], header_ends: list[int]) -> list[dict]:
+    """One entry per pass (a run of steps of one decoding step): where it ends (steps, bytes of the
+    metadata, bytes of the tensors' header), its decoding step and the token it chose. A reader
+    that wants the first passes only parses the files up to there (see `_read_first_passes`)."""
+    passes = []
+    for i, step in enumerate(steps):
+        t = step.decode_step
+        if not passes or passes[-1]["decode_step"] != t:
+            passes.append({"decode_step": t, "chosen": None})
+        chosen = step.extra.get("chosen") if step.extra and step.kind == "probs" else None
+        if passes[-1]["chosen"] is None and type(chosen) is dict and type(chosen.get("token")) is str:
+            passes[-1]["chosen"] = chosen["token"]
+        passes[-1].update(steps=i + 1, meta=meta_ends[i], tensors=header_ends[i])
+    return passes
 
 
 def write_manifest(folder: Path, name: str, entries: list[dict], state: UIState, created: str | None = None) -> dict:
@@ -428,7 +466,10 @@ def _folder_size(path: Path) -> int:
 # -- reading -----------------------------------------------------------------------------
 def _read_json(path: Path, limit: int):
     """Parse a JSON file; missing, oversized, truncated or invalid -> DamagedFile naming it."""
-    raw = read_regular(path, limit, follow_links=False, what="a session file")
+    return _parse_json(read_regular(path, limit, follow_links=False, what="a session file"), path)
+
+
+def _parse_json(raw: bytes, path: Path):
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -608,13 +649,32 @@ def _plain_layout(shape: list, dtype, axes: list, kind: str) -> bool:
     return all(type(axis) is str and len(axis) <= MAX_ID_CHARS for axis in axes)
 
 
-def _read_trace(folder: Path, entry: dict) -> Trace:
+def _read_trace(folder: Path, entry: dict, wanted: list[str] | None = None) -> Trace:
+    """Trace `entry` of the session in `folder`, every step checked.
+
+    `wanted` (replay's first frame): the ids the first screen shows. If the entry's pass index
+    allows, only the passes up to theirs are read now and checked as a full read checks them; the
+    Trace reads the rest when something needs it (`Trace.complete`), and checks the whole again."""
     meta_path = folder / entry["meta"]
-    document = _read_json(meta_path, MAX_META_BYTES)
+    raw = read_regular(meta_path, MAX_META_BYTES, follow_links=False, what="a session file")
 
     def fail(message: str):
         raise DamagedFile(f"{meta_path}: {message}")
 
+    if wanted is not None:
+        trace = _read_first_passes(folder, entry, raw, wanted, fail)
+        if trace is not None:
+            return trace
+    body, steps = _meta_steps(_parse_json(raw, meta_path), entry, fail)
+    tensors = TensorFile(folder / entry["tensors"], steps)
+    validate_consistency(steps, fail)
+    for step in steps:
+        step._loader = tensors.loader(step)
+    return _trace(body, steps, fail)
+
+
+def _meta_steps(document, entry: dict, fail) -> tuple[dict, list[Step]]:
+    """A trace's metadata document checked: its header (`body`) and its steps (no loaders yet)."""
     if not isinstance(document, dict) or document.get("format") != TRACE_META_FORMAT:
         fail(f"not a session trace (format is {document.get('format') if isinstance(document, dict) else None!r}, expected {TRACE_META_FORMAT!r})")
     if document.get("version") not in READABLE_VERSIONS:
@@ -631,19 +691,106 @@ def _read_trace(folder: Path, entry: dict) -> Trace:
     steps = _plain_steps(body["steps"], label_sets, fail)
     if steps is None:  # something is wrong, or unusual: the step-by-step check finds it and names it
         steps = _checked_steps(body["steps"], label_sets, fail)
-    tensors = TensorFile(folder / entry["tensors"], steps)
-    validate_consistency(steps, fail)
-    for step in steps:
-        step._loader = tensors.loader(step)
+    return body, steps
+
+
+def _trace(body: dict, steps: list[Step], fail, later: Later | None = None) -> Trace:
     try:
         return Trace(
             steps, model=body["model"], device=str(body.get("device", "unknown")), input=body["input"],
             output=body["output"], created=body.get("created") or None,
             tracer_version=str(body.get("tracer_version", "unknown")),
-            precision=body.get("precision"), capture=body.get("capture"),
+            precision=body.get("precision"), capture=body.get("capture"), later=later,
         )
     except ValueError as exc:
         fail(str(exc))
+
+
+def _passes(entry: dict, meta_size: int) -> list[dict] | None:
+    """The entry's pass index, if it is well formed (each pass ends after the one before, inside
+    the files); None otherwise: it only makes the first frame quicker, so a bad one is ignored."""
+    passes = entry.get("passes")
+    if type(passes) is not list or not 1 < len(passes) <= entry.get("steps", 0):
+        return None
+    before, t_before = (0, 0, 0), None
+    for number, item in enumerate(passes):
+        if type(item) is not dict:
+            return None
+        ends = (item.get("steps"), item.get("meta"), item.get("tensors"))
+        if not all(type(n) is int for n in ends) or not all(a < b for a, b in zip(before, ends)):
+            return None
+        t, chosen = item.get("decode_step"), item.get("chosen")
+        if not (chosen is None or type(chosen) is str) or not (t is None and number == 0 or type(t) is int):
+            return None  # only the first pass (an encoder's) may have no decoding step
+        if t_before is not None and not t > t_before:  # each decoding step one pass, in order
+            return None
+        before, t_before = ends, t
+    if before[0] != entry["steps"] or before[1] >= meta_size:
+        return None
+    return passes
+
+
+def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str], fail) -> Trace | None:
+    """The first passes of a trace, up to the last one `wanted` names (at least the first),
+    checked as `_read_trace` checks a whole trace; the later ones left for `Trace.complete`.
+    None when the index is missing or does not fit (the caller then reads the whole trace)."""
+    passes = _passes(entry, len(raw))
+    if passes is None:
+        return None
+    last = 0
+    for step_id in wanted:
+        try:
+            t = split_step_id(step_id)[1]
+        except ValueError:
+            continue
+        last = max([last] + [i for i, item in enumerate(passes) if item["decode_step"] == t and t is not None])
+    if last == len(passes) - 1:
+        return None  # the first screen needs every pass: read them all
+    first = passes[last]
+    try:  # the steps up to that pass, then closed as the document closes: the same bytes, cut short
+        body, steps = _meta_steps(orjson.loads(raw[:first["meta"]] + _STEPS_TAIL), entry, fail)
+        if [(i["steps"], i["decode_step"]) for i in passes[:last + 1]] != _runs(steps):
+            return None
+        tensors = TensorFile(folder / entry["tensors"], steps, header_end=first["tensors"])
+        validate_consistency(steps, fail)
+    except (orjson.JSONDecodeError, DamagedFile):
+        return None  # the whole read says what is wrong, naming it as it always does
+    for step in steps:
+        step._loader = tensors.loader(step)
+    meta_path = folder / entry["meta"]
+    later = tuple(LaterPass(item["decode_step"], item["steps"] - before["steps"], item["chosen"])
+                  for before, item in zip(passes[last:], passes[last + 1:]))
+
+    def read_later() -> list[Step]:
+        """Every step, checked as `_read_trace` checks them, from the bytes read at the start; the
+        first passes must be what the first screen read, the later ones what the index says."""
+        whole, every = _meta_steps(_parse_json(raw, meta_path), entry, fail)
+        if {k: v for k, v in whole.items() if k != "steps"} != {k: v for k, v in body.items() if k != "steps"} or any(
+                _step_key(a) != _step_key(b) for a, b in zip(steps, every)):
+            fail("its first passes read differently on their own (a key given twice?)")
+        if [(i["steps"], i["decode_step"], i["chosen"]) for i in passes] != _runs(every, chosen=True):
+            fail(f"its steps do not match the pass index in {MANIFEST}")
+        tensors.check_all(steps + every[len(steps):])
+        validate_consistency(every, fail)
+        rest = every[len(steps):]
+        for step in rest:
+            step._loader = tensors.loader(step)
+        return rest
+
+    return _trace(body, steps, fail, later=Later(later, read_later))
+
+
+def _runs(steps: list[Step], chosen: bool = False) -> list[tuple]:
+    """(steps so far, decoding step[, chosen token]) at the end of each run of one decoding step,
+    as `_pass_index` writes them."""
+    index = _pass_index(steps, [0] * len(steps), [0] * len(steps))
+    return [(i["steps"], i["decode_step"], i["chosen"]) if chosen else (i["steps"], i["decode_step"]) for i in index]
+
+
+def _step_key(step: Step) -> tuple:
+    """What a step was read as: its metadata, but for its stats (the first screen may have worked
+    them out since; they were read from the same bytes as the rest of the step)."""
+    return (step.id, step.rows_shape, step.dtype, step.axes, step.labels, step.extra, step.cached)
 
 
 def _restore_state(raw, traces: list[Trace]) -> UIState:
@@ -666,22 +813,37 @@ def _restore_state(raw, traces: list[Trace]) -> UIState:
     return state
 
 
-def load_session(path: str | os.PathLike) -> Session:
-    """Open a session folder: everything validated now, tensors read later, one at a time."""
+def load_session(path: str | os.PathLike, first_screen: bool = False) -> Session:
+    """Open a session folder: everything validated now, tensors read later, one at a time.
+
+    `first_screen` (replay): read what the first screen shows first: of a long decode, the passes
+    up to the saved place and its bookmarks; each Trace reads and checks the rest when first asked
+    (the UI asks as soon as its first frame is drawn)."""
     folder = Path(path)
     manifest = read_manifest(folder)
+    wanted: list[list[str]] | None = None
+    if first_screen:
+        try:
+            saved = UIState.from_dict(manifest.get("ui") if isinstance(manifest.get("ui"), dict) else {})
+        except ValueError:
+            saved = UIState()
+        wanted = [[b.step for b in saved.bookmarks if b.trace == number] + ([saved.step] if saved.step and saved.trace == number else [])
+                  for number in range(len(manifest["traces"]))]
     with collector_paused():
-        traces = [_read_trace(folder, entry) for entry in manifest["traces"]]
+        traces = [_read_trace(folder, entry, wanted[number] if wanted else None)
+                  for number, entry in enumerate(manifest["traces"])]
     # the folder's name is the session's name (the manifest's copy is informational: a renamed
     # or hostile folder must not make the UI save somewhere else)
     return Session(name=folder.resolve().name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
 
 
-def open_source(source: str | os.PathLike, sessions_dir: str | os.PathLike | None = None) -> Session:
-    """A session name, a session folder or a JSON export -> a Session (an export has default UI state)."""
+def open_source(source: str | os.PathLike, sessions_dir: str | os.PathLike | None = None,
+                first_screen: bool = False) -> Session:
+    """A session name, a session folder or a JSON export -> a Session (an export has default UI
+    state). `first_screen`: see load_session."""
     path = SessionStore(sessions_dir).resolve(source)
     if path.is_dir():
-        return load_session(path)
+        return load_session(path, first_screen)
     from tracer.trace.load import read_json
 
     trace = read_json(path)

@@ -51,8 +51,8 @@ class SessionWriter:
         """Finish the session with `trace` (the trace of the steps added, in order) and put it in place."""
         with self.store.writing_into(self.work, self.name):
             validate_trace(trace, refuse_saving)
-            self._tensors.finish(trace.steps)
-            entry = write_trace_meta(self.work, 0, trace)
+            header_ends = self._tensors.finish(trace.steps)
+            entry = write_trace_meta(self.work, 0, trace, header_ends)
             write_manifest(self.work, self.name, [entry], state or UIState(), self.store.created_of(self.name))
             self.store.commit_work(self.work, self.name, self.force)
         self._open = False

@@ -38,13 +38,14 @@ def _nbytes(shape, dtype: str) -> int:
     return math.prod(shape) * _ITEMSIZE[dtype]
 
 
-def write_tensors(steps: list[Step], path: Path) -> None:
-    """Stream every step's tensor into a safetensors file, one tensor at a time, and fsync it.
+def write_tensors(steps: list[Step], path: Path) -> list[int]:
+    """Stream every step's tensor into a safetensors file, one tensor at a time, and fsync it;
+    returns where each step's entry ends in the header (see `_header`).
 
     Written straight from each array's buffer: no second in-memory copy of the whole trace,
     and steps loaded lazily from another session are read, written and dropped one by one.
     """
-    header = _header(steps)
+    header, ends = _header(steps)
     with open(path, "wb", buffering=0) as out:
         _write_all(out, header)
         for step in steps:
@@ -53,6 +54,7 @@ def write_tensors(steps: list[Step], path: Path) -> None:
             if not was_loaded:
                 step.release()
         os.fsync(out.fileno())
+    return ends
 
 
 def _storable(step: Step) -> str:
@@ -62,18 +64,25 @@ def _storable(step: Step) -> str:
     return ST_DTYPES[step.dtype]
 
 
-def _header(steps: list[Step]) -> bytes:
+def _header(steps: list[Step]) -> tuple[bytes, list[int]]:
     """The file's first bytes: the header's length, then the header (every step's dtype, shape and
-    place in the data, in order), padded with spaces to 8 bytes as safetensors does."""
-    header, offset = {}, 0
+    place in the data, in order), padded with spaces to 8 bytes as safetensors does; and where each
+    step's entry ends in the header (a session's pass index points there: tracer.trace.session).
+
+    Written entry by entry, the bytes orjson writes for the whole header at once."""
+    parts, ends, offset, at = [], [], 0, 1  # at: the header's length so far, its opening brace included
     for step in steps:
         code = _storable(step)
         size = _nbytes(step.rows_shape, step.dtype)  # a KV-cached step stores its new rows only
-        header[step.id] = {"dtype": code, "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
+        entry = {"dtype": code, "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
+        part = orjson.dumps(step.id) + b":" + orjson.dumps(entry)
+        at += len(part) + (1 if parts else 0)  # the comma before every entry but the first
+        parts.append(part)
+        ends.append(at)
         offset += size
-    raw = orjson.dumps(header)
+    raw = b"{" + b",".join(parts) + b"}"
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw
+    return struct.pack("<Q", len(raw)) + raw, ends
 
 
 def _write_rows(out, step: Step) -> int:
@@ -135,19 +144,22 @@ class StreamingTensorWriter:
 
         return load
 
-    def finish(self, steps: list[Step]) -> None:
+    def finish(self, steps: list[Step]) -> list[int]:
         """Write the safetensors file for `steps` (those added, in the same order), fsync it, and
-        point every step at it (read through TensorFile, which checks the header it reads back)."""
+        point every step at it (read through TensorFile, which checks the header it reads back);
+        returns where each step's entry ends in the header (see `_header`)."""
         if len(steps) != len(self._steps) or any(a is not b for a, b in zip(steps, self._steps)):
             raise TracerError("the trace to save is not the one whose steps were written as they were recorded")
+        header, ends = _header(steps)
         with open(self.path, "wb", buffering=0) as out:
-            _write_all(out, _header(steps))
+            _write_all(out, header)
             _copy_data(self._data, out, self._size)
             os.fsync(out.fileno())
         tensors = TensorFile(self.path, steps)
         for step in steps:
             step._loader = tensors.loader(step)
         self.close()
+        return ends
 
     def close(self) -> None:
         """Close and delete the data file (the finished file, if any, stays)."""
@@ -182,22 +194,56 @@ def _copy_data(source, out, size: int) -> None:
 
 
 class TensorFile:
-    """One trace's safetensors file: header checked up front, tensors read one at a time."""
+    """One trace's safetensors file: header checked up front, tensors read one at a time.
 
-    def __init__(self, path: Path, steps: list[Step]):
+    `header_end` (a session's pass index, for replay's first frame): check only the header's
+    entries before that byte, those of `steps`, the first passes of a longer trace; `check_all`
+    then checks the whole header against every step, before a later step is read."""
+
+    def __init__(self, path: Path, steps: list[Step], header_end: int | None = None):
         self.path = path
         # Held open for as long as the trace lives: tensors are read from this file, the one whose
         # header was checked, even if the session is replaced or deleted meanwhile (never a mix).
         self._file = None
         self._data_start = 0
+        self._data_len = 0
+        self._raw_header = b""
         self._spans: dict[str, int] = {}
-        self._check(steps)
+        try:
+            self._read_header()
+            if header_end is None:
+                self._check(self._parsed(self._raw_header), steps)
+            elif not 0 < header_end < len(self._raw_header):
+                self._fail("the session's pass index points outside the tensor header")
+            else:
+                self._check(self._parsed(self._raw_header[:header_end] + b"}"), steps)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def check_all(self, steps: list[Step]) -> None:
+        """Check the whole header against `steps`, every step of the trace (those already checked
+        first): after it, every step reads from the place the whole header gives it."""
+        before = self._spans
+        self._spans = {}
+        try:
+            self._check(self._parsed(self._raw_header), steps)
+            for step_id, offset in before.items():
+                if self._spans.get(step_id) != offset:
+                    self._fail(f"its header gives tensor {step_id!r} twice, at two places")
+        except DamagedFile:
+            self._spans = before  # the steps already read keep reading what they read
+            raise
 
     def _fail(self, message: str):
         raise DamagedFile(f"{visible(self.path)}: {message}")
 
-    def _check(self, steps: list[Step]) -> None:
-        """Validate the header against the metadata without reading any tensor data."""
+    def _read_header(self) -> None:
+        """Open the file and read its header's bytes (not parsed yet)."""
         fd, size = open_regular(self.path, MAX_TENSOR_FILE_BYTES, follow_links=False, what="a tensor file")
         self._file = handle = os.fdopen(fd, "rb", buffering=0)
         try:
@@ -208,17 +254,24 @@ class TensorFile:
                 self._fail(f"the safetensors header claims {human_size(header_len)}; refusing to read it")
             if 8 + header_len > size:
                 self._fail(f"truncated (the header claims {header_len} bytes, the file has {size - 8} after its length)")
-            raw = _read_at(handle, header_len, 8)
+            self._raw_header = _read_at(handle, header_len, 8)
         except (OSError, EOFError) as exc:
             raise DamagedFile(f"{visible(self.path)}: cannot read ({exc.strerror or exc})") from None
         self._data_start = 8 + header_len
+        self._data_len = size - 8 - header_len
+
+    def _parsed(self, raw: bytes) -> dict:
         try:
             header = orjson.loads(raw)
         except orjson.JSONDecodeError:
             self._fail("the safetensors header is not valid JSON")
         if not isinstance(header, dict):
             self._fail("the safetensors header is not an object")
-        data_len = size - 8 - header_len
+        return header
+
+    def _check(self, header: dict, steps: list[Step]) -> None:
+        """Validate the header against the metadata without reading any tensor data."""
+        data_len = self._data_len
         expected = {step.id for step in steps}
         extra = set(header) - expected - {"__metadata__"}
         if extra:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from tracer import __version__
-from tracer.trace.step import Step, kv_columns, row_axis
+from tracer.collector import collector_paused
+from tracer.trace.step import Step, kv_columns, row_axis, split_id
 
 FORMAT = "tracer-trace"
 FORMAT_VERSION = 2
@@ -24,6 +25,25 @@ READABLE_VERSIONS = (1, 2)
 _NOT_REACHED = {"attn_scores": -np.inf, "pattern": 0.0, "mask": False}
 
 
+class LaterPass(NamedTuple):
+    """A decoding pass of a trace not read yet, as the first screen shows it (folded)."""
+
+    decode_step: int | None
+    steps: int
+    chosen: str | None  # the token the pass chose (its probs step's `chosen`), None if it has none
+
+
+class Later(NamedTuple):
+    """The passes a Trace has not read yet, and how to read them.
+
+    A session reader that opens a long decode for the UI reads the passes the first screen shows
+    and hands the rest over as this: `read()` returns every later step (checked as a full read
+    checks them, against what `passes` says) or raises DamagedFile."""
+
+    passes: tuple[LaterPass, ...]
+    read: Callable[[], list[Step]]
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -33,6 +53,10 @@ class Trace:
 
     `trace["encoder.0.attn.hook_pattern"]` is a numpy array; `trace.find(kind="pattern",
     layer=0)` filters steps.
+
+    A trace opened with `later` passes (tracer.trace.session, for replay's first frame) holds the
+    first passes only; anything that needs a later step reads them all first (`complete`), so the
+    API is the same either way. `loaded_steps` and `later_passes` are what the first screen uses.
     """
 
     def __init__(
@@ -47,20 +71,13 @@ class Trace:
         tracer_version: str = __version__,
         precision: int | None = None,
         capture: dict | None = None,
+        later: Later | None = None,
     ):
-        self.steps: list[Step] = list(steps)
-        by_id: dict[str, Step] = {}
-        for index, step in enumerate(self.steps):  # a long decode has ~9,000 steps, opened at replay's start
-            step.index = index
-            by_id[step.id] = step
-        self._by_id = by_id
+        self._steps: list[Step] = []
+        self._by_id: dict[str, Step] = {}
         self._by_decoding: tuple | None = None  # see _decoding
-        if len(self._by_id) != len(self.steps):
-            raise ValueError("a trace's step ids must be unique")
-        assemble = self._assembled
-        for step in self.steps:
-            if step.cached:
-                step.link_cached(functools.partial(assemble, step))
+        self._later = later
+        self._add(list(steps))
         self.model = model
         self.device = device
         self.input = input
@@ -73,20 +90,80 @@ class Trace:
         # how it was recorded: {"kv_cache": bool, "filter": {...}} (None: a version-1 trace, not said)
         self.capture = capture
 
+    def _add(self, steps: list[Step]) -> None:
+        """Index `steps` after those held (a long decode has ~9,000 steps, opened at replay's start)."""
+        by_id, start = self._by_id, len(self._steps)
+        for index, step in enumerate(steps, start):
+            step.index = index
+            by_id[step.id] = step
+        self._steps.extend(steps)
+        if len(by_id) != len(self._steps):
+            raise ValueError("a trace's step ids must be unique")
+        assemble = self._assembled
+        for step in steps:
+            if step.cached:
+                step.link_cached(functools.partial(assemble, step))
+
+    # -- passes not read yet ---------------------------------------------------------
+    @property
+    def steps(self) -> list[Step]:
+        """Every step, in computation order (later passes are read first, if any are pending)."""
+        if self._later is not None:
+            self.complete()
+        return self._steps
+
+    @property
+    def loaded_steps(self) -> list[Step]:
+        """The steps read so far: all of them, or the first passes of a trace with `later_passes`."""
+        return self._steps
+
+    @property
+    def later_passes(self) -> tuple[LaterPass, ...]:
+        """The passes not read yet (empty once complete)."""
+        return self._later.passes if self._later is not None else ()
+
+    def complete(self) -> None:
+        """Read the later passes, if any (raises DamagedFile if they are damaged; nothing changes then)."""
+        later = self._later
+        if later is None:
+            return
+        with collector_paused():  # thousands of steps, no cycles: the collector would only walk them
+            steps = later.read()
+            self._later = None
+            self._add(steps)
+
     # -- lookups -----------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self._steps) + sum(p.steps for p in self.later_passes)
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
 
     def __contains__(self, step_id: object) -> bool:
+        if step_id in self._by_id:
+            return True
+        if not self._maybe_later(step_id):
+            return False
+        self.complete()
         return step_id in self._by_id
+
+    def _maybe_later(self, step_id: object) -> bool:
+        """Whether an id not among the steps read may be in a later pass: only an id of a decoding
+        step not read yet may (each decoding step is one pass, read whole, as the reader checks)."""
+        if self._later is None or type(step_id) is not str:
+            return False
+        try:
+            t = split_id(step_id)[1]
+        except ValueError:
+            return False
+        return t is not None and t not in self._decoding() and any(p.decode_step == t for p in self._later.passes)
 
     def __getitem__(self, step_id: str) -> np.ndarray:
         return self.step(step_id).data
 
     def step(self, step_id: str) -> Step:
+        if step_id not in self._by_id and self._maybe_later(step_id):
+            self.complete()
         try:
             return self._by_id[step_id]
         except KeyError:
@@ -99,18 +176,21 @@ class Trace:
             "stack": stack, "component": component,
         }
         wanted = {key: value for key, value in wanted.items() if value is not None}
-        pool = self.steps
         if decode_step is not None:  # the UI asks per decoding step: look in that one's steps only
+            if self._later is not None and decode_step not in self._decoding():
+                self.complete()
             pool = self._decoding().get(decode_step, [])
+        else:
+            pool = self.steps
         return [s for s in pool if all(getattr(s, key) == value for key, value in wanted.items())]
 
     def _decoding(self) -> dict[int, list[Step]]:
-        """The steps of each decoding step, in order (worked out on first use; again if the
-        steps were replaced since)."""
-        key = (id(self.steps), len(self.steps))
+        """The steps of each decoding step read so far, in order (worked out on first use; again
+        if steps were added or replaced since)."""
+        key = (id(self._steps), len(self._steps))
         if self._by_decoding is None or self._by_decoding[0] != key:
             index: dict[int, list[Step]] = {}
-            for step in self.steps:
+            for step in self._steps:
                 t = step.decode_step
                 if t is not None:
                     index.setdefault(t, []).append(step)
@@ -124,7 +204,8 @@ class Trace:
     @property
     def decode_steps(self) -> list[int]:
         """The decoding steps recorded (1, 2, …), empty for a single-pass trace."""
-        return sorted({s.decode_step for s in self.steps if s.decode_step is not None})
+        later = {p.decode_step for p in self.later_passes if p.decode_step is not None}
+        return sorted(set(self._decoding()) | later)
 
     @property
     def arch(self) -> str:

@@ -11,7 +11,9 @@ def open_traces(traces, retrace=None, state=None, session_name=None, play=False,
     compare: open in compare mode, the first trace against the second (`tracer diff --tui`), with
     tolerance `tol` (None: `tracer diff`'s default).
     A step that could not be drawn is shown as its problem, the UI going on; once it closes, the
-    first such problem is raised as a DamagedFile (the CLI's `Error:` line, exit 1).
+    first such problem is raised as a DamagedFile (the CLI's `Error:` line, exit 1). So is a trace
+    whose later passes, read once the first frame is up (`Trace.complete`), are damaged: the UI
+    closes at once.
     """
     from tracer.collector import collector_paused
 
@@ -21,6 +23,8 @@ def open_traces(traces, retrace=None, state=None, session_name=None, play=False,
         app = TracerApp(traces, retrace=retrace, state=state, session_name=session_name, play=play, store=store,
                         compare=compare, tol=tol)
         app.run()
+    if app.load_error is not None:  # a later pass, read once the first frame was up, is damaged
+        raise app.load_error
     failed = app.trace_screen.step_errors
     if failed:  # the UI went on past steps it could not draw; the exit code says so
         from tracer.errors import DamagedFile

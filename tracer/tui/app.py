@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 from textual.app import App
 from textual.screen import Screen
 
+from tracer.errors import DamagedFile
 from tracer.trace import Trace
 from tracer.trace.state import Bookmark, UIState
 from tracer.tui.commands import StepFinder
@@ -46,8 +47,18 @@ class TracerApp(App[None]):
         if compare:
             self.viewer.compare_with(1)
         self.trace_screen = TraceScreen(self.viewer, retrace=retrace, store=store, session_name=session_name, play=play)
+        self.load_error: DamagedFile | None = None  # a later pass of a trace that turned out damaged
 
     def on_ready(self) -> None:
+        """The first frame is up: read what it did not need (a long decode's later passes), then
+        turn the collector back on."""
+        try:
+            for trace in self.viewer.traces:
+                trace.complete()
+        except DamagedFile as exc:  # checked like the rest, only later: the CLI says it as it says any
+            self.load_error = exc
+            self.exit(return_code=1)
+            return
         if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
             gc.freeze()  # what start-up built lives as long as the app: keep it out of later collections
             gc.enable()

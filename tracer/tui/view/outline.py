@@ -7,6 +7,8 @@ decoder step t → "token" (per layer: masked self-attention, cross-attention, f
 A group's lines are worked out when it is first opened (or walked), not when the outline is
 built: the first screen of a 40-step decode (9,360 steps) shows forty folded decoding steps and
 the one opened, so building every group up front was most of replay's start-up on big traces.
+A trace whose later passes are not read yet (`Trace.later_passes`) shows them folded, from what
+the session's pass index says of them; opening one reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Node:
     `has_children` says whether it has any without working them out."""
 
     def __init__(self, key: str, label: str, step_id: str | None = None, children: list["Node"] | None = None,
-                 *, _steps: list[Step] | None = None, _depth: int = 0, _outline: "_Outline | None" = None) -> None:
+                 *, _steps: list[Step] | None = None, _depth: int = 0, _outline: "_Outline | None" = None,
+                 _decoding: int | None = None) -> None:
         self.key = key
         self.label = label
         self.step_id = step_id
@@ -32,6 +35,7 @@ class Node:
         self._steps = _steps      # not yet grouped: these steps, at this depth of their group paths
         self._depth = _depth
         self._outline = _outline
+        self._decoding = _decoding  # a decoding step not read yet: its steps are asked for when opened
         self._by_key: dict[str, Node] | None = None
 
     def __repr__(self) -> str:
@@ -39,13 +43,16 @@ class Node:
 
     @property
     def children(self) -> list["Node"]:
+        if self._decoding is not None:  # reads the trace's later passes (once, for all of them)
+            t, self._decoding = self._decoding, None
+            self._steps = self._outline.trace.find(decode_step=t)
         if self._steps is not None:
             self._grow()
         return self._children
 
     @property
     def has_children(self) -> bool:
-        return bool(self._steps) or bool(self._children)
+        return self._decoding is not None or bool(self._steps) or bool(self._children)
 
     def walk(self):
         yield self
@@ -93,6 +100,12 @@ class Node:
                 node = groups[key_label[0]] = Node(*key_label, _steps=[], _depth=depth + 1, _outline=outline)
                 children.append(node)
             node._steps.append(step)
+        if depth == 0:  # the passes not read yet, folded
+            arch = outline.trace.arch
+            for later in outline.trace.later_passes:
+                t = later.decode_step
+                children.append(Node(*decoding_group(t, arch, outline.chosen.get(t)), _depth=1, _outline=outline,
+                                     _decoding=t))
 
 
 def _search(node: Node, step_id: str) -> list[Node] | None:
@@ -142,15 +155,26 @@ def quoted(token: str) -> str:
 
 
 def chosen_tokens(trace: Trace) -> dict[int, str]:
-    """The token chosen at each decoding step, in one pass over the trace."""
+    """The token chosen at each decoding step, in one pass over the trace (over the passes read so
+    far, and what the session's pass index says of the others: the same tokens, checked when read)."""
     chosen = {}
-    for step in trace.steps:
+    for step in trace.loaded_steps:
         if not step.extra:  # most steps: `chosen` is an extra, on a probs step
             continue
         token = (step.extra.get("chosen") or {}).get("token") if step.kind == "probs" else None
         if token is not None and step.decode_step is not None:
             chosen.setdefault(step.decode_step, token)
+    for later in trace.later_passes:
+        if later.chosen is not None:
+            chosen.setdefault(later.decode_step, later.chosen)
     return chosen
+
+
+def decoding_group(t: int, arch: str, token: str | None) -> tuple[str, str]:
+    """(key, label) of decoding step t's group: `Step 3 → "dog"`."""
+    arrow = f" → {quoted(token)}" if token is not None else ""
+    name = "Decoder step" if arch == "encoder-decoder" else "Step"
+    return f"t{t}", f"{name} {t}{arrow}"
 
 
 def leaf_label(step: Step, trace: Trace) -> str:
@@ -182,10 +206,7 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
     t = step.decode_step
     prefix = ""
     if t is not None:
-        token = (chosen if chosen is not None else chosen_tokens(trace)).get(t)
-        arrow = f" → {quoted(token)}" if token is not None else ""
-        name = "Decoder step" if arch == "encoder-decoder" else "Step"
-        path.append((f"t{t}", f"{name} {t}{arrow}"))
+        path.append(decoding_group(t, arch, (chosen if chosen is not None else chosen_tokens(trace)).get(t)))
         prefix = f"t{t}."
     group, group_label = anatomy.outline_group(step.kind, step.component, step.stack, arch) or (None, "")
     if step.layer is not None:
@@ -213,4 +234,4 @@ def group_path(step: Step, trace: Trace, chosen: dict[int, str] | None = None) -
 def build_outline(trace: Trace) -> Node:
     """The whole trace as a tree of groups with one leaf per step, in computation order (each
     group's lines worked out when first asked for)."""
-    return Node("root", visible(trace.model.get("name", "trace")), _steps=list(trace.steps), _outline=_Outline(trace))
+    return Node("root", visible(trace.model.get("name", "trace")), _steps=list(trace.loaded_steps), _outline=_Outline(trace))

@@ -57,7 +57,8 @@ class Viewer:
             raise ValueError("the viewer needs at least one trace")
         self.traces: list[Trace] = list(traces)
         self.trace_index = 0
-        self.step_id = self.traces[0].steps[0].id if self.traces[0].steps else ""
+        first = self.traces[0].loaded_steps  # not `steps`: a long decode's later passes are read after the first frame
+        self.step_id = first[0].id if first else ""
         self.head = 0
         self.view = "heatmap"
         self.cell: tuple[int, int] = (0, 0)
@@ -247,7 +248,7 @@ class Viewer:
 
     def _fit_cell(self) -> None:
         """Keep the cell cursor inside the picture now shown (a smaller tensor, a shorter vector)."""
-        if not self.trace.steps:
+        if not self.trace.loaded_steps:
             return
         try:
             picture = self.picture()
@@ -355,7 +356,8 @@ class Viewer:
         return self.go(order[target])
 
     def _first_id(self) -> str:
-        return self.trace.steps[0].id if self.trace.steps else ""
+        first = self.trace.loaded_steps  # a long decode's first pass is read before its later ones
+        return first[0].id if first else ""
 
     # -- bookmarks ---------------------------------------------------------------------------------
     def bookmark_for(self, step_id: str | None = None) -> Bookmark | None:
