@@ -215,19 +215,31 @@ _STEPS_TAIL = b"]}}"  # what follows the last step in a trace's metadata: steps,
 
 
 def _pass_index(steps: list[Step], meta_ends: list[int], header_ends: list[int]) -> list[dict]:
-    """One entry per pass (a run of steps of one decoding step): where it ends (steps, bytes of the
-    metadata, bytes of the tensors' header), its decoding step and the token it chose. A reader
-    that wants the first passes only parses the files up to there (see `_read_first_passes`)."""
-    passes = []
-    for i, step in enumerate(steps):
+    """One entry per pass (`_runs`), with where it ends in the metadata and in the tensors' header:
+    a reader that wants the first passes only parses the files up to there (`_read_first_passes`)."""
+    return [dict(run, meta=meta_ends[run["steps"] - 1], tensors=header_ends[run["steps"] - 1]) for run in _runs(steps)]
+
+
+def _runs(steps: list[Step]) -> list[dict]:
+    """Each pass, a run of steps of one decoding step: its decoding step, the token it chose (its
+    probs step's `chosen`, None if none) and the number of steps up to its end."""
+    runs: list[dict] = []
+    for count, step in enumerate(steps, 1):
         t = step.decode_step
-        if not passes or passes[-1]["decode_step"] != t:
-            passes.append({"decode_step": t, "chosen": None})
+        if not runs or runs[-1]["decode_step"] != t:
+            runs.append({"decode_step": t, "chosen": None})
         chosen = step.extra.get("chosen") if step.extra and step.kind == "probs" else None
-        if passes[-1]["chosen"] is None and type(chosen) is dict and type(chosen.get("token")) is str:
-            passes[-1]["chosen"] = chosen["token"]
-        passes[-1].update(steps=i + 1, meta=meta_ends[i], tensors=header_ends[i])
-    return passes
+        if runs[-1]["chosen"] is None and type(chosen) is dict and type(chosen.get("token")) is str:
+            runs[-1]["chosen"] = chosen["token"]
+        runs[-1]["steps"] = count
+    return runs
+
+
+_RUN_KEYS = ("steps", "decode_step", "chosen")  # what the pass index says of a pass, and `_runs` works out
+
+
+def _same_runs(passes: list[dict], steps: list[Step]) -> bool:
+    return [tuple(p[k] for k in _RUN_KEYS) for p in passes] == [tuple(r[k] for k in _RUN_KEYS) for r in _runs(steps)]
 
 
 def write_manifest(folder: Path, name: str, entries: list[dict], state: UIState, created: str | None = None) -> dict:
@@ -737,19 +749,14 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
     passes = _passes(entry, len(raw))
     if passes is None:
         return None
-    last = 0
-    for step_id in wanted:
-        try:
-            t = split_step_id(step_id)[1]
-        except ValueError:
-            continue
-        last = max([last] + [i for i, item in enumerate(passes) if item["decode_step"] == t and t is not None])
+    number_of = {item["decode_step"]: number for number, item in enumerate(passes) if item["decode_step"] is not None}
+    last = max((number_of.get(_decoding_step_of(step_id), 0) for step_id in wanted), default=0)
     if last == len(passes) - 1:
         return None  # the first screen needs every pass: read them all
     first = passes[last]
     try:  # the steps up to that pass, then closed as the document closes: the same bytes, cut short
         body, steps = _meta_steps(orjson.loads(raw[:first["meta"]] + _STEPS_TAIL), entry, fail)
-        if [(i["steps"], i["decode_step"]) for i in passes[:last + 1]] != _runs(steps):
+        if not _same_runs(passes[:last + 1], steps):
             return None
         tensors = TensorFile(folder / entry["tensors"], steps, header_end=first["tensors"])
         validate_consistency(steps, fail)
@@ -768,7 +775,7 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
         if {k: v for k, v in whole.items() if k != "steps"} != {k: v for k, v in body.items() if k != "steps"} or any(
                 _step_key(a) != _step_key(b) for a, b in zip(steps, every)):
             fail("its first passes read differently on their own (a key given twice?)")
-        if [(i["steps"], i["decode_step"], i["chosen"]) for i in passes] != _runs(every, chosen=True):
+        if not _same_runs(passes, every):
             fail(f"its steps do not match the pass index in {MANIFEST}")
         tensors.check_all(steps + every[len(steps):])
         validate_consistency(every, fail)
@@ -780,11 +787,11 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
     return _trace(body, steps, fail, later=Later(later, read_later))
 
 
-def _runs(steps: list[Step], chosen: bool = False) -> list[tuple]:
-    """(steps so far, decoding step[, chosen token]) at the end of each run of one decoding step,
-    as `_pass_index` writes them."""
-    index = _pass_index(steps, [0] * len(steps), [0] * len(steps))
-    return [(i["steps"], i["decode_step"], i["chosen"]) if chosen else (i["steps"], i["decode_step"]) for i in index]
+def _decoding_step_of(step_id: str) -> int | None:
+    try:
+        return split_step_id(step_id)[1]
+    except ValueError:
+        return None
 
 
 def _step_key(step: Step) -> tuple:
@@ -821,20 +828,23 @@ def load_session(path: str | os.PathLike, first_screen: bool = False) -> Session
     (the UI asks as soon as its first frame is drawn)."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    wanted: list[list[str]] | None = None
-    if first_screen:
-        try:
-            saved = UIState.from_dict(manifest.get("ui") if isinstance(manifest.get("ui"), dict) else {})
-        except ValueError:
-            saved = UIState()
-        wanted = [[b.step for b in saved.bookmarks if b.trace == number] + ([saved.step] if saved.step and saved.trace == number else [])
-                  for number in range(len(manifest["traces"]))]
+    wanted = _first_screen_ids(manifest) if first_screen else None
     with collector_paused():
         traces = [_read_trace(folder, entry, wanted[number] if wanted else None)
                   for number, entry in enumerate(manifest["traces"])]
     # the folder's name is the session's name (the manifest's copy is informational: a renamed
     # or hostile folder must not make the UI save somewhere else)
     return Session(name=folder.resolve().name, path=folder, traces=traces, state=_restore_state(manifest.get("ui"), traces), manifest=manifest)
+
+
+def _first_screen_ids(manifest: dict) -> list[list[str]]:
+    """For each trace, the ids its first screen may show: the saved step, the bookmarks."""
+    try:
+        saved = UIState.from_dict(manifest["ui"] if isinstance(manifest.get("ui"), dict) else {})
+    except ValueError:
+        saved = UIState()
+    return [[b.step for b in saved.bookmarks if b.trace == number] + ([saved.step] if saved.step and saved.trace == number else [])
+            for number in range(len(manifest["traces"]))]
 
 
 def open_source(source: str | os.PathLike, sessions_dir: str | os.PathLike | None = None,
