@@ -50,6 +50,25 @@ def open_fully_or_refuse(folder) -> None:
             print_summary(trace, Console(file=io.StringIO()))
     except TracerError as exc:
         assert str(exc) and "\n" not in str(exc)
+    first_screen_agrees(folder)
+
+
+def first_screen_agrees(folder) -> None:
+    """Replay's reader (the first passes, then the rest) refuses whatever the full read refuses;
+    where both accept, they read the same steps. (It may refuse more: a pass index that lies.)"""
+    try:
+        full = [t.ids for t in load_session(folder).traces]
+    except TracerError:
+        full = None
+    try:
+        lazy = load_session(folder, first_screen=True).traces
+        for trace in lazy:
+            trace.complete()
+        read = [t.ids for t in lazy]
+    except TracerError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert read == full
 
 
 @FUZZ

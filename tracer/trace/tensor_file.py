@@ -213,6 +213,7 @@ class TensorFile:
             self._read_header()
             if header_end is None:
                 self._check(self._parsed(self._raw_header), steps)
+                self._raw_header = b""  # checked whole: not needed again
             elif not 0 < header_end < len(self._raw_header):
                 self._fail("the session's pass index points outside the tensor header")
             else:
@@ -238,6 +239,7 @@ class TensorFile:
         except DamagedFile:
             self._spans = before  # the steps already read keep reading what they read
             raise
+        self._raw_header = b""
 
     def _fail(self, message: str):
         raise DamagedFile(f"{visible(self.path)}: {message}")
