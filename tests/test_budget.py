@@ -74,3 +74,47 @@ def test_a_bad_size_is_bad_input():
         parse_size("lots")
     result = CliRunner().invoke(cli, ["run", "ich bin piyush", "--max-trace-size", "lots"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_saved_as_it_is_recorded_is_budgeted_by_the_disk_not_the_memory(isolated_sessions, monkeypatch):
+    """--save streams each pass to disk: the default budget is half the free disk space there, each
+    pass within half the memory; without --save the whole trace must fit half the memory."""
+    import shutil
+    from collections import namedtuple
+
+    args = ["run", "the cat drank the", "-m", "en-gpt-tiny", "--max-new-tokens", "12", "--no-kv-cache", "--no-tui"]
+    found = estimate(load_model("en-gpt-tiny"), "the cat drank the", max_new_tokens=12, kv_cache=False)
+    assert found["largest_pass"] < found["bytes"] // 3
+    memory = found["bytes"] // 2  # the whole trace does not fit; any one pass does
+    monkeypatch.setattr("tracer.capture.budget.memory_budget", lambda: memory)
+
+    held = CliRunner().invoke(cli, args)
+    assert held.exit_code == 2 and "(half the memory)" in held.output and len(held.output.strip().splitlines()) == 1
+
+    saved = CliRunner().invoke(cli, args + ["--save", "s"])
+    assert saved.exit_code == 0, saved.output
+    assert (isolated_sessions / "s" / "session.json").is_file()
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, found["bytes"]))  # half of it is too little
+    full_disk = CliRunner().invoke(cli, args + ["--save", "t"])
+    assert full_disk.exit_code == 2 and "half the free disk space in" in full_disk.output, full_disk.output
+    assert not (isolated_sessions / "t").exists()
+    estimated = CliRunner().invoke(cli, args + ["--save", "t", "--estimate"])
+    assert estimated.exit_code == 0 and "half the free disk space in" in estimated.output
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))
+    monkeypatch.setattr("tracer.capture.budget.memory_budget", lambda: found["largest_pass"] - 1)
+    one_pass = CliRunner().invoke(cli, args + ["--save", "u"])
+    assert one_pass.exit_code == 2 and "one pass of the trace would be about" in one_pass.output, one_pass.output
+
+
+def test_the_largest_pass_is_the_prompt_under_a_kv_cache_and_the_last_without():
+    loaded = load_model("en-gpt-tiny")
+    with_cache = estimate(loaded, "the cat drank the", max_new_tokens=8)
+    without = estimate(loaded, "the cat drank the", max_new_tokens=8, kv_cache=False)
+    first = estimate(loaded, "the cat drank the", max_new_tokens=1)
+    assert with_cache["largest_pass"] == first["bytes"]
+    assert without["largest_pass"] == without["bytes"] - estimate(loaded, "the cat drank the", max_new_tokens=7, kv_cache=False)["bytes"]
+    seq2seq = load_model("de-en-tiny")
+    assert estimate(seq2seq, "ich bin piyush", max_new_tokens=4)["largest_pass"] == estimate(seq2seq, "ich bin piyush", max_new_tokens=1)["bytes"]

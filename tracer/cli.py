@@ -81,7 +81,7 @@ def hand_over_options(command):
               help="Re-run the whole prefix at every decoding step (default: a KV cache, each step runs only the new token).")
 @click.option("--estimate", "estimate_only", is_flag=True, help="Print the trace's estimated size and exit.")
 @click.option("--max-trace-size", default=None, metavar="SIZE",
-              help="Refuse a run whose trace would pass SIZE (e.g. 4GB; default: half the machine's memory).")
+              help="Refuse a run whose trace would pass SIZE (e.g. 4GB; default: half the machine's memory, or with --save, which writes each pass to disk as it is recorded, half the free disk space there).")
 @click.option("--only", multiple=True, metavar="PATTERN",
               help="Record only taps whose hook name matches (fnmatch, e.g. 'blocks.*.attn.hook_pattern'; repeatable).")
 @click.option("--layers", default=None, metavar="0,2-3", help="Record only these layers' taps (and the embeddings and head).")
@@ -101,17 +101,20 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
     """
     check_text(text)
     from tracer.capture import trace_text
-    from tracer.capture.budget import default_budget, estimate, parse_size, refuse_over_budget
+    from tracer.capture.budget import default_budget, estimate, given_budget, refuse_over_budget
     from tracer.capture.device import resolve_device
     from tracer.capture.select import TapFilter
     from tracer.nn.loading import load_model
     from tracer.text import human_size
 
     select = TapFilter.parse(only, layers, decode_steps, heads)
-    budget = parse_size(max_trace_size) if max_trace_size is not None else default_budget()
     writer = None
-    if save_name is not None and not estimate_only:
+    if save_name is not None:
         from tracer.trace.session import SessionStore
+    # a trace saved as it is recorded (--save) is held on disk, not in memory: the default budget is the disk's
+    budget = given_budget(max_trace_size) if max_trace_size is not None else \
+        default_budget(SessionStore(sessions_dir).root if save_name is not None else None)
+    if save_name is not None and not estimate_only:
         from tracer.trace.session_writer import SessionWriter
 
         # refuses an existing session without --force now, not after the run; each pass's tensors go
@@ -124,7 +127,7 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
         found = estimate(loaded, text, **options)
         click.echo(f"about {human_size(found['bytes'])} ({found['bytes']} bytes): {found['passes']} pass(es), "
                    f"prompt {found['prompt']}, up to {found['new_tokens']} new tokens, "
-                   f"{'no KV cache' if no_kv_cache else 'KV cache'}; budget {human_size(budget)}")
+                   f"{'no KV cache' if no_kv_cache else 'KV cache'}; budget {human_size(budget.bytes)} ({budget.of})")
         return
     refuse_over_budget(loaded, text, budget, **options)
     trace = trace_text(loaded, text, top_k=top_k, sink=writer.add if writer else None, **options)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -28,12 +31,40 @@ from tracer.trace.step import parse_name
 TOKEN_AXES = ("pos", "query", "key")
 
 
-def default_budget() -> int:
+class Budget(NamedTuple):
+    """The most a run's trace may take (`bytes`), and what that is (`of`, for the refusal)."""
+
+    bytes: int
+    of: str
+    pass_bytes: int | None = None  # a streamed save: the most one pass may take (it is in memory)
+
+
+def memory_budget() -> int:
     """Half the machine's memory: a trace is held in memory while it is recorded."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):
         return 8 * 1024**3
+
+
+def default_budget(saved_into: Path | None = None) -> Budget:
+    """Half the memory, for a trace held in memory; for one saved as it is recorded (`--save`,
+    into `saved_into`), half the free disk space there (its commit briefly needs its size twice),
+    each pass still within half the memory (a pass is held until it is written)."""
+    if saved_into is None:
+        return Budget(memory_budget(), "half the memory")
+    folder = Path(saved_into).absolute()
+    while not folder.exists() and folder != folder.parent:  # the sessions folder may not exist yet
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return Budget(memory_budget(), "half the memory")
+    return Budget(free // 2, f"half the free disk space in {folder}", pass_bytes=memory_budget())
+
+
+def given_budget(text: str) -> Budget:
+    return Budget(parse_size(text), "--max-trace-size")
 
 
 def parse_size(text: str) -> int:
@@ -104,9 +135,10 @@ def _lens_layers(loaded: LoadedModel, taps) -> int:
 def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: bool = True,
              select: TapFilter | None = None, chat: bool = False, lens: bool = False, taps=None,
              store_dtype: str | None = None) -> dict:
-    """{"bytes", "passes", "new_tokens", "prompt"}: the trace's tensor bytes if decoding runs all
-    `max_new_tokens` steps (a decode that stops early is smaller); with `lens`, the logit lens's
-    steps too (one vocabulary per recorded layer and predicting pass, float32 or `store_dtype`)."""
+    """{"bytes", "largest_pass", "passes", "new_tokens", "prompt"}: the trace's tensor bytes if
+    decoding runs all `max_new_tokens` steps (a decode that stops early is smaller), and its
+    largest pass's; with `lens`, the logit lens's steps too (one vocabulary per recorded layer and
+    predicting pass, float32 or `store_dtype`)."""
     ids, _, max_new_tokens, _ = validate_request(loaded, text, max_new_tokens, None, chat)
     taps = probe_taps(loaded, select, store_dtype) if taps is None else taps
     arch, tok = loaded.cfg.arch, loaded.tokenizer
@@ -116,16 +148,17 @@ def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: b
     has_head = any(name.endswith("hook_probs") for name, *_ in taps)
     lens_pass = (2 if store_dtype == "float16" else 4) * loaded.cfg.vocab_size * _lens_layers(loaded, taps) if lens and has_head else 0
     decoder_taps = [tap for tap in taps if parse_name(tap[0])["stack"] != "encoder"]
-    total = 0
+    total = encoder = largest = 0
     if arch == "encoder":
         masked = sum(1 for i in ids if i == tok.mask_id) or S  # the lens predicts the masked positions
-        return {"bytes": sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps) + lens_pass * masked,
-                "passes": 1, "new_tokens": 0, "prompt": S}
+        total = sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps) + lens_pass * masked
+        return {"bytes": total, "largest_pass": total, "passes": 1, "new_tokens": 0, "prompt": S}
     if arch == "encoder-decoder":
-        total += sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps if parse_name(n)["stack"] == "encoder")
+        encoder = sum(_tap_bytes(n, a, p, S, S, S, S) for n, a, p, _ in taps if parse_name(n)["stack"] == "encoder")
         prefix = 1
     else:
         prefix = S + (1 if tok.decoder_bos_id is not None else 0)
+    total = largest = encoder  # the encoder's steps are written with the first decoding step's
     passes = 0
     for t in range(1, max_new_tokens + 1):
         if not keep(t):
@@ -135,17 +168,23 @@ def estimate(loaded: LoadedModel, text: str, *, max_new_tokens=None, kv_cache: b
         whole = not kv_cache or t == 1 or standalone
         rows = keys if whole else 1
         cross_kv_rows = S if whole else 0
-        total += sum(_tap_bytes(n, a, p, rows, keys, S, cross_kv_rows) for n, a, p, _ in decoder_taps) + lens_pass
-    return {"bytes": total, "passes": passes, "new_tokens": max_new_tokens, "prompt": prefix}
+        size = sum(_tap_bytes(n, a, p, rows, keys, S, cross_kv_rows) for n, a, p, _ in decoder_taps) + lens_pass
+        total += size
+        largest = max(largest, size + (encoder if passes == 1 else 0))
+    return {"bytes": total, "largest_pass": largest, "passes": passes, "new_tokens": max_new_tokens, "prompt": prefix}
 
 
-def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_tokens=None, kv_cache=True,
+def refuse_over_budget(loaded: LoadedModel, text: str, budget: Budget, *, max_new_tokens=None, kv_cache=True,
                        select: TapFilter | None = None, chat: bool = False, lens: bool = False,
                        store_dtype: str | None = None) -> dict:
     """The estimate; BadInput (one line) when it passes `budget`, naming options that bring it under."""
     found = estimate(loaded, text, max_new_tokens=max_new_tokens, kv_cache=kv_cache, select=select, chat=chat, lens=lens,
                      store_dtype=store_dtype)
-    if found["bytes"] <= budget:
+    if budget.pass_bytes is not None and found["largest_pass"] > budget.pass_bytes:
+        raise BadInput(f"one pass of the trace would be about {human_size(found['largest_pass'])}, over "
+                       f"{human_size(budget.pass_bytes)} (half the memory), though it is saved as it is recorded; "
+                       "try --only, --layers or --store-dtype float16")
+    if found["bytes"] <= budget.bytes:
         return found
     base = select or TapFilter()
     hints = []
@@ -155,7 +194,7 @@ def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_t
         size = estimate(loaded, text, max_new_tokens=changes.get("new", max_new_tokens), select=trial,
                         kv_cache=changes.get("kv", kv_cache), chat=chat, lens=changes.get("lens", lens),
                         store_dtype=changes.get("store", store_dtype))["bytes"]
-        return size if size <= budget else None
+        return size if size <= budget.bytes else None
 
     if not kv_cache and (size := fits(kv=True)) is not None:
         hints.append(f"without --no-kv-cache (about {human_size(size)})")
@@ -178,5 +217,6 @@ def refuse_over_budget(loaded: LoadedModel, text: str, budget: int, *, max_new_t
             hints.append(f"--max-new-tokens {new} (about {human_size(size)})")
             break
     advice = "; try " + ", ".join(hints) if hints else ""
-    raise BadInput(f"the trace would be about {human_size(found['bytes'])}, over --max-trace-size "
-                   f"{human_size(budget)}{advice} (or a larger --max-trace-size)")
+    over = f"--max-trace-size {human_size(budget.bytes)}" if budget.of == "--max-trace-size" else \
+        f"{human_size(budget.bytes)} ({budget.of})"
+    raise BadInput(f"the trace would be about {human_size(found['bytes'])}, over {over}{advice} (or a larger --max-trace-size)")
