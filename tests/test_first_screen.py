@@ -290,3 +290,13 @@ def test_a_streamed_save_writes_the_same_index(decode, tmp_path):
     lazy = load_session(tmp_path / "long", first_screen=True).traces[0]
     assert lazy.later_passes
     assert_same_steps(load_session(tmp_path / "again").traces[0], lazy)
+
+
+def test_an_index_beside_a_step_count_that_is_not_one_is_ignored(decode, tmp_path):
+    store, trace = decode
+    folder = fresh_copy(store, tmp_path)
+    manifest = manifest_of(folder)
+    manifest["traces"][0]["steps"] = None  # `tracer sessions` shows no count; the index cannot be checked against it
+    set_manifest(folder, manifest)
+    lazy = load_session(folder, first_screen=True).traces[0]
+    assert not lazy.later_passes and lazy.ids == trace.ids

@@ -721,8 +721,8 @@ def _trace(body: dict, steps: list[Step], fail, later: Later | None = None) -> T
 def _passes(entry: dict, meta_size: int) -> list[dict] | None:
     """The entry's pass index, if it is well formed (each pass ends after the one before, inside
     the files); None otherwise: it only makes the first frame quicker, so a bad one is ignored."""
-    passes = entry.get("passes")
-    if type(passes) is not list or not 1 < len(passes) <= entry.get("steps", 0):
+    passes, count = entry.get("passes"), entry.get("steps")
+    if type(passes) is not list or type(count) is not int or not 1 < len(passes) <= count:
         return None
     before, t_before = (0, 0, 0), None
     for number, item in enumerate(passes):
@@ -737,7 +737,7 @@ def _passes(entry: dict, meta_size: int) -> list[dict] | None:
         if t_before is not None and not t > t_before:  # each decoding step one pass, in order
             return None
         before, t_before = ends, t
-    if before[0] != entry["steps"] or before[1] >= meta_size:
+    if before[0] != count or before[1] >= meta_size:
         return None
     return passes
 
@@ -758,12 +758,12 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
         body, steps = _meta_steps(orjson.loads(raw[:first["meta"]] + _STEPS_TAIL), entry, fail)
         if not _same_runs(passes[:last + 1], steps):
             return None
-        tensors = TensorFile(folder / entry["tensors"], steps, header_end=first["tensors"])
-        validate_consistency(steps, fail)
     except (orjson.JSONDecodeError, DamagedFile):
         return None  # the whole read says what is wrong, naming it as it always does
-    for step in steps:
-        step._loader = tensors.loader(step)
+    try:
+        tensors = TensorFile(folder / entry["tensors"], steps, header_end=first["tensors"])
+    except DamagedFile:
+        return None
     meta_path = folder / entry["meta"]
     later = tuple(LaterPass(item["decode_step"], item["steps"] - before["steps"], item["chosen"])
                   for before, item in zip(passes[last:], passes[last + 1:]))
@@ -784,7 +784,14 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
             step._loader = tensors.loader(step)
         return rest
 
-    return _trace(body, steps, fail, later=Later(later, read_later))
+    try:
+        validate_consistency(steps, fail)
+        for step in steps:
+            step._loader = tensors.loader(step)
+        return _trace(body, steps, fail, later=Later(later, read_later))
+    except DamagedFile:
+        tensors.close()
+        return None
 
 
 def _decoding_step_of(step_id: str) -> int | None:
