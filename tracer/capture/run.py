@@ -188,7 +188,8 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             else:
                 prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
                 step_fn = lambda seq, cache: model(tensor(seq), cache=cache)  # noqa: E731
-            cache = KVCache() if kv_cache else None
+            # room for every position the decode can run: the last pass runs all but the last new token
+            cache = KVCache(capacity=len(prefix) + max_new_tokens - 1) if kv_cache else None
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
                 new = seq[cache.seen:] if cache is not None else seq  # with a cache: the token not yet run

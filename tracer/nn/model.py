@@ -200,10 +200,18 @@ class KVCache:
     One entry per attention module: its K and V so far, (B, T, Hkv, dh), after RoPE. `seen` is how
     many positions the decoder has run (the next pass's first position). Cross-attention's keys and
     values come from the encoder's output, which does not change: they are computed once. Under a
-    sliding window every key stays cached; the mask hides those older than the window."""
+    sliding window every key stays cached; the mask hides those older than the window.
 
-    def __init__(self):
-        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    `capacity` (the most positions the decode will run, where the caller knows it): the second pass
+    of an attention copies its cached keys and values into buffers of that many positions, and
+    every pass writes its new ones into them in place. Without it (or past it) each extension
+    allocates the whole cache anew, a little longer, as `torch.cat` would: in a long decode each
+    pass then holds the old copy and the new, and the freed copies fragment the heap (BENCHMARKS.md)."""
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
+        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}       # the cached K and V
+        self.buffers: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # what they are views of
         self.seen = 0
 
     def length(self, attention: nn.Module) -> int:
@@ -212,11 +220,29 @@ class KVCache:
 
     def extend(self, attention: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached keys and values followed by the new ones (which join the cache)."""
-        if attention in self.kv:
-            old_k, old_v = self.kv[attention]
-            k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
-        self.kv[attention] = (k, v)
-        return k, v
+        if attention not in self.kv:  # the first pass: its own keys and values are the cache
+            self.kv[attention] = (k, v)
+            return k, v
+        old_k, old_v = self.kv[attention]
+        cached, total = old_k.shape[1], old_k.shape[1] + k.shape[1]
+        if total == cached:           # nothing new: cross-attention after its first pass
+            return old_k, old_v
+        buffers = self.buffers.get(attention)
+        if buffers is None or buffers[0].shape[1] < total:
+            size = max(total, self.capacity or 0)
+            buffers = self.buffers[attention] = (grown(old_k, size), grown(old_v, size))
+        keys, values = buffers                                                    # (B, size, Hkv, dh)
+        keys[:, cached:total] = k
+        values[:, cached:total] = v
+        self.kv[attention] = (keys[:, :total], values[:, :total])
+        return self.kv[attention]
+
+
+def grown(cached: torch.Tensor, size: int) -> torch.Tensor:
+    """A new buffer of `size` positions (axis 1) whose first ones are a copy of `cached`."""
+    buffer = cached.new_empty((cached.shape[0], size, *cached.shape[2:]))
+    buffer[:, :cached.shape[1]] = cached
+    return buffer
 
 
 class Attention(nn.Module):
