@@ -36,7 +36,7 @@ class ConcatCache(KVCache):
     """The cache as it was before its buffers: every extension a torch.cat of the cached keys and values
     with the new ones (`capacity` ignored)."""
 
-    def extend(self, attention, k, v):
+    def extend(self, attention, k, v, grows=True):
         if attention in self.kv:
             old_k, old_v = self.kv[attention]
             k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
@@ -51,8 +51,8 @@ class StorageSpy(KVCache):
         super().__init__(*args, **kwargs)
         self.storages: dict[torch.nn.Module, list[tuple[int, int, int]]] = {}
 
-    def extend(self, attention, k, v):
-        k, v = super().extend(attention, k, v)
+    def extend(self, attention, k, v, grows=True):
+        k, v = super().extend(attention, k, v, grows)
         self.storages.setdefault(attention, []).append(
             (k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr(), k.untyped_storage().nbytes() - k.nbytes))
         return k, v
@@ -91,8 +91,8 @@ def test_the_buffered_cache_traces_bit_for_bit_as_the_concatenated_one(models, m
 
 @pytest.mark.parametrize("name", ["en-gpt-tiny", "de-en-tiny", "llama-gqa"])
 def test_a_decode_writes_its_cache_in_place(models, monkeypatch, name):
-    """From its second pass on, each attention's keys and values stay in one storage, and at the last
-    pass that storage is full: room for exactly the positions the decode ran."""
+    """Each attention's keys and values stay in one storage from the first pass to the last, and at the
+    last pass it is full: room for exactly the positions the decode ran."""
     loaded = models(name)
     spies = []
     monkeypatch.setattr(run, "KVCache", lambda **kwargs: spies.append(StorageSpy(**kwargs)) or spies[-1])
@@ -102,7 +102,7 @@ def test_a_decode_writes_its_cache_in_place(models, monkeypatch, name):
     assert len(spy.storages) == (2 * cfg.n_decoder_layers if cfg.arch == "encoder-decoder" else cfg.n_layers)
     for attention, seen in spy.storages.items():
         assert len(seen) == NEW
-        assert len({(k, v) for k, v, _ in seen[1:]}) == 1, attention  # never reallocated
+        assert len({(k, v) for k, v, _ in seen}) == 1, attention  # never reallocated
         assert seen[-1][2] == 0, attention                              # no room left over
 
 
@@ -122,3 +122,25 @@ def test_past_its_capacity_the_cache_grows_and_agrees(models):
         for cache in (KVCache(), KVCache(capacity=len(ids) + 2), KVCache(capacity=len(ids) + NEW)):
             assert torch.equal(decode(cache), expected)
         assert cache.kv[loaded.model.layers[0].attn][0].shape[1] == len(ids) + NEW
+
+
+@pytest.mark.parametrize("name,taps", [("en-gpt-tiny", ("hook_k", "hook_v")), ("llama-gqa", ("hook_rot_k", "hook_v"))])
+def test_the_trace_keeps_the_cached_keys_and_values_without_a_copy(models, monkeypatch, name, taps):
+    """The rows a KV-cached trace records at the taps of what the cache keeps (the keys after RoPE, the
+    values) are the cache's own memory, at every decoding step; the other taps' are not."""
+    loaded = models(name)
+    spies = []
+    monkeypatch.setattr(run, "KVCache", lambda **kwargs: spies.append(StorageSpy(**kwargs)) or spies[-1])
+    trace = generate(loaded, TEXTS.get(name, "die katze trank die milch"), max_new_tokens=NEW, traced=True).trace
+    (spy,) = spies
+    buffers = [buffer for pair in spy.buffers.values() for buffer in pair]
+    assert buffers
+
+    def in_cache(array):
+        start = array.ctypes.data
+        return any(b.data_ptr() <= start and start + array.nbytes <= b.data_ptr() + b.untyped_storage().nbytes()
+                   for b in buffers)
+
+    for step in trace:
+        if step.kind in ("k", "v", "rot_k", "q"):
+            assert in_cache(step.rows) == (step.name.rsplit(".", 1)[-1] in taps), step.id
