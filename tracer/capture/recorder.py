@@ -23,6 +23,11 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # step's rows are far smaller and are packed.
 KEEP_AS_IS_BYTES = 128 * 1024
 
+# Copying a pass's large values one by one (into float16, say) frees each once copied, but the
+# heap keeps the freed pages until it is trimmed: trimmed after every this many bytes, a 128-token
+# GPT-2-small pass converted to float16 peaks at its values plus a few MB, not plus its packed copy.
+RELEASE_EVERY_BYTES = 16 * 1024 * 1024
+
 
 class Recorder:
     """Attach to every HookPoint; `pass_values()` returns (name, numpy array) per tap, batch axis dropped.
@@ -184,11 +189,17 @@ def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: lis
     offset = sum(sizes[:len(small)])
     if small:
         torch.cat([values[i][1].reshape(-1) for i in small], out=flat[:offset])  # converts as it copies
+    copied = 0  # bytes of values copied and let go since the heap last gave its free pages back
     for i, n in zip(large, sizes[len(small):]):
         name, value = values[i]
         flat[offset:offset + n].copy_(value.reshape(-1))
+        copied += value.numel() * value.element_size()
         values[i] = (name, None)
+        del value
         offset += n
+        if copied >= RELEASE_EVERY_BYTES:
+            release_freed_memory()
+            copied = 0
     for i in small:
         values[i] = (values[i][0], None)
     _unpack(flat.numpy(), indices, shapes, out)
