@@ -117,11 +117,17 @@ def test_past_its_capacity_the_cache_grows_and_agrees(models):
             out.append(loaded.model(torch.tensor([[token]]), cache=cache))
         return torch.stack(out)
 
+    attention = loaded.model.layers[0].attn
     with torch.no_grad():
         expected = decode(ConcatCache())
-        for cache in (KVCache(), KVCache(capacity=len(ids) + 2), KVCache(capacity=len(ids) + NEW)):
-            assert torch.equal(decode(cache), expected)
-        assert cache.kv[loaded.model.layers[0].attn][0].shape[1] == len(ids) + NEW
+        for room, lasting in ((None, False), (len(ids) + 2, False), (len(ids) + NEW, True)):
+            cache = KVCache(capacity=room)
+            assert torch.equal(decode(cache), expected), room
+            keys = cache.kv[attention][0]
+            assert keys.shape[1] == len(ids) + NEW
+            # only a buffer that was never outgrown may be shared with a trace: one reallocated each
+            # pass past the capacity would be kept alive, one copy per step, by the trace's views
+            assert cache.holds(keys) == lasting and bool(cache.lasting) == lasting, room
 
 
 @pytest.mark.parametrize("name,taps", [("en-gpt-tiny", ("hook_k", "hook_v")), ("llama-gqa", ("hook_rot_k", "hook_v"))])
