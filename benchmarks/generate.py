@@ -13,10 +13,14 @@ output_attentions / output_hidden_states / return_dict_in_generate on the same s
 weights; eager attention, which output_attentions needs). No logit lens (generate has none).
 "trace" is the bytes tracer stores (every step's recorded rows). "above baseline" is the peak
 less the resident memory measured in the same process before the model is built (Python, torch
-and the benchmark's imports: ~260 MB). `--repeats` runs each row's process that many times,
-interleaved, and reports medians; `--pairs` then times the headline, tracer's KV-cached trace and
-transformers' generate, alternately in one process (both models built once), and reports the
-median of the per-pair ratios, the figure a busy machine disturbs least. With --save, the same
+and the benchmark's imports: ~220-300 MB). "files' pages" is how much of the resident memory at
+the end is files' pages, the shared libraries' code (libtorch_cpu.so most): 100-180 MB, more the
+more of those files the page cache holds (the kernel maps cached pages around each one a process
+touches; a freshly installed torch counts ~70 MB more), and the peak moves with it. `--repeats`
+runs each row's process that many times, interleaved, and reports medians; `--pairs` then times
+the headline, tracer's KV-cached trace and transformers' generate, alternately in one process
+(both models built once), and reports the median of the per-pair ratios, the figure a busy
+machine disturbs least. With --save, the same
 runs also saved as a session: the whole trace in memory then `SessionStore.save` (as before
 streaming), and streamed (each pass written as it is recorded, `tracer run --save`); the time
 after "+" is the save (for the streamed one: the commit, the tensors' header and data into
@@ -49,6 +53,16 @@ def peak_rss() -> int:
 def rss_now() -> int:
     """Resident memory now (Linux: /proc/self/statm), in bytes."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def rss_file() -> int:
+    """The resident pages that are files' (shared libraries' code, mostly), in bytes: how many of a
+    library's pages a process maps depends on what the page cache holds (the kernel maps cached pages
+    around each one faulted in), so this part of the peak moves between machines and sessions."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None, save: str | None = None) -> dict:
@@ -88,7 +102,8 @@ def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = 
     # from the metadata: a streamed trace's tensors are on disk, and reading them would load them
     trace_bytes = sum(math.prod(step.rows_shape) * np.dtype(step.dtype).itemsize for step in result.trace)
     return {"seconds": seconds, "save_seconds": saving if save else None, "peak": peak_rss(), "before": before,
-            "baseline": baseline, "model": model_bytes, "trace": trace_bytes, "steps": len(result.trace),
+            "baseline": baseline, "file": rss_file(), "model": model_bytes, "trace": trace_bytes,
+            "steps": len(result.trace),
             "tokens": len(result.output_ids)}
 
 
@@ -125,7 +140,8 @@ def run_transformers(prompt: int, new: int) -> dict:
     seconds = time.perf_counter() - start
     kept = sum(t.numel() * t.element_size() for step in out.attentions for t in step) + \
         sum(t.numel() * t.element_size() for step in out.hidden_states for t in step)
-    return {"seconds": seconds, "peak": peak_rss(), "before": before, "baseline": baseline, "model": model_bytes,
+    return {"seconds": seconds, "peak": peak_rss(), "before": before, "baseline": baseline, "file": rss_file(),
+            "model": model_bytes,
             "trace": kept, "tokens": out.sequences.shape[1] - prompt}
 
 
@@ -156,7 +172,7 @@ def median_row(kind: str, prompt: int, new: int, repeats: int) -> dict:
     """The median time and peak of `repeats` fresh processes (one row's figures)."""
     runs = [child(kind, prompt, new) for _ in range(repeats)]
     out = dict(runs[0])
-    for key in ("seconds", "peak", "baseline"):
+    for key in ("seconds", "peak", "baseline", "file"):
         out[key] = statistics.median(run[key] for run in runs)
     out["runs"] = [(run["seconds"], run["peak"]) for run in runs]
     return out
@@ -251,20 +267,22 @@ def main() -> None:
             rows.append(found)
             print(f"  {kind} +{new}: {seconds(found)}, peak {mb(found['peak'])}, trace {mb(found['trace'])}"
                   f" (runs: {', '.join(f'{s:.1f} s {mb(p)}' for s, p in found['runs'])})", file=sys.stderr)
-    print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | above baseline / (model + trace) | trace (estimate) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | new tokens | time | peak RSS | model + trace | peak / (model + trace) | above baseline / (model + trace) "
+          "| of the peak: files' pages | trace (estimate) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     names = {"kv": "tracer, KV cache", "kv16": "tracer, KV cache, --store-dtype float16", "full": "tracer, --no-kv-cache",
              "hf": "transformers generate"}
     for row in rows:
         base, _, save = row["kind"].partition("+")
         name = names[base] + {"": "", "regular": ", then saved", "stream": ", streamed --save"}[save]
         if row.get("skipped"):
-            print(f"| {name} | {row['new']} | skipped | | | | | ({mb(row['estimate'])}) |")
+            print(f"| {name} | {row['new']} | skipped | | | | | | ({mb(row['estimate'])}) |")
             continue
         own = row["model"] + row["trace"]
         estimate_text = f" ({mb(row['estimate'])})" if "estimate" in row else " (attentions + hidden states kept)"
         print(f"| {name} | {row['new']} | {seconds(row)} | {mb(row['peak'])} | {mb(own)} | "
-              f"{row['peak'] / own:.2f}× | {(row['peak'] - row['baseline']) / own:.2f}× | {mb(row['trace'])}{estimate_text} |")
+              f"{row['peak'] / own:.2f}× | {(row['peak'] - row['baseline']) / own:.2f}× | {mb(row['file'])} | "
+              f"{mb(row['trace'])}{estimate_text} |")
     if args.pairs:
         found = json.loads(child_output("pairs", args.prompt, args.headline, args.pairs))
         rows.append({"kind": "pairs", "new": args.headline} | found)

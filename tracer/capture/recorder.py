@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +22,11 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # 128-token pattern is 786 KB) and copying them held the pass twice at the peak; a KV-cached
 # step's rows are far smaller and are packed.
 KEEP_AS_IS_BYTES = 128 * 1024
+
+# Copying a pass's large values one by one (into float16, say) frees each once copied, but the
+# heap keeps the freed pages until it is trimmed: trimmed after every this many bytes, a 128-token
+# GPT-2-small pass converted to float16 peaks at its values plus a few MB, not plus its packed copy.
+RELEASE_EVERY_BYTES = 16 * 1024 * 1024
 
 
 class Recorder:
@@ -47,6 +53,10 @@ class Recorder:
     `store_dtype` (float32 or float16, `tracer run --store-dtype`) is what floating values are
     stored as; None keeps each value's dtype, bf16/fp16 as float32 (numpy has no bfloat16).
     Integer and bool values are never converted.
+
+    `shared` (a KV cache's `holds`): memory a value may be a view of and still be kept as it is, with
+    no copy, whatever its size: a KV-cached decode's taps of the new keys and values see the cache's
+    own copy of them, which never changes once written, so the trace and the cache share it.
     """
 
     def __init__(self, model: torch.nn.Module, select=None, store_dtype: torch.dtype | None = None):
@@ -54,6 +64,7 @@ class Recorder:
         self.select = select  # name -> bool: the taps to hook (None: every one)
         self.store_dtype = store_dtype
         self.values: list[tuple[str, torch.Tensor]] = []
+        self.shared: Callable[[torch.Tensor], bool] | None = None
         # a value in a weight's or buffer's memory is always copied: the trace must not change when the model does
         self.model_memory = frozenset(t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()))
 
@@ -73,7 +84,7 @@ class Recorder:
         if not values:
             return []
         values = [(name, (value.detach() if value.requires_grad else value)[0]) for name, value in values]
-        out = values_to_host(values, self.store_dtype, model_memory=self.model_memory)
+        out = values_to_host(values, self.store_dtype, model_memory=self.model_memory, shared=self.shared)
         release_freed_memory()
         return out
 
@@ -123,13 +134,14 @@ def _new_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dtype | None = None,
-                   pin: bool = True, model_memory: frozenset[int] = frozenset()) -> list[tuple[str, np.ndarray]]:
+                   pin: bool = True, model_memory: frozenset[int] = frozenset(),
+                   shared: Callable[[torch.Tensor], bool] | None = None) -> list[tuple[str, np.ndarray]]:
     """Tensors (batch axis already dropped) on any mix of devices -> numpy, in recording order:
     one packed copy per (device, dtype) and one synchronisation per CUDA device (see Recorder).
 
     `values` is emptied as the CPU values are copied (so that each is freed then); pass a copy to keep it.
     `model_memory`: the storages (data pointers) of the model's weights and buffers, which a value
-    is never kept in."""
+    is never kept in; `shared`: memory a value is kept in even as a view (see Recorder)."""
     found = groups(values)
     out: list[np.ndarray | None] = [None] * len(values)
     staged = []  # (indices, shapes, host buffer that a non-blocking copy is filling)
@@ -141,7 +153,7 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
         devices.add(device)
     for (device, dtype), indices in found.items():  # host copies while the device copies run
         if device.type == "cpu":
-            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out, model_memory)
+            _pack_on_host(values, indices, stored_dtype(dtype, store_dtype), out, model_memory, shared)
     for device in devices:
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # the one synchronisation of this device's pass
@@ -155,16 +167,17 @@ def values_to_host(values: list[tuple[str, torch.Tensor]], store_dtype: torch.dt
 
 
 def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: list,
-                  model_memory: frozenset[int] = frozenset()) -> None:
+                  model_memory: frozenset[int] = frozenset(), shared: Callable[[torch.Tensor], bool] | None = None) -> None:
     """CPU values -> views of one new numpy buffer, converted to `dtype` as they are copied.
 
-    A large value that owns its memory and needs no conversion is not copied (see `kept_as_is`);
-    other large ones are copied one by one, each reference in `values` dropped once copied so that
+    A large value that owns its memory and needs no conversion is not copied (see `kept_as_is`), nor
+    is a contiguous value in `shared` memory that needs none; other large ones are copied one by one, each reference in `values` dropped once copied so that
     it can be freed at once; the small ones, most of a KV-cached step, go in with one `cat`."""
     small, large = [], []
     for i in indices:
         name, value = values[i]
-        if kept_as_is(value, dtype) and value.untyped_storage().data_ptr() not in model_memory:
+        if (kept_as_is(value, dtype) and value.untyped_storage().data_ptr() not in model_memory) or (
+                shared is not None and value.dtype == dtype and value.is_contiguous() and shared(value)):
             out[i] = value.numpy()
             values[i] = (name, None)
         else:
@@ -176,11 +189,17 @@ def _pack_on_host(values: list, indices: list[int], dtype: torch.dtype, out: lis
     offset = sum(sizes[:len(small)])
     if small:
         torch.cat([values[i][1].reshape(-1) for i in small], out=flat[:offset])  # converts as it copies
+    copied = 0  # bytes of values copied and let go since the heap last gave its free pages back
     for i, n in zip(large, sizes[len(small):]):
         name, value = values[i]
         flat[offset:offset + n].copy_(value.reshape(-1))
+        copied += value.numel() * value.element_size()
         values[i] = (name, None)
+        del value
         offset += n
+        if copied >= RELEASE_EVERY_BYTES:
+            release_freed_memory()
+            copied = 0
     for i in small:
         values[i] = (values[i][0], None)
     _unpack(flat.numpy(), indices, shapes, out)

@@ -188,7 +188,10 @@ def generate(loaded: LoadedModel, text: str, *, max_new_tokens=None, top_k=None,
             else:
                 prefix = ([tok.decoder_bos_id] if tok.decoder_bos_id is not None else []) + list(ids)
                 step_fn = lambda seq, cache: model(tensor(seq), cache=cache)  # noqa: E731
-            cache = KVCache() if kv_cache else None
+            # room for every position the decode can run: the last pass runs all but the last new token
+            cache = KVCache(capacity=len(prefix) + max_new_tokens - 1) if kv_cache else None
+            if recorder is not None and cache is not None:
+                recorder.shared = cache.holds  # the taps of new keys and values see the cache's copy: no second one
             for t in range(1, max_new_tokens + 1):
                 seq = prefix + generated
                 new = seq[cache.seen:] if cache is not None else seq  # with a cache: the token not yet run
@@ -249,6 +252,7 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
     `heads`: the `heads` extra of each tap a `--heads` filter sliced (tracer/capture/select.py)."""
     out = fn()
     steps = []
+    shared: dict[tuple, dict] = {}  # one labels dict for the steps of a pass whose labels are alike
     for name, array in recorder.pass_values():
         axes = anatomy.axes_for(parse_name(name)["kind"], array.ndim)
         axis = row_axis(axes) if rows_so_far is not None else None
@@ -258,6 +262,7 @@ def record_pass(recorder: Recorder, fn, own: list[str], source: list[str] | None
             rows_so_far[name] = cached + array.shape[axis]
             full_shape = array.shape[:axis] + (cached + array.shape[axis],) + array.shape[axis + 1:]
         labels = anatomy.token_labels(name, axes, own, source, full_shape)
+        labels = shared.setdefault(tuple((axis, id(tokens)) for axis, tokens in labels.items()), labels)
         extra = {"heads": heads[name]} if heads and name in heads else None
         steps.append(Step.from_array(anatomy.with_step(name, t), array, axes, labels, extra, cached=cached))
     return out, steps

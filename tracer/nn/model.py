@@ -200,23 +200,63 @@ class KVCache:
     One entry per attention module: its K and V so far, (B, T, Hkv, dh), after RoPE. `seen` is how
     many positions the decoder has run (the next pass's first position). Cross-attention's keys and
     values come from the encoder's output, which does not change: they are computed once. Under a
-    sliding window every key stays cached; the mask hides those older than the window."""
+    sliding window every key stays cached; the mask hides those older than the window.
 
-    def __init__(self):
-        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    `capacity` (the most positions the decode will run, where the caller knows it): a self-attention's
+    keys and values go into buffers of that many positions at its first pass, and every later pass
+    writes its new ones into them in place. Such a buffer is never replaced and what is written in it
+    never changes, so a trace may keep views of it rather than copies (`holds`). Without a capacity
+    (or past it) each extension allocates the whole cache anew, a little longer, as `torch.cat`
+    would: each pass then holds the old copy and the new, and in a long decode the freed copies
+    fragment the heap (BENCHMARKS.md)."""
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
+        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}       # the cached K and V
+        self.buffers: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # what they are views of
+        self.lasting: set[int] = set()  # the storages of buffers sized at `capacity` (see `holds`)
         self.seen = 0
 
     def length(self, attention: nn.Module) -> int:
         """How many positions of this attention's keys and values are cached."""
         return self.kv[attention][0].shape[1] if attention in self.kv else 0
 
-    def extend(self, attention: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached keys and values followed by the new ones (which join the cache)."""
-        if attention in self.kv:
-            old_k, old_v = self.kv[attention]
-            k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
-        self.kv[attention] = (k, v)
-        return k, v
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` lies in a buffer sized at `capacity`: one that is never replaced, whose
+        positions are each written once, by the pass that computes them."""
+        return tensor.untyped_storage().data_ptr() in self.lasting
+
+    def extend(self, attention: nn.Module, k: torch.Tensor, v: torch.Tensor,
+               grows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values followed by the new ones (which join the cache). `grows`: later
+        passes add positions (self-attention; a cross-attention's are the source's, computed once)."""
+        if attention not in self.kv and not (grows and self.capacity):
+            self.kv[attention] = (k, v)  # no buffer: the first pass's own keys and values are the cache
+            return k, v
+        old_k, old_v = self.kv.get(attention, (k[:, :0], v[:, :0]))
+        cached, total = old_k.shape[1], old_k.shape[1] + k.shape[1]
+        if total == cached:              # nothing new: cross-attention after its first pass
+            return old_k, old_v
+        buffers = self.buffers.get(attention)
+        if buffers is None or buffers[0].shape[1] < total:
+            if buffers is not None:      # past the capacity: the old buffers are no longer the cache
+                self.lasting.difference_update(buffer.untyped_storage().data_ptr() for buffer in buffers)
+            size = max(total, self.capacity or 0)
+            buffers = self.buffers[attention] = (grown(old_k, size), grown(old_v, size))
+            if size == self.capacity:
+                self.lasting.update(buffer.untyped_storage().data_ptr() for buffer in buffers)
+        keys, values = buffers                                                    # (B, size, Hkv, dh)
+        keys[:, cached:total] = k
+        values[:, cached:total] = v
+        self.kv[attention] = (keys[:, :total], values[:, :total])
+        return self.kv[attention]
+
+
+def grown(cached: torch.Tensor, size: int) -> torch.Tensor:
+    """A new buffer of `size` positions (axis 1) whose first ones are a copy of `cached`."""
+    buffer = cached.new_empty((cached.shape[0], size, *cached.shape[2:]))
+    buffer[:, :cached.shape[1]] = cached
+    return buffer
 
 
 class Attention(nn.Module):
@@ -226,8 +266,10 @@ class Attention(nn.Module):
     n_heads / n_kv_heads consecutive query heads: K and V are recorded once per key/value head,
     and repeated across their group only to compute the scores and weights·V."""
 
-    def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None, position_bias: bool = False):
+    def __init__(self, cfg: ModelConfig, rotary: Rotary | None = None, position_bias: bool = False,
+                 cross: bool = False):
         super().__init__()
+        self.cross = cross                    # keys and values from the encoder's output, not from x_q's stream
         self.n_heads, self.n_kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.d_head
         self.softmax_fp32, self.scale = cfg.softmax_fp32, cfg.attn_scale
         inner, kv_inner = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
@@ -262,14 +304,21 @@ class Attention(nn.Module):
         Tk = x_kv.shape[1]
         H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
         start = cache.seen if cache is not None else 0                              # the first new position
-        q = self.hook_q(self.W_Q(x_q).view(B, Tq, H, dh))                           # (B, Tq, H, dh)
-        k = self.hook_k(self.W_K(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
-        v = self.hook_v(self.W_V(x_kv).view(B, Tk, Hkv, dh))                        # (B, Tk, Hkv, dh)
+        q = self.W_Q(x_q).view(B, Tq, H, dh)                                        # (B, Tq, H, dh)
+        k = self.W_K(x_kv).view(B, Tk, Hkv, dh)                                     # (B, Tk, Hkv, dh)
+        v = self.W_V(x_kv).view(B, Tk, Hkv, dh)                                     # (B, Tk, Hkv, dh)
+        rot_q, rot_k = (self.rotary(q, start), self.rotary(k, start)) if self.rotary is not None else (q, k)
+        keys, values = rot_k, v                                                     # every key and value read
+        if cache is not None:  # the taps below see the cache's copies of the new ones (a trace shares them)
+            keys, values = cache.extend(self, rot_k, v, grows=not self.cross)      # (B, cached + Tk, Hkv, dh)
+            rot_k, v = keys[:, keys.shape[1] - Tk:], values[:, values.shape[1] - Tk:]
+        q = self.hook_q(q)
+        self.hook_k(k if self.rotary is not None else rot_k)
+        self.hook_v(v)
         if self.rotary is not None:
-            q = self.hook_rot_q(self.rotary(q, start))
-            k = self.hook_rot_k(self.rotary(k, start))
-        if cache is not None:
-            k, v = cache.extend(self, k, v)                                         # (B, cached + Tk, Hkv, dh)
+            q = self.hook_rot_q(rot_q)
+            self.hook_rot_k(rot_k)
+        k, v = keys, values
         if Hkv != H:                      # grouped-query: query head h reads key/value head h // (H / Hkv)
             k = k.repeat_interleave(H // Hkv, dim=2)                                # (B, Tk, H, dh)
             v = v.repeat_interleave(H // Hkv, dim=2)
@@ -335,7 +384,7 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg)
         self.cross = cross
         if cross:
-            self.cross_attn = Attention(cfg)
+            self.cross_attn = Attention(cfg, cross=True)
             self.hook_cross_attn_out = HookPoint()    # [pos, d_model]
             self.hook_resid_mid_cross = HookPoint()   # [pos, d_model]
             self.ln3 = make_norm(cfg)

@@ -145,6 +145,18 @@ def kv_columns(query: "Step", keys: "Step") -> list[int] | None:
     return None if None in wanted else wanted
 
 
+@lru_cache(maxsize=64)
+def dtype_name(dtype: np.dtype) -> str:
+    """`str(dtype)`, one string per dtype however many steps have it (str() builds a new one each time)."""
+    return str(dtype)
+
+
+@lru_cache(maxsize=1024)
+def shared_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One tuple for every step of the same shape (a pass's layers repeat the same dozen shapes)."""
+    return shape
+
+
 # The keys of `Step.meta()` that are the step's own metadata; any other key is an extra.
 META_KEYS = frozenset({"index", "id", "name", "kind", "stack", "layer", "decode_step", "train_step", "shape", "dtype",
                        "axes", "labels", "stats", "cached"})
@@ -186,10 +198,10 @@ class Step:
             raise ValueError(f"{step_id}: {len(axes)} axes for a {array.ndim}-d tensor")
         return cls(
             id=step_id,
-            shape=tuple(array.shape),
-            dtype=str(array.dtype),
+            shape=shared_shape(array.shape),
+            dtype=dtype_name(array.dtype),
             axes=tuple(axes),
-            labels=dict(labels or {}),
+            labels=labels if type(labels) is dict else dict(labels or {}),  # a dict is kept: a pass's steps share one
             extra=dict(extra or {}),
             _array=array,
             cached=cached,
@@ -317,7 +329,7 @@ class Step:
             self.stored_shape = self.shape
             shape = list(self.shape)
             shape[axis] += self.cached
-            self.shape = tuple(shape)
+            self.shape = shared_shape(tuple(shape))
             if self._array is not None:  # recorded in memory: the array is the rows
                 self._rows, self._array = self._array, None
         self._assemble = assemble
