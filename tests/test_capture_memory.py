@@ -30,6 +30,15 @@ def test_the_steps_of_a_pass_share_their_labels_dtype_names_and_shapes():
         assert any(step.labels for step in steps) and len({repr(step.labels) for step in steps}) > 1
 
 
+def test_the_cached_steps_of_a_trace_share_one_assembly_function():
+    """Not one closure per KV-cached step (9,000 of them in a 128 + 40 decode: 1.6 MB)."""
+    trace = generate(load_model("en-gpt-tiny"), "the cat drank the", max_new_tokens=4, traced=True).trace
+    cached = [step for step in trace if step.cached]
+    assert len(cached) > 100 and len({id(step._assemble) for step in cached}) == 1
+    step = trace.step("blocks.0.attn.hook_pattern@4")
+    assert step.data.shape == step.shape and step.peek().shape == step.shape
+
+
 def test_the_steps_labels_are_still_the_tokens_of_their_axes():
     result = generate(load_model("en-gpt-tiny"), "the cat drank the", max_new_tokens=3, traced=True)
     step = result.trace.step("blocks.0.attn.hook_pattern@3")

@@ -188,7 +188,7 @@ class Step:
     cached: int = 0  # rows of the position (query) axis that came from earlier steps' KV cache
     stored_shape: tuple[int, ...] | None = None  # set when the step is assembled from cached rows
     _rows: np.ndarray | None = field(default=None, repr=False)
-    _assemble: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _assemble: Callable[["Step"], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(cls, step_id: str, array: np.ndarray, axes, labels=None, extra=None, cached: int = 0) -> "Step":
@@ -274,7 +274,7 @@ class Step:
         """The tensor, read from storage (or assembled from cached rows) the first time it is asked for."""
         if self._array is None:
             if self._assemble is not None:
-                self._array = self._assemble()
+                self._array = self._assemble(self)
             elif self._loader is None:
                 raise ValueError(f"{self.id}: no data recorded")
             else:
@@ -299,7 +299,7 @@ class Step:
         if self._array is not None:
             return self._array
         if self._assemble is not None:
-            return self._assemble()
+            return self._assemble(self)
         if self._loader is None:
             raise ValueError(f"{self.id}: no data recorded")
         return self._loader()
@@ -319,9 +319,10 @@ class Step:
         """The shape of `rows` (what a file stores)."""
         return self.stored_shape if self.stored_shape is not None else self.shape
 
-    def link_cached(self, assemble: Callable[[], np.ndarray]) -> None:
-        """Make `data` and `shape` the full tensor, built by `assemble` from this step's rows and
-        the earlier steps' (the Trace does this for every step with `cached` rows)."""
+    def link_cached(self, assemble: Callable[["Step"], np.ndarray]) -> None:
+        """Make `data` and `shape` the full tensor, built by `assemble(step)` from this step's rows
+        and the earlier steps' (the Trace does this for every step with `cached` rows, with one
+        function for all of them: a decode has thousands)."""
         if self.stored_shape is None:
             axis = row_axis(self.axes)
             if axis is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -102,7 +101,7 @@ class Trace:
         assemble = self._assembled
         for step in steps:
             if step.cached:
-                step.link_cached(functools.partial(assemble, step))
+                step.link_cached(assemble)
 
     # -- passes not read yet ---------------------------------------------------------
     @property
