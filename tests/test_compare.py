@@ -402,3 +402,22 @@ def test_diff_tui_with_json_is_bad_usage():
     result = CliRunner().invoke(cli, ["diff", str(HUNGRIG), str(SUESS), "--tui", "--json"])
     assert result.exit_code == 2
     assert "--tui and --json" in result.output and "Traceback" not in result.output
+
+
+def test_the_figures_say_the_tolerance_diff_applied_widened_for_float16_and_exact_for_integers():
+    """A float16-stored copy of a trace against the trace: within --tol plus float16's rounding, as
+    `tracer diff` judges it, and the panel says that tolerance (not the bare --tol)."""
+    from tracer.trace.diff import FLOAT16_ROUNDOFF
+
+    a = fixture_trace()
+    step_id = "decoder.0.hook_resid_pre@1"
+    half = copy_trace(a, {s.id: (lambda x: x.astype(np.float16)) for s in a if s.data.dtype == np.float32})
+    viewer = comparing(a, half)
+    found = viewer.comparison.step_diff(step_id)
+    assert not found.over_tol and found.max_abs > 0 and found.tol == pytest.approx(1e-4 + FLOAT16_ROUNDOFF)
+    figures = dict(figure_lines(viewer.comparison, step_id))["figures"]
+    assert f"within tolerance {found.tol:g} (--tol 0.0001, widened for float16 storage)" in figures
+    tokens = dict(figure_lines(viewer.comparison, "decoder.hook_tokens@1"))["figures"]
+    assert "identical (exact data)" in tokens
+    same = dict(figure_lines(comparing(a, copy_trace(a)).comparison, step_id))["figures"]
+    assert "within tolerance 0.0001" in same and "widened" not in same

@@ -229,7 +229,14 @@ def figure_lines(comparison: Comparison, step_id: str) -> list[tuple[str, str]]:
 
 
 def _compared_lines(found: StepDiff, tol: float) -> list[tuple[str, str]]:
-    over = f"{found.changed} of {found.cells} cells over tolerance {tol:g}" if found.changed else f"within tolerance {tol:g}"
+    """The step's figures against the tolerance `tracer diff` applied to it: exact for integer data,
+    --tol widened for a side stored as float16 (diff.step_tolerance)."""
+    if found.exact:
+        over = f"{found.changed} of {found.cells} cells differ (exact data)" if found.changed else "identical (exact data)"
+    else:
+        applied = found.tol if found.tol is not None else tol
+        shown = f"{applied:g}" if applied == tol else f"{applied:g} (--tol {tol:g}, widened for float16 storage)"
+        over = f"{found.changed} of {found.cells} cells over tolerance {shown}" if found.changed else f"within tolerance {shown}"
     lines = [("figures", f"max |Δ| {format_number(found.max_abs)}   rel L2 {format_number(found.rel_l2)}   "
                          f"cosine {found.cosine:.6f}   {over}")]
     notes = []
