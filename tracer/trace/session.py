@@ -779,6 +779,7 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
             fail(f"its steps do not match the pass index in {MANIFEST}")
         tensors.check_all(steps + every[len(steps):])
         validate_consistency(every, fail)
+        _trace(whole, every, fail)  # what the full read's Trace checks (ids unique, cached rows placeable), unused
         rest = every[len(steps):]
         for step in rest:
             step._loader = tensors.loader(step)
