@@ -780,6 +780,7 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
         tensors.check_all(steps + every[len(steps):])
         validate_consistency(every, fail)
         _trace(whole, every, fail)  # what the full read's Trace checks (ids unique, cached rows placeable), unused
+        tensors.forget_header()  # only now: a refusal above leaves the header to check again
         rest = every[len(steps):]
         for step in rest:
             step._loader = tensors.loader(step)

@@ -239,6 +239,9 @@ class TensorFile:
         except DamagedFile:
             self._spans = before  # the steps already read keep reading what they read
             raise
+
+    def forget_header(self) -> None:
+        """The whole header is checked (`check_all`) and the trace complete: its bytes are not needed again."""
         self._raw_header = b""
 
     def _fail(self, message: str):
