@@ -756,6 +756,7 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
     first = passes[last]
     try:  # the steps up to that pass, then closed as the document closes: the same bytes, cut short
         body, steps = _meta_steps(orjson.loads(raw[:first["meta"]] + _STEPS_TAIL), entry, fail)
+        stats_read = [step._stats for step in steps]  # saved stats as read (the UI may work them out since)
         if not _same_runs(passes[:last + 1], steps):
             return None
     except (orjson.JSONDecodeError, DamagedFile):
@@ -773,7 +774,7 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
         first passes must be what the first screen read, the later ones what the index says."""
         whole, every = _meta_steps(_parse_json(raw, meta_path), entry, fail)
         if {k: v for k, v in whole.items() if k != "steps"} != {k: v for k, v in body.items() if k != "steps"} or any(
-                _step_key(a) != _step_key(b) for a, b in zip(steps, every)):
+                _step_key(a) != _step_key(b) or stats != b._stats for a, stats, b in zip(steps, stats_read, every)):
             fail("its first passes read differently on their own (a key given twice?)")
         if not _same_runs(passes, every):
             fail(f"its steps do not match the pass index in {MANIFEST}")
@@ -805,7 +806,7 @@ def _decoding_step_of(step_id: str) -> int | None:
 
 def _step_key(step: Step) -> tuple:
     """What a step was read as: its metadata, but for its stats (the first screen may have worked
-    them out since; they were read from the same bytes as the rest of the step)."""
+    them out since: `_read_first_passes` compares them as they were read)."""
     return (step.id, step.rows_shape, step.dtype, step.axes, step.labels, step.extra, step.cached)
 
 
