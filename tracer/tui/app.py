@@ -56,12 +56,25 @@ class TracerApp(App[None]):
             for trace in self.viewer.traces:
                 trace.complete()
         except DamagedFile as exc:  # checked like the rest, only later: the CLI says it as it says any
-            self.load_error = exc
-            self.exit(return_code=1)
+            self._refuse(exc)
             return
         if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
             gc.freeze()  # what start-up built lives as long as the app: keep it out of later collections
             gc.enable()
+
+    def _refuse(self, exc: DamagedFile) -> None:
+        if self.load_error is None:
+            self.load_error = exc
+        self.exit(return_code=1)
+
+    async def run_action(self, action, default_namespace=None, namespaces=None) -> bool:
+        """A key's action; one that meets a damaged file (a key typed before, or as, on_ready reads
+        the later passes asks for them too) closes the UI as on_ready does, not with a traceback."""
+        try:
+            return await super().run_action(action, default_namespace, namespaces)
+        except DamagedFile as exc:
+            self._refuse(exc)
+            return True
 
     def get_default_screen(self) -> Screen:
         return self.trace_screen
