@@ -150,3 +150,20 @@ async def test_a_key_pressed_as_the_later_passes_are_read_ends_the_ui_with_their
     async with app.run_test(size=(100, 30)) as pilot:  # re-raises what the app did not handle
         await pilot.pause()
     assert app.return_code == 1 and str(app.load_error) == message
+
+
+def test_an_outline_built_before_the_later_passes_are_read_keeps_them(tmp_path):
+    """build_outline on a trace with later passes, its root first opened once they are read: the
+    root's steps are the first passes' (taken when it was built), and the folded later passes were
+    looked up when it opened, by then none: the outline lost every later pass. (The UI opens the
+    root as it builds it, so only a caller of tracer.tui.view.outline meets this.)"""
+    from tracer.tui.view.outline import build_outline
+
+    folder = saved(tmp_path, three_passes())
+    full = build_outline(load_session(folder).traces[0])
+    trace = load_session(folder, first_screen=True).traces[0]
+    outline = build_outline(trace)
+    trace.complete()
+    assert [node.label for node in outline.children] == [node.label for node in full.children] == \
+        ["Step 1", "Step 2", "Step 3"]
+    assert [leaf.step_id for node in outline.children for leaf in node.walk() if leaf.step_id] == trace.ids
