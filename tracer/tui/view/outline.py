@@ -102,7 +102,7 @@ class Node:
             node._steps.append(step)
         if depth == 0:  # the passes not read yet, folded
             arch = outline.trace.arch
-            for later in outline.trace.later_passes:
+            for later in outline.later:
                 t = later.decode_step
                 children.append(Node(*decoding_group(t, arch, outline.chosen.get(t)), _depth=1, _outline=outline,
                                      _decoding=t))
@@ -124,6 +124,7 @@ class _Outline:
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
         self.chosen = chosen_tokens(trace)
+        self.later = trace.later_passes  # not read when built (the root holds the steps read then): folded
         self._paths: dict[str, list[tuple[str, str]]] = {}
         self._decoding: dict[int, tuple[str, str]] = {}
 
