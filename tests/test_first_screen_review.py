@@ -25,7 +25,8 @@ def three_passes(extra_steps=()) -> Trace:
     """A decode of three passes (t = 1, 2, 3), each a residual and `extra_steps` (name, array, axes)."""
     steps = []
     for t in (1, 2, 3):
-        steps.append(Step.from_array(f"blocks.0.hook_resid_post@{t}", np.full((1, 4), t, np.float32), ("pos", "d_model")))
+        residual = np.full((1, 4), t, np.float32)
+        steps.append(Step.from_array(f"blocks.0.hook_resid_post@{t}", residual, ("pos", "d_model")))
         for name, array, axes in extra_steps:
             steps.append(Step.from_array(f"{name}@{t}", array, axes))
     return Trace(steps, model={"name": "m", "arch": "decoder", "config": {}}, device="cpu",
