@@ -50,7 +50,7 @@ from tracer.trace.schema import (
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step, full_shape, parse_name, split_step_id
 from tracer.trace.tensor_file import TensorFile, write_tensors
-from tracer.trace.trace import Later, LaterPass, Trace, utc_now
+from tracer.trace.trace import Later, LaterPass, Trace, check_steps, utc_now
 
 # Called through these module names (not `atomic.exchange`) so that the crash tests can stand in
 # for a kernel without RENAME_EXCHANGE and for a full disk by replacing them here.
@@ -780,7 +780,10 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
             fail(f"its steps do not match the pass index in {MANIFEST}")
         tensors.check_all(steps + every[len(steps):])
         validate_consistency(every, fail)
-        _trace(whole, every, fail)  # what the full read's Trace checks (ids unique, cached rows placeable), unused
+        try:  # what the full read's Trace checks of its steps, with its message
+            check_steps(every)
+        except ValueError as exc:
+            fail(str(exc))
         tensors.forget_header()  # only now: a refusal above leaves the header to check again
         rest = every[len(steps):]
         for step in rest:

@@ -43,6 +43,18 @@ class Later(NamedTuple):
     read: Callable[[], list[Step]]
 
 
+def check_steps(steps: list[Step], held: dict | None = None) -> None:
+    """What a Trace needs of the steps it is given (ValueError otherwise): ids unique, among
+    themselves and against those it `held` already; cached rows only on a tensor with a position
+    (or query) axis, where they are assembled."""
+    ids = {step.id for step in steps}
+    if len(ids) != len(steps) or (held and not ids.isdisjoint(held)):
+        raise ValueError("a trace's step ids must be unique")
+    for step in steps:
+        if step.cached and step.stored_shape is None and row_axis(step.axes) is None:
+            raise ValueError(f"{step.id}: cached rows, but no position axis in {list(step.axes)}")
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -90,14 +102,14 @@ class Trace:
         self.capture = capture
 
     def _add(self, steps: list[Step]) -> None:
-        """Index `steps` after those held (a long decode has ~9,000 steps, opened at replay's start)."""
+        """Index `steps` after those held (a long decode has ~9,000 steps, opened at replay's start);
+        ValueError, with nothing changed, for steps a trace cannot hold (`check_steps`)."""
+        check_steps(steps, self._by_id)
         by_id, start = self._by_id, len(self._steps)
         for index, step in enumerate(steps, start):
             step.index = index
             by_id[step.id] = step
         self._steps.extend(steps)
-        if len(by_id) != len(self._steps):
-            raise ValueError("a trace's step ids must be unique")
         assemble = self._assembled
         for step in steps:
             if step.cached:
