@@ -300,3 +300,22 @@ def test_an_index_beside_a_step_count_that_is_not_one_is_ignored(decode, tmp_pat
     set_manifest(folder, manifest)
     lazy = load_session(folder, first_screen=True).traces[0]
     assert not lazy.later_passes and lazy.ids == trace.ids
+
+
+def test_later_steps_a_trace_cannot_hold_change_nothing():
+    """An id the first passes hold already, or cached rows without a position axis: ValueError from
+    complete(), the trace as it was (its later passes still to read)."""
+    import numpy as np
+
+    from tracer.trace import Step, Trace
+    from tracer.trace.trace import Later, LaterPass
+
+    first = [Step.from_array("blocks.0.hook_resid_pre@1", np.zeros((3, 2), np.float32), ("pos", "d_model"))]
+    for later in ([Step.from_array("blocks.0.hook_resid_pre@1", np.zeros((1, 2), np.float32), ("pos", "d_model"))],
+                  [Step.from_array("hook_logits@2", np.zeros(5, np.float32), ("vocab",), cached=3)]):
+        trace = Trace(first, model={"name": "m", "arch": "decoder"}, device="cpu", input={"text": "x"}, output={"text": "y"},
+                      later=Later((LaterPass(2, 1, None),), lambda later=later: later))
+        with pytest.raises(ValueError):
+            trace.complete()
+        assert trace.later_passes and trace.loaded_steps == first and trace.step(first[0].id) is first[0]
+        assert later[0].index == 0 and later[0].stored_shape is None  # not touched

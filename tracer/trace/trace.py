@@ -140,8 +140,8 @@ class Trace:
             return
         with collector_paused():  # thousands of steps, no cycles: the collector would only walk them
             steps = later.read()
+            self._add(steps)  # checks the steps first: on an error nothing has changed
             self._later = None
-            self._add(steps)
 
     # -- lookups -----------------------------------------------------------------
     def __len__(self) -> int:
