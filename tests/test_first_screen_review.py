@@ -168,3 +168,38 @@ def test_an_outline_built_before_the_later_passes_are_read_keeps_them(tmp_path):
     assert [node.label for node in outline.children] == [node.label for node in full.children] == \
         ["Step 1", "Step 2", "Step 3"]
     assert [leaf.step_id for node in outline.children for leaf in node.walk() if leaf.step_id] == trace.ids
+
+
+@pytest.mark.parametrize("damaged", [True, False], ids=["damaged", "sound"])
+async def test_a_click_before_the_later_passes_are_read_waits_for_them(damaged_decode, tmp_path, damaged):
+    """Input that comes before on_ready (a click as the first frame appears, here a mouse press
+    queued at mount) has the later passes read first: a damaged one closes the UI with its error
+    (exit 1), not a traceback from the handler that met it; a sound one is read, and the UI goes on."""
+    folder, message = damaged_decode
+    if not damaged:
+        from tracer.capture.run import generate
+        from tracer.nn.loading import load_model
+
+        SessionStore(tmp_path).save("long", [generate(load_model("en-gpt-tiny"), "the cat drank the", max_new_tokens=4,
+                                                      traced=True).trace])
+        folder = tmp_path / "long"
+    session = load_session(folder, first_screen=True)
+    seen = {}
+
+    class ClickedAhead(TracerApp):
+        CSS_PATH = str(Path(__file__).parents[1] / "tracer" / "tui" / "app.tcss")
+
+        def on_mount(self) -> None:
+            self.post_message(events.MouseDown(None, 5, 20, 0, 0, 1, False, False, False, screen_x=5, screen_y=20))
+
+        def on_ready(self) -> None:
+            seen["pending at ready"] = [len(t.later_passes) for t in self.viewer.traces]
+
+    app = ClickedAhead(session.traces, state=session.state)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+    if damaged:
+        assert app.return_code == 1 and str(app.load_error) == message
+    else:
+        assert app.load_error is None and not session.traces[0].later_passes
+        assert seen.get("pending at ready", [0]) == [0]  # read by the click, before on_ready

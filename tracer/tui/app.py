@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Callable, Sequence
 
+from textual import events
 from textual.app import App
 from textual.screen import Screen
 
@@ -51,30 +52,37 @@ class TracerApp(App[None]):
 
     def on_ready(self) -> None:
         """The first frame is up: read what it did not need (a long decode's later passes), then
-        turn the collector back on."""
-        try:
-            for trace in self.viewer.traces:
-                trace.complete()
-        except DamagedFile as exc:  # checked like the rest, only later: the CLI says it as it says any
-            self._refuse(exc)
+        turn the collector back on; a damaged pass closes the UI (the CLI says its error, exit 1)."""
+        if self.load_error is not None or not self._read_later_passes():
+            self.exit(return_code=1)
             return
         if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
             gc.freeze()  # what start-up built lives as long as the app: keep it out of later collections
             gc.enable()
 
-    def _refuse(self, exc: DamagedFile) -> None:
-        if self.load_error is None:
-            self.load_error = exc
-        self.exit(return_code=1)
+    async def on_event(self, event: events.Event) -> None:
+        """Input that comes before on_ready has read the later passes (keys typed ahead, a click as
+        the first frame appears) waits for them: they are read first, so that no key, click or
+        finder meets an unread pass in its handler. If one is damaged the input is dropped and
+        on_ready closes the UI with the error (closing here, before the screen is up, is not clean)."""
+        if isinstance(event, events.InputEvent) and not event.is_forwarded and (
+                self.load_error is not None or self._pending()):
+            if self.load_error is not None or not self._read_later_passes():
+                return
+        await super().on_event(event)
 
-    async def run_action(self, action, default_namespace=None, namespaces=None) -> bool:
-        """A key's action; one that meets a damaged file (a key typed before, or as, on_ready reads
-        the later passes asks for them too) closes the UI as on_ready does, not with a traceback."""
+    def _pending(self) -> bool:
+        return any(trace.later_passes for trace in self.viewer.traces)
+
+    def _read_later_passes(self) -> bool:
+        """Complete every trace; False, the error kept in `load_error`, if one is damaged."""
         try:
-            return await super().run_action(action, default_namespace, namespaces)
-        except DamagedFile as exc:
-            self._refuse(exc)
-            return True
+            for trace in self.viewer.traces:
+                trace.complete()
+        except DamagedFile as exc:  # checked like the rest, only later: the CLI says it as it says any
+            self.load_error = exc
+            return False
+        return True
 
     def get_default_screen(self) -> Screen:
         return self.trace_screen
