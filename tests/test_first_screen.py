@@ -319,3 +319,15 @@ def test_later_steps_a_trace_cannot_hold_change_nothing():
             trace.complete()
         assert trace.later_passes and trace.loaded_steps == first and trace.step(first[0].id) is first[0]
         assert later[0].index == 0 and later[0].stored_shape is None  # not touched
+
+
+@pytest.mark.parametrize("key", ["steps", "meta", "tensors", "decode_step", "chosen"])
+def test_an_index_entry_without_one_of_its_keys_is_ignored(decode, tmp_path, key):
+    """Found by the fuzz test: a byte flipped in a key's name ("chosen" -> "c osen") raised KeyError."""
+    store, trace = decode
+    folder = fresh_copy(store, tmp_path)
+    manifest = manifest_of(folder)
+    del manifest["traces"][0]["passes"][-1][key]
+    set_manifest(folder, manifest)
+    lazy = load_session(folder, first_screen=True).traces[0]
+    assert not lazy.later_passes and lazy.ids == trace.ids

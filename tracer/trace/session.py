@@ -236,6 +236,7 @@ def _runs(steps: list[Step]) -> list[dict]:
 
 
 _RUN_KEYS = ("steps", "decode_step", "chosen")  # what the pass index says of a pass, and `_runs` works out
+_PASS_KEYS = frozenset(_RUN_KEYS + ("meta", "tensors"))  # an index entry's keys
 
 
 def _same_runs(passes: list[dict], steps: list[Step]) -> bool:
@@ -726,7 +727,7 @@ def _passes(entry: dict, meta_size: int) -> list[dict] | None:
         return None
     before, t_before = (0, 0, 0), None
     for number, item in enumerate(passes):
-        if type(item) is not dict:
+        if type(item) is not dict or not _PASS_KEYS <= item.keys():
             return None
         ends = (item.get("steps"), item.get("meta"), item.get("tensors"))
         if not all(type(n) is int for n in ends) or not all(a < b for a, b in zip(before, ends)):
