@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,14 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from rss import peak_rss, rss_now  # noqa: E402
 
 
 def build(folder: str, prompt: int, new: int, kv_cache: bool) -> dict:
@@ -64,7 +56,7 @@ def read_all(folder: str) -> dict:
 
     start = time.perf_counter()
     trace = SessionStore(folder).load("big").trace
-    baseline = current_rss()
+    baseline = rss_now()
     largest = 0
     for step in trace.steps:
         largest = max(largest, step.data.nbytes)
@@ -79,7 +71,7 @@ def check(folder: str) -> dict:
     from tracer.trace.session import SessionStore
 
     trace = SessionStore(folder).load("big").trace
-    baseline = current_rss()
+    baseline = rss_now()
     start = time.perf_counter()
     report = check_trace(trace)
     return {"seconds": time.perf_counter() - start, "ok": report.ok, "checked": report.checked,
@@ -104,7 +96,7 @@ def export(folder: str, out: str, in_memory: bool, prompt: int, new: int) -> dic
         from tracer.trace.session import SessionStore
 
         trace = SessionStore(folder).load("big").trace
-    baseline = current_rss()
+    baseline = rss_now()
     start = time.perf_counter()
     guess = estimated_size(trace)
     estimate_seconds = time.perf_counter() - start

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import statistics
 import subprocess
@@ -45,24 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def rss_now() -> int:
-    """Resident memory now (Linux: /proc/self/statm), in bytes."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-
-
-def rss_file() -> int:
-    """The resident pages that are files' (shared libraries' code, mostly), in bytes: how many of a
-    library's pages a process maps depends on what the page cache holds (the kernel maps cached pages
-    around each one faulted in), so this part of the peak moves between machines and sessions."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) * 1024
-    return 0
+from rss import peak_rss, rss_file, rss_now  # noqa: E402
 
 
 def run_tracer(prompt: int, new: int, kv_cache: bool, store_dtype: str | None = None, save: str | None = None) -> dict:
