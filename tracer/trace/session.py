@@ -49,7 +49,7 @@ from tracer.trace.schema import (
 )
 from tracer.trace.state import UIState
 from tracer.trace.step import META_KEYS, Step, full_shape, parse_name, split_step_id
-from tracer.trace.tensor_file import TensorFile, write_tensors
+from tracer.trace.tensor_file import TensorFile, joined_json, write_tensors
 from tracer.trace.trace import Later, LaterPass, Trace, check_steps, utc_now
 
 # Called through these module names (not `atomic.exchange`) so that the crash tests can stand in
@@ -190,14 +190,9 @@ def write_trace_meta(folder: Path, number: int, trace: Trace, header_ends: list[
         "label_sets": [list(tokens) for tokens in label_sets], "trace": dict(trace.header(), steps=[]),
     }, option=option)
     assert head.endswith(b"[" + _STEPS_TAIL), "the steps must close the document"
-    parts, ends, at = [], [], len(head) - len(_STEPS_TAIL)
-    for item in steps:
-        part = orjson.dumps(item, option=option)
-        at += len(part) + (1 if parts else 0)
-        parts.append(part)
-        ends.append(at)
+    body, ends = joined_json([orjson.dumps(item, option=option) for item in steps], len(head) - len(_STEPS_TAIL))
     with open(folder / meta, "wb") as out:
-        out.write(head[:-len(_STEPS_TAIL)] + b",".join(parts) + _STEPS_TAIL)
+        out.write(head[:-len(_STEPS_TAIL)] + body + _STEPS_TAIL)
         fsync_file(out)
     entry = {
         "meta": meta, "tensors": tensors, "steps": len(trace),

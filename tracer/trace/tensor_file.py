@@ -70,19 +70,27 @@ def _header(steps: list[Step]) -> tuple[bytes, list[int]]:
     step's entry ends in the header (a session's pass index points there: tracer.trace.session).
 
     Written entry by entry, the bytes orjson writes for the whole header at once."""
-    parts, ends, offset, at = [], [], 0, 1  # at: the header's length so far, its opening brace included
+    parts, offset = [], 0
     for step in steps:
         code = _storable(step)
         size = _nbytes(step.rows_shape, step.dtype)  # a KV-cached step stores its new rows only
         entry = {"dtype": code, "shape": list(step.rows_shape), "data_offsets": [offset, offset + size]}
-        part = orjson.dumps(step.id) + b":" + orjson.dumps(entry)
-        at += len(part) + (1 if parts else 0)  # the comma before every entry but the first
-        parts.append(part)
-        ends.append(at)
+        parts.append(orjson.dumps(step.id) + b":" + orjson.dumps(entry))
         offset += size
-    raw = b"{" + b",".join(parts) + b"}"
+    body, ends = joined_json(parts, 1)
+    raw = b"{" + body + b"}"
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw, ends
+
+
+def joined_json(parts: list[bytes], start: int) -> tuple[bytes, list[int]]:
+    """JSON items (or `"key":value` members) joined with commas, as orjson writes a list (an
+    object); and where each ends, counted from `start`, the offset of the first."""
+    ends, at = [], start
+    for number, part in enumerate(parts):
+        at += len(part) + (number > 0)  # the comma before every item but the first
+        ends.append(at)
+    return b",".join(parts), ends
 
 
 def _write_rows(out, step: Step) -> int:
