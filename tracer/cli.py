@@ -109,12 +109,17 @@ def run(text, model_name, device, max_new_tokens, top_k, save_name, force, sessi
 
     select = TapFilter.parse(only, layers, decode_steps, heads)
     writer = None
-    if save_name is not None:
-        from tracer.trace.session import SessionStore
     # a trace saved as it is recorded (--save) is held on disk, not in memory: the default budget is the disk's
-    budget = given_budget(max_trace_size) if max_trace_size is not None else \
-        default_budget(SessionStore(sessions_dir).root if save_name is not None else None)
+    if max_trace_size is not None:
+        budget = given_budget(max_trace_size)
+    elif save_name is not None:
+        from tracer.trace.session import sessions_root
+
+        budget = default_budget(sessions_root(sessions_dir))
+    else:
+        budget = default_budget()
     if save_name is not None and not estimate_only:
+        from tracer.trace.session import SessionStore
         from tracer.trace.session_writer import SessionWriter
 
         # refuses an existing session without --force now, not after the run; each pass's tensors go

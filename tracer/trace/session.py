@@ -774,14 +774,14 @@ def _read_first_passes(folder: Path, entry: dict, raw: bytes, wanted: list[str],
             fail("its first passes read differently on their own (a key given twice?)")
         if not _same_runs(passes, every):
             fail(f"its steps do not match the pass index in {MANIFEST}")
-        tensors.check_all(steps + every[len(steps):])
+        rest = every[len(steps):]
+        tensors.check_all(steps + rest)
         validate_consistency(every, fail)
         try:  # what the full read's Trace checks of its steps, with its message
             check_steps(every)
         except ValueError as exc:
             fail(str(exc))
         tensors.forget_header()  # only now: a refusal above leaves the header to check again
-        rest = every[len(steps):]
         for step in rest:
             step._loader = tensors.loader(step)
         return rest

@@ -53,7 +53,7 @@ class TracerApp(App[None]):
     def on_ready(self) -> None:
         """The first frame is up: read what it did not need (a long decode's later passes), then
         turn the collector back on; a damaged pass closes the UI (the CLI says its error, exit 1)."""
-        if self.load_error is not None or not self._read_later_passes():
+        if not self._read_later_passes():
             self.exit(return_code=1)
             return
         if not gc.isenabled():  # started in tracer.collector.collector_paused: the first frame is up now
@@ -65,17 +65,15 @@ class TracerApp(App[None]):
         the first frame appears) waits for them: they are read first, so that no key, click or
         finder meets an unread pass in its handler. If one is damaged the input is dropped and
         on_ready closes the UI with the error (closing here, before the screen is up, is not clean)."""
-        if isinstance(event, events.InputEvent) and not event.is_forwarded and (
-                self.load_error is not None or self._pending()):
-            if self.load_error is not None or not self._read_later_passes():
-                return
+        if isinstance(event, events.InputEvent) and not event.is_forwarded and not self._read_later_passes():
+            return
         await super().on_event(event)
 
-    def _pending(self) -> bool:
-        return any(trace.later_passes for trace in self.viewer.traces)
-
     def _read_later_passes(self) -> bool:
-        """Complete every trace; False, the error kept in `load_error`, if one is damaged."""
+        """Complete every trace (nothing to do once they are); False, the error kept in
+        `load_error`, if one is damaged (then it is not read again)."""
+        if self.load_error is not None:
+            return False
         try:
             for trace in self.viewer.traces:
                 trace.complete()

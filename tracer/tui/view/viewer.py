@@ -57,8 +57,7 @@ class Viewer:
             raise ValueError("the viewer needs at least one trace")
         self.traces: list[Trace] = list(traces)
         self.trace_index = 0
-        first = self.traces[0].loaded_steps  # not `steps`: a long decode's later passes are read after the first frame
-        self.step_id = first[0].id if first else ""
+        self.step_id = self._first_id()
         self.head = 0
         self.view = "heatmap"
         self.cell: tuple[int, int] = (0, 0)
